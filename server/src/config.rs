@@ -1,0 +1,66 @@
+//! Server configuration: command-line flags, each also an `SKALD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `skald serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Directory of the RocksDB data (created when missing).
+    #[arg(long, env = "SKALD_DATA_DIR", default_value = "./skald-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (use port 0 for an ephemeral port).
+    #[arg(long, env = "SKALD_LISTEN", default_value = "127.0.0.1:2114")]
+    pub listen: SocketAddr,
+    /// Largest append request body, in bytes.
+    #[arg(long, env = "SKALD_MAX_APPEND_BYTES", default_value_t = 16 << 20)]
+    pub max_append_bytes: usize,
+    /// Largest single event (data plus metadata plus type), in bytes.
+    #[arg(long, env = "SKALD_MAX_EVENT_BYTES", default_value_t = 1 << 20)]
+    pub max_event_bytes: usize,
+    /// How long graceful shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Why the flags were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--max-event-bytes ({event}) must be between 1 and --max-append-bytes ({append})")]
+    EventLimit { event: usize, append: usize },
+    #[error("--max-append-bytes must be between 1 and 1 GiB, got {0}")]
+    AppendLimit(usize),
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub max_append_bytes: usize,
+    pub max_event_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Checks the flags against each other.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
+            return Err(ConfigError::AppendLimit(self.max_append_bytes));
+        }
+        if self.max_event_bytes == 0 || self.max_event_bytes > self.max_append_bytes {
+            return Err(ConfigError::EventLimit {
+                event: self.max_event_bytes,
+                append: self.max_append_bytes,
+            });
+        }
+        Ok(Config {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            max_append_bytes: self.max_append_bytes,
+            max_event_bytes: self.max_event_bytes,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! `/all`: the global log in position order, with server-side prefix filters and long-poll.
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::ApiError;
+use super::extract::QueryParams;
+use super::streams::{wait_param, DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
+use super::wire::{events_json, AllPage};
+use super::{parse_direction, AppState};
+use crate::service::AllQuery;
+use crate::storage::AllFilter;
+
+pub async fn read(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let from = params.take_u64("from")?;
+    let direction = parse_direction(params.take_str("direction"))?;
+    let limit = params.take_bounded("limit", 1, MAX_READ_LIMIT, DEFAULT_READ_LIMIT)?;
+    let wait = wait_param(&mut params, direction)?;
+    let filter = AllFilter {
+        stream_prefix: params.take_str("stream_prefix").filter(|p| !p.is_empty()),
+        type_prefix: params.take_str("type_prefix").filter(|p| !p.is_empty()),
+    };
+    params.finish()?;
+    let query = AllQuery { from, direction, limit: limit as usize, filter, wait };
+    let slice = state.service.read_all(query).await?;
+    let page = AllPage {
+        events: events_json(slice.events)?,
+        next_position: slice.next_position,
+        head_position: slice.head_position,
+    };
+    Ok(Json(page).into_response())
+}

@@ -1,0 +1,118 @@
+//! Reading requests into validated values, with JSON errors instead of axum's
+//! plain-text rejections: bodies under a size limit, query strings field by field.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Reads a body of at most `limit` bytes; `flag` names the setting for the 413 message.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    flag: &str,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge {
+        code: "payload_too_large",
+        message: format!("request body exceeds the limit of {limit} bytes (set by {flag})"),
+        limit,
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// Parses a JSON body; errors name the field that is wrong (`events[2].type: ...`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else if path == "." {
+            format!("invalid request body: {inner}")
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::bad_request("invalid_body", message)
+    })
+}
+
+/// Query parameters, taken one by one; unknown ones are an error.
+pub struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))?;
+        let mut map = HashMap::new();
+        for (key, value) in pairs {
+            if map.insert(key.clone(), value).is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("query parameter '{key}' is given twice"),
+                ));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub fn take_str(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    pub fn take_u64(&mut self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.take_str(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("query parameter '{name}' must be a non-negative integer, got '{v}'"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// A number in `min..=max`, or `default` when absent.
+    pub fn take_bounded(&mut self, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+        let value = self.take_u64(name)?.unwrap_or(default);
+        if !(min..=max).contains(&value) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter '{name}' must be between {min} and {max}, got {value}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Rejects every parameter not taken.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.0.keys().min() {
+            Some(name) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown query parameter '{name}'"),
+            )),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The HTTP API: routes, one module per resource, and the shared state.
+//! `error` is the only place where errors become statuses.
+
+mod all;
+pub mod error;
+mod extract;
+mod streams;
+mod system;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::http::Uri;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::storage::Direction;
+use error::ApiError;
+
+/// Request-size limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_append_bytes: usize,
+    pub max_event_bytes: usize,
+}
+
+/// What every handler receives.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub limits: Limits,
+}
+
+/// Builds the router.
+pub fn router(service: Arc<Service>, config: &Config) -> Router {
+    let limits = Limits {
+        max_append_bytes: config.max_append_bytes,
+        max_event_bytes: config.max_event_bytes,
+    };
+    Router::new()
+        .route("/streams/{stream}", post(streams::append).get(streams::read))
+        .route("/streams/{stream}/{revision}", get(streams::read_one))
+        .route("/all", get(all::read))
+        .route("/health/live", get(system::live))
+        .route("/info", get(system::info))
+        .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .with_state(AppState { service, limits })
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::Storage("internal error: the request handler panicked".into()).into_response()
+}
+
+/// `direction=forward|backward`, forward when absent.
+fn parse_direction(raw: Option<String>) -> Result<Direction, ApiError> {
+    match raw.as_deref() {
+        None | Some("forward") => Ok(Direction::Forward),
+        Some("backward") => Ok(Direction::Backward),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("query parameter 'direction' must be 'forward' or 'backward', got '{other}'"),
+        )),
+    }
+}

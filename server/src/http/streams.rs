@@ -1,0 +1,173 @@
+//! `/streams/{stream}`: appends, stream reads (with long-poll) and single events.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::error::ApiError;
+use super::extract::{parse_json, read_body, QueryParams};
+use super::wire::{events_json, AppendBody, AppendResponse, EventBody, EventJson, StreamPage};
+use super::{parse_direction, AppState};
+use crate::model::{check_event_type, NewEvent, StreamName, MAX_EVENTS_PER_APPEND};
+use crate::service::{StreamQuery, MAX_WAIT};
+use crate::storage::Direction;
+
+/// Most events one read returns.
+pub const MAX_READ_LIMIT: u64 = 4096;
+/// Events a read returns when `limit` is absent.
+pub const DEFAULT_READ_LIMIT: u64 = 100;
+
+pub async fn append(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let stream = stream_name(path)?;
+    let bytes = read_body(&headers, body, state.limits.max_append_bytes, "--max-append-bytes").await?;
+    let body: AppendBody = parse_json(&bytes)?;
+    let events = validate_events(body.events, state.limits.max_event_bytes)?;
+    let outcome = state.service.append(stream.clone(), body.expected_revision, events).await?;
+    tracing::debug!(
+        stream = %stream,
+        first_position = outcome.first_position,
+        last_position = outcome.last_position,
+        replay = outcome.idempotent_replay,
+        "appended"
+    );
+    let status = if outcome.idempotent_replay { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(AppendResponse::new(stream.as_str(), &outcome))).into_response())
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let stream = stream_name(path)?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let from = params.take_u64("from")?;
+    let direction = parse_direction(params.take_str("direction"))?;
+    let limit = params.take_bounded("limit", 1, MAX_READ_LIMIT, DEFAULT_READ_LIMIT)?;
+    let wait = wait_param(&mut params, direction)?;
+    params.finish()?;
+    let query = StreamQuery { from, direction, limit: limit as usize, wait };
+    let slice = state
+        .service
+        .read_stream(stream.clone(), query)
+        .await?
+        .ok_or_else(|| ApiError::StreamNotFound(stream.clone()))?;
+    let page = StreamPage {
+        stream: stream.as_str(),
+        events: events_json(slice.events)?,
+        next_revision: slice.next_revision,
+        last_revision: slice.last_revision,
+    };
+    Ok(Json(page).into_response())
+}
+
+pub async fn read_one(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((raw_stream, raw_revision)) = path.map_err(path_error)?;
+    let stream = parse_stream(&raw_stream)?;
+    let revision = raw_revision.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_revision",
+            format!("revision must be a non-negative integer, got '{raw_revision}'"),
+        )
+    })?;
+    let event = state
+        .service
+        .read_event(stream.clone(), revision)
+        .await?
+        .ok_or(ApiError::EventNotFound { stream, revision })?;
+    Ok(Json(EventJson::try_from(event)?).into_response())
+}
+
+/// `wait_ms` (0..=60000), valid on forward reads only.
+pub fn wait_param(params: &mut QueryParams, direction: Direction) -> Result<Duration, ApiError> {
+    let max = MAX_WAIT.as_millis() as u64;
+    let wait_ms = params.take_bounded("wait_ms", 0, max, 0)?;
+    if wait_ms > 0 && direction == Direction::Backward {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "wait_ms applies to forward reads only",
+        ));
+    }
+    Ok(Duration::from_millis(wait_ms))
+}
+
+fn stream_name(path: Result<Path<String>, PathRejection>) -> Result<StreamName, ApiError> {
+    let Path(raw) = path.map_err(path_error)?;
+    parse_stream(&raw)
+}
+
+fn parse_stream(raw: &str) -> Result<StreamName, ApiError> {
+    StreamName::parse(raw).map_err(|e| {
+        ApiError::bad_request("invalid_stream_name", format!("stream name {e}"))
+    })
+}
+
+fn path_error(e: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", e.body_text())
+}
+
+/// Checks every event of an append and turns it into what the writer stores.
+fn validate_events(events: Vec<EventBody>, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiError> {
+    if events.is_empty() || events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("events: an append holds 1 to {MAX_EVENTS_PER_APPEND} events, got {}", events.len()),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(events.len());
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            check_event_type(&event.event_type).map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("events[{i}].type {e}"))
+            })?;
+            if let Some(metadata) = &event.metadata {
+                if !metadata.get().trim_start().starts_with('{') {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("events[{i}].metadata must be a JSON object"),
+                    ));
+                }
+            }
+            let size = event.data.get().len()
+                + event.metadata.as_ref().map_or(0, |m| m.get().len())
+                + event.event_type.len();
+            if size > max_event_bytes {
+                return Err(ApiError::TooLarge {
+                    code: "event_too_large",
+                    message: format!(
+                        "events[{i}] is {size} bytes, above the limit of {max_event_bytes} bytes (set by --max-event-bytes)"
+                    ),
+                    limit: max_event_bytes,
+                });
+            }
+            let id = event.id.unwrap_or_else(uuid::Uuid::now_v7);
+            if !seen.insert(id) {
+                return Err(ApiError::bad_request(
+                    "duplicate_event_id_in_batch",
+                    format!("events[{i}].id {id} appears twice in this append"),
+                ));
+            }
+            Ok(NewEvent {
+                id,
+                event_type: event.event_type,
+                data: event.data.get().to_owned(),
+                metadata: event.metadata.map(|m| m.get().to_owned()),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,20 @@
+//! Skald's server: an event store on RocksDB with an HTTP API.
+//!
+//! - `config`: flags of `skald serve` and their validation.
+//! - `model`: validated domain types shared by every layer.
+//! - `storage`: RocksDB layout, record codec, the single writer, reads (the only
+//!   module that imports `rocksdb`).
+//! - `service`: the async facade: appends to the writer, reads on the blocking
+//!   pool, commit notifications and long-poll waits.
+//! - `http`: routing, request parsing, responses and the one error mapping.
+//! - `server`: binding, serving and graceful shutdown.
+
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod server;
+pub mod service;
+pub mod storage;
+
+pub use config::{Config, ServeArgs};
+pub use server::{Server, ServerError};

@@ -1,0 +1,105 @@
+//! Binding the listener, serving HTTP and shutting down gracefully: stop
+//! accepting, let in-flight requests finish (long-polls end early), drain the
+//! writer so every acknowledged append is on disk, flush, return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::storage::{StorageError, Store};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store in {path}: {source}")]
+    Open { path: String, source: StorageError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+    #[error("storage failure: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    service: Arc<Service>,
+    writer_thread: std::thread::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Opens the store, starts the writer and binds the listener.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let path = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| StorageError::Engine(format!("open task failed: {e}")))?
+            .map_err(|source| ServerError::Open {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let (service, writer_thread) = Service::start(Arc::new(store), shutdown.clone())?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            head_position = ?service.head_position(),
+            "store opened"
+        );
+        Ok(Self { config, listener, service, writer_thread, shutdown })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` is cancelled, then shuts down gracefully.
+    pub async fn serve(self, stop: CancellationToken) -> Result<(), ServerError> {
+        let Self { config, listener, service, writer_thread, shutdown } = self;
+        let app = crate::http::router(Arc::clone(&service), &config);
+        let graceful = {
+            let (stop, shutdown) = (stop.clone(), shutdown.clone());
+            async move {
+                stop.cancelled().await;
+                tracing::info!("shutting down: no new connections; finishing in-flight requests");
+                // Ends long-polls so they answer now rather than at their deadline.
+                shutdown.cancel();
+            }
+        };
+        let serving = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(graceful),
+        );
+        tokio::pin!(serving);
+        let served = tokio::select! {
+            result = &mut serving => result,
+            () = async {
+                stop.cancelled().await;
+                tokio::time::sleep(config.shutdown_timeout).await;
+            } => {
+                tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight requests did not finish in time; closing them");
+                Ok(())
+            }
+        };
+        served.map_err(ServerError::Serve)?;
+        service.flush().await?;
+        drop(service);
+        // The writer drains its queue and exits once the last handle is gone; requests
+        // cut off by the timeout may still hold one, so do not wait forever.
+        let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), joined).await {
+            Ok(_) => tracing::info!("writer stopped; shutdown complete"),
+            Err(_) => tracing::warn!("writer still busy after shutdown; exiting anyway (every acknowledged append is already synced)"),
+        }
+        Ok(())
+    }
+}

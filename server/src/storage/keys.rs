@@ -1,0 +1,89 @@
+//! Every column family and key encoding of the store, in one place.
+//!
+//! Numbers are written big-endian so that RocksDB's byte order is numeric order;
+//! stream names are followed by a `0x00` separator, which cannot occur inside a
+//! valid name (control characters are rejected), so `(stream, revision)` keys sort
+//! by stream and then by revision and a stream's keys never interleave with another's.
+
+/// Events by global position: `position (u64 BE)` -> encoded record (see `codec`).
+pub const CF_EVENTS: &str = "events";
+/// Stream index: `stream bytes, 0x00, revision (u64 BE)` -> `position (u64 BE)`.
+pub const CF_STREAM_INDEX: &str = "stream_index";
+/// Stream state: `stream bytes` -> encoded `StreamState` (see `codec`).
+pub const CF_STREAMS: &str = "streams";
+/// Idempotency index: `event id (16 bytes)` -> `position (u64 BE)`.
+pub const CF_EVENT_IDS: &str = "event_ids";
+/// Store-wide values, keyed by the constants below.
+pub const CF_META: &str = "meta";
+
+/// Every column family the store opens, in a fixed order.
+pub const ALL_CFS: [&str; 5] = [CF_EVENTS, CF_STREAM_INDEX, CF_STREAMS, CF_EVENT_IDS, CF_META];
+
+/// `CF_META` key of the next global position to assign (u64 BE). Kept explicitly,
+/// not derived from the last event key, so that a position is never reused even
+/// when the newest events are later removed.
+pub const META_NEXT_POSITION: &[u8] = b"next_position";
+/// `CF_META` key of the on-disk layout version (one byte).
+pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
+/// The layout version this code writes and reads.
+pub const LAYOUT_VERSION: u8 = 1;
+
+/// Key of an event in `CF_EVENTS`.
+pub fn position_key(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// Decodes a `CF_EVENTS` key or a position value.
+pub fn decode_position(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Key of `(stream, revision)` in `CF_STREAM_INDEX`.
+pub fn stream_index_key(stream: &str, revision: u64) -> Vec<u8> {
+    let mut key = stream_index_prefix(stream);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The prefix every `CF_STREAM_INDEX` key of `stream` starts with.
+pub fn stream_index_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The revision of a `CF_STREAM_INDEX` key (its last 8 bytes).
+pub fn decode_stream_index_revision(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    decode_position(&key[tail..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn position_keys_sort_numerically(a: u64, b: u64) {
+            prop_assert_eq!(a.cmp(&b), position_key(a).cmp(&position_key(b)));
+            prop_assert_eq!(decode_position(&position_key(a)), Some(a));
+        }
+
+        #[test]
+        fn stream_index_keys_sort_by_stream_then_revision(
+            s1 in "[a-z0-9-]{1,8}", r1: u64, s2 in "[a-z0-9-]{1,8}", r2: u64,
+        ) {
+            let expected = s1.as_bytes().cmp(s2.as_bytes()).then(r1.cmp(&r2));
+            prop_assert_eq!(expected, stream_index_key(&s1, r1).cmp(&stream_index_key(&s2, r2)));
+            prop_assert_eq!(decode_stream_index_revision(&stream_index_key(&s1, r1)), Some(r1));
+        }
+
+        #[test]
+        fn a_stream_prefix_never_matches_a_longer_name(s in "[a-z]{1,8}", suffix in "[a-z]{1,4}", r: u64) {
+            let other = format!("{s}{suffix}");
+            prop_assert!(!stream_index_key(&other, r).starts_with(&stream_index_prefix(&s)));
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The store: the only module that touches RocksDB. It exposes a synchronous API
+//! (`Store` for reads, `writer` for appends); callers run it off the async runtime.
+
+pub mod codec;
+pub mod keys;
+mod read;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
+
+pub use codec::CodecError;
+pub use read::{AllFilter, AllSlice, Direction, StreamSlice};
+
+/// An error of the storage engine or of the data it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    #[error("corrupt event at position {position}: {source}")]
+    CorruptEvent { position: u64, source: CodecError },
+    #[error("corrupt index entry: {0}")]
+    CorruptIndex(String),
+    #[error("data directory was written by an unsupported layout version {0}")]
+    UnsupportedLayout(u8),
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Engine(e.into_string())
+    }
+}
+
+/// The event store on disk.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path` and checks its layout version.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let cache = Cache::new_lru_cache(128 << 20);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        let cfs = keys::ALL_CFS.iter().map(|name| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Point lookups (stream state, event ids, stream index seeks) skip files early.
+            table.set_bloom_filter(10.0, false);
+            let mut opts = Options::default();
+            opts.set_compression_type(DBCompressionType::Lz4);
+            opts.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, opts)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        let store = Self { db, path: path.to_owned() };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is opened in Store::open")
+    }
+
+    fn check_layout(&self) -> Result<(), StorageError> {
+        let meta = self.cf(keys::CF_META);
+        match self.db.get_cf(meta, keys::META_LAYOUT_VERSION)? {
+            Some(v) if v.as_slice() == [keys::LAYOUT_VERSION] => Ok(()),
+            Some(v) => Err(StorageError::UnsupportedLayout(v.first().copied().unwrap_or(0))),
+            None => {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                self.db.put_cf_opt(meta, keys::META_LAYOUT_VERSION, [keys::LAYOUT_VERSION], &opts)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next global position to assign, recovered from disk.
+    pub fn next_position(&self) -> Result<u64, StorageError> {
+        let stored = match self.db.get_cf(self.cf(keys::CF_META), keys::META_NEXT_POSITION)? {
+            Some(bytes) => keys::decode_position(&bytes)
+                .ok_or_else(|| StorageError::CorruptIndex("next_position is not 8 bytes".into()))?,
+            None => 0,
+        };
+        // The counter is written in the same batch as the events, so it can never be
+        // behind the last event; check anyway rather than reuse a position.
+        let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_EVENTS));
+        it.seek_to_last();
+        if let Some(key) = it.key() {
+            let last = keys::decode_position(key)
+                .ok_or_else(|| StorageError::CorruptIndex("event key is not 8 bytes".into()))?;
+            if last >= stored {
+                return Err(StorageError::CorruptIndex(format!(
+                    "next_position {stored} is not past the last stored event {last}"
+                )));
+            }
+        }
+        it.status()?;
+        Ok(stored)
+    }
+
+    /// Flushes memtables to disk (used on shutdown to shorten the next start's WAL replay).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let cfs: Vec<_> = keys::ALL_CFS.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+}
