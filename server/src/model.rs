@@ -65,7 +65,10 @@ fn check_text(raw: &str, max: usize) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if raw.len() > max {
-        return Err(NameError::TooLong { len: raw.len(), max });
+        return Err(NameError::TooLong {
+            len: raw.len(),
+            max,
+        });
     }
     if raw.chars().any(char::is_control) {
         return Err(NameError::ControlCharacter);

@@ -18,7 +18,10 @@ pub enum ServerError {
     #[error("cannot open the store in {path}: {source}")]
     Open { path: String, source: StorageError },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
     #[error("storage failure: {0}")]
@@ -47,15 +50,25 @@ impl Server {
             })?;
         let shutdown = CancellationToken::new();
         let (service, writer_thread) = Service::start(Arc::new(store), shutdown.clone())?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         tracing::info!(
             data_dir = %config.data_dir.display(),
             head_position = ?service.head_position(),
             "store opened"
         );
-        Ok(Self { config, listener, service, writer_thread, shutdown })
+        Ok(Self {
+            config,
+            listener,
+            service,
+            writer_thread,
+            shutdown,
+        })
     }
 
     /// The address the server listens on.
@@ -65,7 +78,13 @@ impl Server {
 
     /// Serves until `stop` is cancelled, then shuts down gracefully.
     pub async fn serve(self, stop: CancellationToken) -> Result<(), ServerError> {
-        let Self { config, listener, service, writer_thread, shutdown } = self;
+        let Self {
+            config,
+            listener,
+            service,
+            writer_thread,
+            shutdown,
+        } = self;
         let app = crate::http::router(Arc::clone(&service), &config);
         let graceful = {
             let (stop, shutdown) = (stop.clone(), shutdown.clone());

@@ -64,7 +64,15 @@ impl Service {
             head_tx.send_replace(Some(info.last_position));
         };
         let (writer, thread) = writer::spawn(Arc::clone(&store), on_commit)?;
-        Ok((Arc::new(Self { store, writer, head, shutdown }), thread))
+        Ok((
+            Arc::new(Self {
+                store,
+                writer,
+                head,
+                shutdown,
+            }),
+            thread,
+        ))
     }
 
     /// The data directory.
@@ -86,7 +94,12 @@ impl Service {
     ) -> Result<AppendOutcome, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .submit(AppendRequest { stream, expected, events, reply })
+            .submit(AppendRequest {
+                stream,
+                expected,
+                events,
+                reply,
+            })
             .map_err(|_| AppendError::WriterStopped)?;
         answer.await.map_err(|_| AppendError::WriterStopped)?
     }
@@ -97,7 +110,8 @@ impl Service {
         stream: StreamName,
         revision: u64,
     ) -> Result<Option<RecordedEvent>, StorageError> {
-        self.blocking(move |store| store.read_event(&stream, revision)).await
+        self.blocking(move |store| store.read_event(&stream, revision))
+            .await
     }
 
     /// Reads a page of a stream; a forward read with a wait holds until the stream
@@ -117,7 +131,10 @@ impl Service {
                 .blocking(move |store| store.read_stream(&name, q.from, q.direction, q.limit))
                 .await?;
             let found = slice.as_ref().is_some_and(|s| !s.events.is_empty());
-            if found || query.direction == Direction::Backward || !self.wait_for_commit(&mut head, deadline).await {
+            if found
+                || query.direction == Direction::Backward
+                || !self.wait_for_commit(&mut head, deadline).await
+            {
                 return Ok(slice);
             }
         }
@@ -131,10 +148,19 @@ impl Service {
         let mut from = query.from;
         loop {
             head.borrow_and_update();
-            let q = AllQuery { from, ..query.clone() };
+            let q = AllQuery {
+                from,
+                ..query.clone()
+            };
             let slice = self
                 .blocking(move |store| {
-                    store.read_all(q.from, q.direction, q.limit, &q.filter, MAX_EXAMINED_PER_READ)
+                    store.read_all(
+                        q.from,
+                        q.direction,
+                        q.limit,
+                        &q.filter,
+                        MAX_EXAMINED_PER_READ,
+                    )
                 })
                 .await?;
             if !slice.events.is_empty() || query.direction == Direction::Backward {

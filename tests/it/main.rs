@@ -1,0 +1,9 @@
+//! End-to-end tests: each starts the real server binary and drives it over HTTP.
+
+mod append;
+mod concurrency;
+mod durability;
+mod long_poll;
+mod read;
+mod support;
+mod validation;

@@ -26,7 +26,13 @@ pub async fn read(
         type_prefix: params.take_str("type_prefix").filter(|p| !p.is_empty()),
     };
     params.finish()?;
-    let query = AllQuery { from, direction, limit: limit as usize, filter, wait };
+    let query = AllQuery {
+        from,
+        direction,
+        limit: limit as usize,
+        filter,
+        wait,
+    };
     let slice = state.service.read_all(query).await?;
     let page = AllPage {
         events: events_json(slice.events)?,

@@ -18,7 +18,11 @@ pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("{message}")]
-    TooLarge { code: &'static str, message: String, limit: usize },
+    TooLarge {
+        code: &'static str,
+        message: String,
+        limit: usize,
+    },
     #[error("stream {0} not found")]
     StreamNotFound(StreamName),
     #[error("stream {stream} has no event at revision {revision}")]
@@ -28,7 +32,10 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
-    WrongExpectedRevision { expected: ExpectedRevision, actual: Option<u64> },
+    WrongExpectedRevision {
+        expected: ExpectedRevision,
+        actual: Option<u64>,
+    },
     #[error("event id {id} is already stored (position {position}) in a different append")]
     DuplicateEventId { id: Uuid, position: u64 },
     #[error("corrupt event at position {position}: {detail}")]
@@ -41,7 +48,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest { code, message: message.into() }
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -105,9 +115,10 @@ impl IntoResponse for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::CorruptEvent { position, source } => {
-                Self::CorruptEvent { position, detail: source.to_string() }
-            }
+            StorageError::CorruptEvent { position, source } => Self::CorruptEvent {
+                position,
+                detail: source.to_string(),
+            },
             other => Self::Storage(other.to_string()),
         }
     }
@@ -119,7 +130,9 @@ impl From<AppendError> for ApiError {
             AppendError::WrongExpectedRevision { expected, actual } => {
                 Self::WrongExpectedRevision { expected, actual }
             }
-            AppendError::DuplicateEventId { id, position } => Self::DuplicateEventId { id, position },
+            AppendError::DuplicateEventId { id, position } => {
+                Self::DuplicateEventId { id, position }
+            }
             AppendError::Storage(e) => e.into(),
             AppendError::WriterStopped => Self::Unavailable(e.to_string()),
         }

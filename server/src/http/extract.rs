@@ -43,7 +43,7 @@ pub async fn read_body(
 /// Parses a JSON body; errors name the field that is wrong (`events[2].type: ...`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
@@ -54,7 +54,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("{path}: {inner}")
         };
         ApiError::bad_request("invalid_body", message)
-    })
+    })?;
+    // Only whitespace may follow the value.
+    de.end()
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// Query parameters, taken one by one; unknown ones are an error.
@@ -62,8 +66,10 @@ pub struct QueryParams(HashMap<String, String>);
 
 impl QueryParams {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
-            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| {
+                ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
+            })?;
         let mut map = HashMap::new();
         for (key, value) in pairs {
             if map.insert(key.clone(), value).is_some() {
@@ -86,7 +92,9 @@ impl QueryParams {
                 v.parse::<u64>().map_err(|_| {
                     ApiError::bad_request(
                         "invalid_query",
-                        format!("query parameter '{name}' must be a non-negative integer, got '{v}'"),
+                        format!(
+                            "query parameter '{name}' must be a non-negative integer, got '{v}'"
+                        ),
                     )
                 })
             })
@@ -94,7 +102,13 @@ impl QueryParams {
     }
 
     /// A number in `min..=max`, or `default` when absent.
-    pub fn take_bounded(&mut self, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+    pub fn take_bounded(
+        &mut self,
+        name: &str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, ApiError> {
         let value = self.take_u64(name)?.unwrap_or(default);
         if !(min..=max).contains(&value) {
             return Err(ApiError::bad_request(

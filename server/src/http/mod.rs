@@ -40,7 +40,10 @@ pub fn router(service: Arc<Service>, config: &Config) -> Router {
         max_event_bytes: config.max_event_bytes,
     };
     Router::new()
-        .route("/streams/{stream}", post(streams::append).get(streams::read))
+        .route(
+            "/streams/{stream}",
+            post(streams::append).get(streams::read),
+        )
         .route("/streams/{stream}/{revision}", get(streams::read_one))
         .route("/all", get(all::read))
         .route("/health/live", get(system::live))

@@ -29,10 +29,19 @@ pub async fn append(
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
-    let bytes = read_body(&headers, body, state.limits.max_append_bytes, "--max-append-bytes").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        state.limits.max_append_bytes,
+        "--max-append-bytes",
+    )
+    .await?;
     let body: AppendBody = parse_json(&bytes)?;
     let events = validate_events(body.events, state.limits.max_event_bytes)?;
-    let outcome = state.service.append(stream.clone(), body.expected_revision, events).await?;
+    let outcome = state
+        .service
+        .append(stream.clone(), body.expected_revision, events)
+        .await?;
     tracing::debug!(
         stream = %stream,
         first_position = outcome.first_position,
@@ -40,7 +49,11 @@ pub async fn append(
         replay = outcome.idempotent_replay,
         "appended"
     );
-    let status = if outcome.idempotent_replay { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if outcome.idempotent_replay {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(AppendResponse::new(stream.as_str(), &outcome))).into_response())
 }
 
@@ -56,7 +69,12 @@ pub async fn read(
     let limit = params.take_bounded("limit", 1, MAX_READ_LIMIT, DEFAULT_READ_LIMIT)?;
     let wait = wait_param(&mut params, direction)?;
     params.finish()?;
-    let query = StreamQuery { from, direction, limit: limit as usize, wait };
+    let query = StreamQuery {
+        from,
+        direction,
+        limit: limit as usize,
+        wait,
+    };
     let slice = state
         .service
         .read_stream(stream.clone(), query)
@@ -110,9 +128,8 @@ fn stream_name(path: Result<Path<String>, PathRejection>) -> Result<StreamName, 
 }
 
 fn parse_stream(raw: &str) -> Result<StreamName, ApiError> {
-    StreamName::parse(raw).map_err(|e| {
-        ApiError::bad_request("invalid_stream_name", format!("stream name {e}"))
-    })
+    StreamName::parse(raw)
+        .map_err(|e| ApiError::bad_request("invalid_stream_name", format!("stream name {e}")))
 }
 
 fn path_error(e: PathRejection) -> ApiError {
@@ -120,11 +137,17 @@ fn path_error(e: PathRejection) -> ApiError {
 }
 
 /// Checks every event of an append and turns it into what the writer stores.
-fn validate_events(events: Vec<EventBody>, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiError> {
+fn validate_events(
+    events: Vec<EventBody>,
+    max_event_bytes: usize,
+) -> Result<Vec<NewEvent>, ApiError> {
     if events.is_empty() || events.len() > MAX_EVENTS_PER_APPEND {
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!("events: an append holds 1 to {MAX_EVENTS_PER_APPEND} events, got {}", events.len()),
+            format!(
+                "events: an append holds 1 to {MAX_EVENTS_PER_APPEND} events, got {}",
+                events.len()
+            ),
         ));
     }
     let mut seen = HashSet::with_capacity(events.len());

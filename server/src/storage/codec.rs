@@ -38,8 +38,17 @@ pub enum CodecError {
 pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
     let meta_len = event.metadata.as_ref().map_or(0, |m| 4 + m.len());
     let mut out = Vec::with_capacity(
-        1 + 8 * 3 + 16 + 2 + event.stream.as_str().len() + 2 + event.event_type.len()
-            + 4 + event.data.len() + 1 + meta_len + 4,
+        1 + 8 * 3
+            + 16
+            + 2
+            + event.stream.as_str().len()
+            + 2
+            + event.event_type.len()
+            + 4
+            + event.data.len()
+            + 1
+            + meta_len
+            + 4,
     );
     out.push(RECORD_VERSION);
     out.extend_from_slice(&event.position.to_be_bytes());
@@ -77,7 +86,10 @@ pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecE
     }
     let found = r.u64()?;
     if found != position {
-        return Err(CodecError::MisplacedRecord { expected: position, found });
+        return Err(CodecError::MisplacedRecord {
+            expected: position,
+            found,
+        });
     }
     let revision = r.u64()?;
     let recorded_at_micros = r.u64()?;
@@ -132,7 +144,9 @@ pub fn decode_stream_state(bytes: &[u8]) -> Result<StreamState, CodecError> {
     if version != STREAM_STATE_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    Ok(StreamState { last_revision: r.u64()? })
+    Ok(StreamState {
+        last_revision: r.u64()?,
+    })
 }
 
 fn put_short(out: &mut Vec<u8>, text: &str) {
@@ -203,8 +217,8 @@ mod tests {
             proptest::option::of(".{0,50}"),
             any::<u64>(),
         )
-            .prop_map(|(position, stream, revision, id, event_type, data, metadata, at)| {
-                RecordedEvent {
+            .prop_map(
+                |(position, stream, revision, id, event_type, data, metadata, at)| RecordedEvent {
                     position,
                     stream: StreamName::parse(&stream).expect("valid by construction"),
                     revision,
@@ -213,8 +227,8 @@ mod tests {
                     data,
                     metadata,
                     recorded_at_micros: at,
-                }
-            })
+                },
+            )
     }
 
     proptest! {
@@ -261,7 +275,10 @@ mod tests {
         let bytes = encode_event(&event);
         assert_eq!(
             decode_event(8, &bytes),
-            Err(CodecError::MisplacedRecord { expected: 8, found: 7 })
+            Err(CodecError::MisplacedRecord {
+                expected: 8,
+                found: 7
+            })
         );
     }
 }

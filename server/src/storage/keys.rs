@@ -17,7 +17,13 @@ pub const CF_EVENT_IDS: &str = "event_ids";
 pub const CF_META: &str = "meta";
 
 /// Every column family the store opens, in a fixed order.
-pub const ALL_CFS: [&str; 5] = [CF_EVENTS, CF_STREAM_INDEX, CF_STREAMS, CF_EVENT_IDS, CF_META];
+pub const ALL_CFS: [&str; 5] = [
+    CF_EVENTS,
+    CF_STREAM_INDEX,
+    CF_STREAMS,
+    CF_EVENT_IDS,
+    CF_META,
+];
 
 /// `CF_META` key of the next global position to assign (u64 BE). Kept explicitly,
 /// not derived from the last event key, so that a position is never reused even

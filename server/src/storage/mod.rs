@@ -58,7 +58,10 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        let store = Self { db, path: path.to_owned() };
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
         store.check_layout()?;
         Ok(store)
     }
@@ -69,18 +72,27 @@ impl Store {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is opened in Store::open")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened in Store::open")
     }
 
     fn check_layout(&self) -> Result<(), StorageError> {
         let meta = self.cf(keys::CF_META);
         match self.db.get_cf(meta, keys::META_LAYOUT_VERSION)? {
             Some(v) if v.as_slice() == [keys::LAYOUT_VERSION] => Ok(()),
-            Some(v) => Err(StorageError::UnsupportedLayout(v.first().copied().unwrap_or(0))),
+            Some(v) => Err(StorageError::UnsupportedLayout(
+                v.first().copied().unwrap_or(0),
+            )),
             None => {
                 let mut opts = rocksdb::WriteOptions::default();
                 opts.set_sync(true);
-                self.db.put_cf_opt(meta, keys::META_LAYOUT_VERSION, [keys::LAYOUT_VERSION], &opts)?;
+                self.db.put_cf_opt(
+                    meta,
+                    keys::META_LAYOUT_VERSION,
+                    [keys::LAYOUT_VERSION],
+                    &opts,
+                )?;
                 Ok(())
             }
         }
@@ -88,7 +100,10 @@ impl Store {
 
     /// The next global position to assign, recovered from disk.
     pub fn next_position(&self) -> Result<u64, StorageError> {
-        let stored = match self.db.get_cf(self.cf(keys::CF_META), keys::META_NEXT_POSITION)? {
+        let stored = match self
+            .db
+            .get_cf(self.cf(keys::CF_META), keys::META_NEXT_POSITION)?
+        {
             Some(bytes) => keys::decode_position(&bytes)
                 .ok_or_else(|| StorageError::CorruptIndex("next_position is not 8 bytes".into()))?,
             None => 0,
@@ -113,7 +128,34 @@ impl Store {
     /// Flushes memtables to disk (used on shutdown to shorten the next start's WAL replay).
     pub fn flush(&self) -> Result<(), StorageError> {
         let cfs: Vec<_> = keys::ALL_CFS.iter().map(|name| self.cf(name)).collect();
-        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+}
+
+/// Deliberate damage, for tests of corruption detection. Compiled only with the
+/// `fault-injection` feature, which nothing but tests enables.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    use super::{keys, StorageError, Store};
+    use std::path::Path;
+
+    /// Flips one bit inside the data of the record at `position`, in a store that
+    /// no server has open.
+    pub fn flip_bit(data_dir: &Path, position: u64) -> Result<(), StorageError> {
+        let store = Store::open(data_dir)?;
+        let cf = store.cf(keys::CF_EVENTS);
+        let key = keys::position_key(position);
+        let mut bytes = store
+            .db
+            .get_cf(cf, key)?
+            .ok_or_else(|| StorageError::CorruptIndex(format!("no event at {position}")))?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        store.db.put_cf_opt(cf, key, bytes, &opts)?;
         Ok(())
     }
 }

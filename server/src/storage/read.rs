@@ -3,7 +3,7 @@
 
 use rocksdb::{DBRawIteratorWithThreadMode, SnapshotWithThreadMode, DB};
 
-use super::{codec, keys, Store, StorageError};
+use super::{codec, keys, StorageError, Store};
 use crate::model::{RecordedEvent, StreamName};
 
 /// Which way a read walks.
@@ -32,8 +32,13 @@ pub struct AllFilter {
 
 impl AllFilter {
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        self.stream_prefix.as_deref().is_none_or(|p| event.stream.as_str().starts_with(p))
-            && self.type_prefix.as_deref().is_none_or(|p| event.event_type.starts_with(p))
+        self.stream_prefix
+            .as_deref()
+            .is_none_or(|p| event.stream.as_str().starts_with(p))
+            && self
+                .type_prefix
+                .as_deref()
+                .is_none_or(|p| event.event_type.starts_with(p))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,7 +114,11 @@ impl Store {
         }
         it.status()?;
         let events = self.fetch(&snapshot, &positions)?;
-        Ok(Some(StreamSlice { events, next_revision, last_revision }))
+        Ok(Some(StreamSlice {
+            events,
+            next_revision,
+            last_revision,
+        }))
     }
 
     /// Reads the event at `revision` of `stream`, if there is one.
@@ -188,7 +197,11 @@ impl Store {
         } else {
             last_examined.and_then(|p| p.checked_sub(1)).or(from)
         };
-        Ok(AllSlice { events, next_position, head_position })
+        Ok(AllSlice {
+            events,
+            next_position,
+            head_position,
+        })
     }
 
     fn fetch(
@@ -197,8 +210,7 @@ impl Store {
         positions: &[u64],
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let cf = self.cf(keys::CF_EVENTS);
-        let values =
-            snapshot.multi_get_cf(positions.iter().map(|p| (cf, keys::position_key(*p))));
+        let values = snapshot.multi_get_cf(positions.iter().map(|p| (cf, keys::position_key(*p))));
         positions
             .iter()
             .zip(values)
@@ -231,9 +243,12 @@ impl Store {
 
     /// Reads the event at `position`, which an index says exists.
     pub(super) fn read_position(&self, position: u64) -> Result<RecordedEvent, StorageError> {
-        let bytes = self.db.get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?.ok_or_else(
-            || StorageError::CorruptIndex(format!("index points at missing event {position}")),
-        )?;
+        let bytes = self
+            .db
+            .get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?
+            .ok_or_else(|| {
+                StorageError::CorruptIndex(format!("index points at missing event {position}"))
+            })?;
         codec::decode_event(position, &bytes)
             .map_err(|source| StorageError::CorruptEvent { position, source })
     }

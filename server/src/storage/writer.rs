@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{codec, keys, StorageError, Store};
-use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName};
+use crate::model::{
+    display_revision, AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName,
+};
 
 /// Most requests committed in one group.
 const MAX_GROUP_REQUESTS: usize = 4096;
@@ -27,7 +29,10 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
-    WrongExpectedRevision { expected: ExpectedRevision, actual: Option<u64> },
+    WrongExpectedRevision {
+        expected: ExpectedRevision,
+        actual: Option<u64>,
+    },
     #[error("event id {id} is already stored at position {position}")]
     DuplicateEventId { id: Uuid, position: u64 },
     #[error(transparent)]
@@ -86,7 +91,12 @@ pub fn spawn(
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StorageError> {
     let next_position = store.next_position()?;
     let (queue, receiver) = mpsc::unbounded_channel();
-    let writer = Writer { store, next_position, on_commit, failed: false };
+    let writer = Writer {
+        store,
+        next_position,
+        on_commit,
+        failed: false,
+    };
     let thread = std::thread::Builder::new()
         .name("skald-writer".into())
         .spawn(move || writer.run(receiver))
@@ -200,7 +210,8 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     // A replay may have matched ids of this failed group: acknowledge none.
                     for (_, result) in &mut answered {
                         if result.is_ok() {
-                            *result = Err(AppendError::Storage(StorageError::Engine(message.clone())));
+                            *result =
+                                Err(AppendError::Storage(StorageError::Engine(message.clone())));
                         }
                     }
                 }
@@ -229,13 +240,19 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             None => self.store.last_revision(stream)?,
         };
         if !request.expected.admits(actual) {
-            return Err(AppendError::WrongExpectedRevision { expected: request.expected, actual });
+            return Err(AppendError::WrongExpectedRevision {
+                expected: request.expected,
+                actual,
+            });
         }
         let first_revision = actual.map_or(0, |r| r + 1);
         let first_position = *next_position;
         let store = &self.store;
-        let (events_cf, index_cf, ids_cf) =
-            (store.cf(keys::CF_EVENTS), store.cf(keys::CF_STREAM_INDEX), store.cf(keys::CF_EVENT_IDS));
+        let (events_cf, index_cf, ids_cf) = (
+            store.cf(keys::CF_EVENTS),
+            store.cf(keys::CF_STREAM_INDEX),
+            store.cf(keys::CF_EVENT_IDS),
+        );
         for (offset, event) in (0u64..).zip(&request.events) {
             let position = first_position + offset;
             let revision = first_revision + offset;
@@ -249,10 +266,25 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 metadata: event.metadata.clone(),
                 recorded_at_micros,
             };
-            batch.put_cf(events_cf, keys::position_key(position), codec::encode_event(&record));
-            batch.put_cf(index_cf, keys::stream_index_key(stream.as_str(), revision), keys::position_key(position));
+            batch.put_cf(
+                events_cf,
+                keys::position_key(position),
+                codec::encode_event(&record),
+            );
+            batch.put_cf(
+                index_cf,
+                keys::stream_index_key(stream.as_str(), revision),
+                keys::position_key(position),
+            );
             batch.put_cf(ids_cf, event.id.as_bytes(), keys::position_key(position));
-            overlay.ids.insert(event.id, PendingId { stream: stream.clone(), revision, position });
+            overlay.ids.insert(
+                event.id,
+                PendingId {
+                    stream: stream.clone(),
+                    revision,
+                    position,
+                },
+            );
         }
         let count = request.events.len() as u64;
         let last_revision = first_revision + count - 1;
@@ -289,7 +321,11 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 let stored = self.store.read_position(position)?;
                 found.push((
                     event.id,
-                    PendingId { stream: stored.stream, revision: stored.revision, position },
+                    PendingId {
+                        stream: stored.stream,
+                        revision: stored.revision,
+                        position,
+                    },
                 ));
             }
         }
@@ -297,11 +333,15 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             return Ok(None);
         };
         let is_replay = found.len() == request.events.len()
-            && found.iter().zip(0u64..).all(|((_, f), i)| {
-                f.stream == request.stream && f.revision == first.revision + i
-            });
+            && found
+                .iter()
+                .zip(0u64..)
+                .all(|((_, f), i)| f.stream == request.stream && f.revision == first.revision + i);
         if !is_replay {
-            return Err(AppendError::DuplicateEventId { id: *first_id, position: first.position });
+            return Err(AppendError::DuplicateEventId {
+                id: *first_id,
+                position: first.position,
+            });
         }
         let (_, last) = found.last().expect("found is not empty");
         Ok(Some(AppendOutcome {

@@ -1,0 +1,202 @@
+//! Starts the real `skald` binary on an ephemeral loopback port with a temp data
+//! dir, and small helpers to drive it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A running server; killed (SIGKILL) on drop.
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub http: reqwest::Client,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+}
+
+impl TestServer {
+    /// A server on a fresh temp data dir.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `serve` flags.
+    pub fn start_with(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = Self {
+            child: None,
+            base: String::new(),
+            http: reqwest::Client::new(),
+            data_dir,
+            _temp: Some(temp),
+            extra_args,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start skald");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("skald listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        self.base = url;
+        self.child = Some(child);
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// SIGKILLs the server (no shutdown, no flush) and starts it again on the same data.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("server did not exit within 10 s of SIGTERM");
+    }
+
+    /// Restarts after `terminate`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.launch();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs `body` to `path`; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        status_json(response).await
+    }
+
+    /// POSTs raw bytes to `path`.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        status_json(response).await
+    }
+
+    /// GETs `path`; returns status and JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("request");
+        status_json(response).await
+    }
+
+    /// Appends events of the given types to `stream` with `expected`.
+    pub async fn append(&self, stream: &str, expected: Value, types: &[&str]) -> (u16, Value) {
+        let events: Vec<Value> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"type": t, "data": {"i": i}}))
+            .collect();
+        self.post(
+            &format!("/streams/{stream}"),
+            &json!({"expected_revision": expected, "events": events}),
+        )
+        .await
+    }
+
+    /// Reads all of `$all` forward, page by page.
+    pub async fn read_all_events(&self) -> Vec<Value> {
+        let mut from = 0;
+        let mut events = Vec::new();
+        loop {
+            let (status, page) = self.get(&format!("/all?from={from}&limit=4096")).await;
+            assert_eq!(status, 200, "{page}");
+            let batch = page["events"].as_array().expect("events").clone();
+            if batch.is_empty() {
+                return events;
+            }
+            events.extend(batch);
+            from = page["next_position"].as_u64().expect("next_position");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn status_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"));
+    (status, value)
+}
+
+/// Asserts the JSON error shape and code.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}

@@ -1,0 +1,262 @@
+//! Bad input: every malformed request is a 4xx with a JSON error, and stores nothing.
+
+use serde_json::{json, Value};
+
+use crate::support::{assert_error, TestServer};
+
+fn one_event() -> Value {
+    json!({"events": [{"type": "E", "data": {}}]})
+}
+
+#[tokio::test]
+async fn malformed_bodies_name_the_problem_and_store_nothing() {
+    let server = TestServer::start();
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("{", "invalid_body", "malformed JSON"),
+        ("", "invalid_body", "malformed JSON"),
+        ("[]", "invalid_body", ""),
+        (r#"{"expected_revision":"any"}"#, "invalid_body", "events"),
+        (r#"{"events":{}}"#, "invalid_body", "events"),
+        (r#"{"events":[]}"#, "invalid_body", "1 to 10000"),
+        (r#"{"events":[{"data":1}]}"#, "invalid_body", "type"),
+        (r#"{"events":[{"type":"E"}]}"#, "invalid_body", "data"),
+        (
+            r#"{"events":[{"type":7,"data":1}]}"#,
+            "invalid_body",
+            "events[0].type",
+        ),
+        (
+            r#"{"events":[{"type":"","data":1}]}"#,
+            "invalid_body",
+            "events[0].type",
+        ),
+        (
+            r#"{"events":[{"type":"a\nb","data":1}]}"#,
+            "invalid_body",
+            "control",
+        ),
+        (
+            r#"{"events":[{"type":"E","data":1,"id":"nope"}]}"#,
+            "invalid_body",
+            "events[0].id",
+        ),
+        (
+            r#"{"events":[{"type":"E","data":1,"metadata":[1]}]}"#,
+            "invalid_body",
+            "metadata",
+        ),
+        (
+            r#"{"events":[{"type":"E","data":1,"metadata":"x"}]}"#,
+            "invalid_body",
+            "metadata",
+        ),
+        (
+            r#"{"events":[{"type":"E","data":1,"extra":1}]}"#,
+            "invalid_body",
+            "extra",
+        ),
+        (
+            r#"{"expected_revision":-1,"events":[{"type":"E","data":1}]}"#,
+            "invalid_body",
+            "expected_revision",
+        ),
+        (
+            r#"{"expected_revision":"latest","events":[{"type":"E","data":1}]}"#,
+            "invalid_body",
+            "expected_revision",
+        ),
+        (
+            r#"{"expected_revision":1.5,"events":[{"type":"E","data":1}]}"#,
+            "invalid_body",
+            "expected_revision",
+        ),
+        (
+            r#"{"events":[{"type":"E","data":1}]} trailing"#,
+            "invalid_body",
+            "malformed JSON",
+        ),
+    ];
+    for (body, code, mention) in cases {
+        let (status, response) = server.post_raw("/streams/v", body.to_owned()).await;
+        assert_error(status, &response, 400, code);
+        let message = response["message"].as_str().expect("message");
+        assert!(
+            message.contains(mention),
+            "{body}: message {message:?} does not mention {mention:?}"
+        );
+    }
+    let long_type = "T".repeat(257);
+    let (status, response) = server
+        .post(
+            "/streams/v",
+            &json!({"events": [{"type": long_type, "data": 1}]}),
+        )
+        .await;
+    assert_error(status, &response, 400, "invalid_body");
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|_| json!({"type": "E", "data": 0}))
+        .collect();
+    let (status, response) = server
+        .post("/streams/v", &json!({"events": too_many}))
+        .await;
+    assert_error(status, &response, 400, "invalid_body");
+    assert_eq!(
+        server.get("/all").await.1["head_position"],
+        Value::Null,
+        "a rejected append stored something"
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_events_in_one_append_are_accepted() {
+    let server = TestServer::start();
+    let events: Vec<Value> = (0..10_000)
+        .map(|i| json!({"type": "E", "data": i}))
+        .collect();
+    let (status, body) = server
+        .post("/streams/big", &json!({"events": events}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["last_revision"], 9_999);
+}
+
+#[tokio::test]
+async fn bad_stream_names_are_rejected() {
+    let server = TestServer::start();
+    let long = "s".repeat(257);
+    for path in [
+        "/streams/%24all".to_owned(),
+        "/streams/%24system".to_owned(),
+        "/streams/a%0Ab".to_owned(),
+        "/streams/a%00b".to_owned(),
+        format!("/streams/{long}"),
+        "/streams/%FF%FE".to_owned(),
+    ] {
+        let (status, body) = server.post(&path, &one_event()).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["error"] == "invalid_stream_name" || body["error"] == "invalid_path",
+            "{path}: {body}"
+        );
+        let (status, _) = server.get(&path).await;
+        assert_eq!(status, 400, "GET {path}");
+    }
+    let ok = "s".repeat(256);
+    assert_eq!(
+        server.post(&format!("/streams/{ok}"), &one_event()).await.0,
+        201
+    );
+}
+
+#[tokio::test]
+async fn oversize_requests_are_413_naming_the_limit_and_the_flag() {
+    let server =
+        TestServer::start_with(&["--max-append-bytes", "4096", "--max-event-bytes", "1024"]);
+    let big = "x".repeat(5000);
+    let (status, body) = server
+        .post(
+            "/streams/big",
+            &json!({"events": [{"type": "E", "data": big}]}),
+        )
+        .await;
+    assert_error(status, &body, 413, "payload_too_large");
+    assert_eq!(body["limit"], 4096);
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("--max-append-bytes"),
+        "{body}"
+    );
+
+    // Without a Content-Length (chunked) the limit holds too. Raw TCP, so the
+    // client never races the early answer with the rest of its upload.
+    let response = chunked_post(&server, "/streams/big", &"z".repeat(5000)).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("payload_too_large"), "{response}");
+
+    let event = "y".repeat(2000);
+    let (status, body) = server
+        .post(
+            "/streams/big",
+            &json!({"events": [{"type": "Small", "data": 1}, {"type": "E", "data": event}]}),
+        )
+        .await;
+    assert_error(status, &body, 413, "event_too_large");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("events[1]") && message.contains("--max-event-bytes"),
+        "{body}"
+    );
+    assert_eq!(server.get("/all").await.1["head_position"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_400() {
+    let server = TestServer::start();
+    server.append("q", json!("any"), &["E"]).await;
+    for path in [
+        "/streams/q?limit=0",
+        "/streams/q?limit=4097",
+        "/streams/q?limit=ten",
+        "/streams/q?from=-1",
+        "/streams/q?direction=sideways",
+        "/streams/q?wait_ms=60001",
+        "/streams/q?direction=backward&wait_ms=10",
+        "/streams/q?frm=1",
+        "/streams/q?from=1&from=2",
+        "/all?from=x",
+        "/all?limit=100000",
+        "/all?colour=blue",
+        "/streams/q/minus-one",
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("invalid_")),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let server = TestServer::start();
+    let (status, body) = server.get("/nothing/here").await;
+    assert_error(status, &body, 404, "not_found");
+    let response = server
+        .http
+        .delete(server.url("/all"))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = crate::support::status_json(response).await;
+    assert_error(status, &body, 405, "method_not_allowed");
+    let (status, body) = server.get("/health/live").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, info) = server.get("/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["head_position"], Value::Null);
+    assert!(info["data_dir"].as_str().is_some());
+}
+
+/// Sends one chunk of a chunked POST (without the closing chunk) and reads the answer.
+async fn chunked_post(server: &TestServer, path: &str, chunk: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
