@@ -1,1 +1,203 @@
-fn main() {}
+//! End-to-end load generator: starts the real `skald` binary on a loopback port
+//! with a temp data dir and measures appends (by concurrency and batch size) and
+//! `$all` reads over HTTP. Every loop is bounded in count and in time.
+//!
+//! Run: `cargo bench --bench load` (env `SKALD_BENCH_SECS`, default 5 per scenario).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MAX_REQUESTS_PER_SCENARIO: usize = 200_000;
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let base = line
+        .trim()
+        .trim_start_matches("skald listening on ")
+        .to_owned();
+    Ok(Server {
+        child,
+        base,
+        _dir: dir,
+    })
+}
+
+struct Outcome {
+    requests: usize,
+    events: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+}
+
+async fn append_scenario(
+    server: &Server,
+    clients: usize,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let deadline = Instant::now() + duration;
+    let per_client = MAX_REQUESTS_PER_SCENARIO / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let http = http.clone();
+        let url = format!("{}/streams/bench-{clients}-{batch}-{client}", server.base);
+        tasks.push(tokio::spawn(async move {
+            let events: Vec<Value> = (0..batch)
+                .map(
+                    |i| json!({"type": "BenchEvent", "data": {"i": i, "payload": "x".repeat(100)}}),
+                )
+                .collect();
+            let body = serde_json::to_vec(&json!({"events": events}))?;
+            let mut latencies = Vec::new();
+            for _ in 0..per_client {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status() == 201,
+                    "append failed: {}",
+                    response.status()
+                );
+                response.bytes().await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    Ok(Outcome {
+        requests: latencies.len(),
+        events: latencies.len() * batch,
+        elapsed,
+        latencies,
+    })
+}
+
+async fn read_all_scenario(
+    server: &Server,
+    limit: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut from = 0u64;
+    let mut latencies = Vec::new();
+    let mut events = 0;
+    for _ in 0..MAX_REQUESTS_PER_SCENARIO {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let t = Instant::now();
+        let page: Value = http
+            .get(format!("{}/all?from={from}&limit={limit}", server.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        latencies.push(t.elapsed());
+        let n = page["events"].as_array().map_or(0, Vec::len);
+        events += n;
+        from = if n == 0 {
+            0
+        } else {
+            page["next_position"].as_u64().unwrap_or(0)
+        };
+    }
+    Ok(Outcome {
+        requests: latencies.len(),
+        events,
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+fn report(name: &str, mut outcome: Outcome) {
+    let secs = outcome.elapsed.as_secs_f64();
+    let (p50, p99) = (outcome.percentile(0.50), outcome.percentile(0.99));
+    println!(
+        "| {name} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+        outcome.requests,
+        outcome.requests as f64 / secs,
+        outcome.events as f64 / secs,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let secs: u64 = std::env::var("SKALD_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let duration = Duration::from_secs(secs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = Arc::new(start_server()?);
+        println!("| scenario | requests | requests/s | events/s | p50 ms | p99 ms |");
+        println!("|---|---|---|---|---|---|");
+        for (clients, batch) in [(1, 1), (16, 1), (64, 1), (256, 1), (16, 100)] {
+            let outcome = append_scenario(&server, clients, batch, duration).await?;
+            report(
+                &format!("append, {clients} clients x {batch} event(s)"),
+                outcome,
+            );
+        }
+        for limit in [100, 1000] {
+            let outcome = read_all_scenario(&server, limit, duration).await?;
+            report(&format!("read $all, pages of {limit}"), outcome);
+        }
+        anyhow::Ok(())
+    })
+}
