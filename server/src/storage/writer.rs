@@ -359,3 +359,188 @@ fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a model of the concurrency rules: random requests, cut
+    //! into random groups, must get the model's answers, and the store must hold
+    //! exactly the model's log afterwards.
+
+    use super::*;
+    use crate::storage::{AllFilter, Direction};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        New {
+            stream: u8,
+            expected: u8,
+            exact: u64,
+            count: usize,
+        },
+        Retry {
+            earlier: usize,
+            other_stream: Option<u8>,
+            reverse: bool,
+        },
+        MixOldAndNew {
+            earlier: usize,
+        },
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3, 0u8..4, 0u64..4, 1usize..4)
+                .prop_map(|(stream, expected, exact, count)| Op::New { stream, expected, exact, count }),
+            1 => (any::<usize>(), proptest::option::of(0u8..3), any::<bool>())
+                .prop_map(|(earlier, other_stream, reverse)| Op::Retry { earlier, other_stream, reverse }),
+            1 => any::<usize>().prop_map(|earlier| Op::MixOldAndNew { earlier }),
+        ]
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Answer {
+        Ok(AppendOutcome),
+        Wrong { actual: Option<u64> },
+        Duplicate,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        streams: HashMap<String, u64>,
+        ids: HashMap<Uuid, (String, u64, u64)>,
+        log: Vec<(String, u64, Uuid)>,
+    }
+
+    impl Model {
+        fn apply(&mut self, stream: &str, expected: ExpectedRevision, ids: &[Uuid]) -> Answer {
+            let found: Vec<_> = ids
+                .iter()
+                .filter_map(|id| self.ids.get(id).cloned())
+                .collect();
+            if !found.is_empty() {
+                let replay = found.len() == ids.len()
+                    && found
+                        .iter()
+                        .zip(0u64..)
+                        .all(|((s, r, _), i)| s == stream && *r == found[0].1 + i);
+                if !replay {
+                    return Answer::Duplicate;
+                }
+                let (first, last) = (&found[0], &found[found.len() - 1]);
+                return Answer::Ok(AppendOutcome {
+                    first_revision: first.1,
+                    last_revision: last.1,
+                    first_position: first.2,
+                    last_position: last.2,
+                    idempotent_replay: true,
+                });
+            }
+            let actual = self.streams.get(stream).copied();
+            if !expected.admits(actual) {
+                return Answer::Wrong { actual };
+            }
+            let first_revision = actual.map_or(0, |r| r + 1);
+            let first_position = self.log.len() as u64;
+            for (i, id) in (0u64..).zip(ids) {
+                self.ids.insert(
+                    *id,
+                    (stream.to_owned(), first_revision + i, first_position + i),
+                );
+                self.log.push((stream.to_owned(), first_revision + i, *id));
+            }
+            let n = ids.len() as u64;
+            self.streams
+                .insert(stream.to_owned(), first_revision + n - 1);
+            Answer::Ok(AppendOutcome {
+                first_revision,
+                last_revision: first_revision + n - 1,
+                first_position,
+                last_position: first_position + n - 1,
+                idempotent_replay: false,
+            })
+        }
+    }
+
+    fn new_event(id: Uuid) -> NewEvent {
+        NewEvent {
+            id,
+            event_type: "T".into(),
+            data: "{}".into(),
+            metadata: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn the_writer_follows_the_concurrency_rules(
+            ops in proptest::collection::vec(arb_op(), 1..40),
+            cuts in proptest::collection::vec(any::<bool>(), 40),
+        ) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Arc::new(Store::open(dir.path()).expect("open"));
+            let mut writer = Writer { store: Arc::clone(&store), next_position: 0, on_commit: |_| {}, failed: false };
+            let mut model = Model::default();
+            let mut sent: Vec<(String, Vec<Uuid>)> = Vec::new();
+            let mut fresh = 0u128;
+            let mut next_id = || { fresh += 1; Uuid::from_u128(fresh) };
+            let mut group = Vec::new();
+            let mut pending = Vec::new();
+            for (i, op) in ops.iter().enumerate() {
+                let (stream, expected, ids) = match op {
+                    Op::New { stream, expected, exact, count } => {
+                        let expected = match expected {
+                            0 => ExpectedRevision::Any,
+                            1 => ExpectedRevision::NoStream,
+                            2 => ExpectedRevision::StreamExists,
+                            _ => ExpectedRevision::Exact(*exact),
+                        };
+                        (format!("s{stream}"), expected, (0..*count).map(|_| next_id()).collect::<Vec<_>>())
+                    }
+                    Op::Retry { earlier, other_stream, reverse } if !sent.is_empty() => {
+                        let (stream, mut ids) = sent[earlier % sent.len()].clone();
+                        if *reverse { ids.reverse(); }
+                        let stream = other_stream.map_or(stream, |s| format!("s{s}"));
+                        (stream, ExpectedRevision::NoStream, ids)
+                    }
+                    Op::MixOldAndNew { earlier } if !sent.is_empty() => {
+                        let (stream, ids) = sent[earlier % sent.len()].clone();
+                        (stream, ExpectedRevision::Any, vec![ids[0], next_id()])
+                    }
+                    _ => continue,
+                };
+                let want = model.apply(&stream, expected, &ids);
+                sent.push((stream.clone(), ids.clone()));
+                let (reply, answer) = oneshot::channel();
+                let events = ids.into_iter().map(new_event).collect();
+                let stream = StreamName::parse(&stream).expect("valid");
+                group.push(AppendRequest { stream, expected, events, reply });
+                pending.push((want, answer));
+                if cuts[i % cuts.len()] {
+                    writer.commit_group(std::mem::take(&mut group));
+                }
+            }
+            writer.commit_group(group);
+            for (want, mut answer) in pending {
+                let got = match answer.try_recv().expect("every request is answered") {
+                    Ok(outcome) => Answer::Ok(outcome),
+                    Err(AppendError::WrongExpectedRevision { actual, .. }) => Answer::Wrong { actual },
+                    Err(AppendError::DuplicateEventId { .. }) => Answer::Duplicate,
+                    Err(other) => panic!("unexpected error {other}"),
+                };
+                prop_assert_eq!(got, want);
+            }
+            let all = store
+                .read_all(None, Direction::Forward, 4096, &AllFilter::default(), usize::MAX)
+                .expect("read all");
+            let stored: Vec<_> = all.events.iter().map(|e| (e.stream.to_string(), e.revision, e.id)).collect();
+            prop_assert_eq!(stored, model.log.clone());
+            prop_assert_eq!(store.next_position().expect("next"), model.log.len() as u64);
+            for (stream, last) in &model.streams {
+                let name = StreamName::parse(stream).expect("valid");
+                prop_assert_eq!(store.last_revision(&name).expect("state"), Some(*last));
+            }
+        }
+    }
+}
