@@ -6,6 +6,8 @@
 //!   module that imports `rocksdb`).
 //! - `service`: the async facade: appends to the writer, reads on the blocking
 //!   pool, commit notifications and long-poll waits.
+//! - `subscriptions`: catch-up subscriptions, a cursor over storage plus the
+//!   commit notification.
 //! - `http`: routing, request parsing, responses and the one error mapping.
 //! - `server`: binding, serving and graceful shutdown.
 
@@ -15,6 +17,7 @@ pub mod model;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod subscriptions;
 
 pub use config::{Config, ServeArgs};
 pub use server::{Server, ServerError};

@@ -75,6 +75,16 @@ impl Service {
         ))
     }
 
+    /// A receiver of the commit notification: the last committed position.
+    pub fn head_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.head.clone()
+    }
+
+    /// Cancelled when the server shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.store.path()
@@ -126,10 +136,7 @@ impl Service {
         let mut head = self.head.clone();
         loop {
             head.borrow_and_update();
-            let (name, q) = (stream.clone(), query.clone());
-            let slice = self
-                .blocking(move |store| store.read_stream(&name, q.from, q.direction, q.limit))
-                .await?;
+            let slice = self.read_stream_once(stream.clone(), query.clone()).await?;
             let found = slice.as_ref().is_some_and(|s| !s.events.is_empty());
             if found
                 || query.direction == Direction::Backward
@@ -152,17 +159,7 @@ impl Service {
                 from,
                 ..query.clone()
             };
-            let slice = self
-                .blocking(move |store| {
-                    store.read_all(
-                        q.from,
-                        q.direction,
-                        q.limit,
-                        &q.filter,
-                        MAX_EXAMINED_PER_READ,
-                    )
-                })
-                .await?;
+            let slice = self.read_all_once(q, MAX_EXAMINED_PER_READ).await?;
             if !slice.events.is_empty() || query.direction == Direction::Backward {
                 return Ok(slice);
             }
@@ -196,6 +193,44 @@ impl Service {
             () = tokio::time::sleep_until(deadline) => false,
             () = self.shutdown.cancelled() => false,
         }
+    }
+
+    /// One `$all` read without waiting (subscriptions do their own waiting).
+    /// At most `max_examined` events are examined (capped at `MAX_EXAMINED_PER_READ`).
+    pub async fn read_all_once(
+        &self,
+        query: AllQuery,
+        max_examined: usize,
+    ) -> Result<AllSlice, StorageError> {
+        let max_examined = max_examined.clamp(1, MAX_EXAMINED_PER_READ);
+        self.blocking(move |store| {
+            store.read_all(
+                query.from,
+                query.direction,
+                query.limit,
+                &query.filter,
+                max_examined,
+            )
+        })
+        .await
+    }
+
+    /// One stream read without waiting.
+    pub async fn read_stream_once(
+        &self,
+        stream: StreamName,
+        query: StreamQuery,
+    ) -> Result<Option<StreamSlice>, StorageError> {
+        self.blocking(move |store| {
+            store.read_stream(&stream, query.from, query.direction, query.limit)
+        })
+        .await
+    }
+
+    /// The last revision of `stream`, `None` when it has no events.
+    pub async fn last_revision(&self, stream: StreamName) -> Result<Option<u64>, StorageError> {
+        self.blocking(move |store| store.last_revision(&stream))
+            .await
     }
 
     async fn blocking<T: Send + 'static>(

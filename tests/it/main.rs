@@ -5,5 +5,6 @@ mod concurrency;
 mod durability;
 mod long_poll;
 mod read;
+mod subscriptions;
 mod support;
 mod validation;

@@ -200,3 +200,86 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
         "{body}"
     );
 }
+
+/// Reads a streamed response line by line (NDJSON) or event by event (SSE).
+pub struct LineReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl LineReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next piece ending in `separator`, or `None` when the body ended.
+    async fn next_piece(&mut self, separator: &[u8], timeout: Duration) -> Option<String> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(at) = self
+                .buffer
+                .windows(separator.len())
+                .position(|w| w == separator)
+            {
+                let piece: Vec<u8> = self.buffer.drain(..at + separator.len()).collect();
+                return Some(String::from_utf8(piece[..at].to_vec()).expect("UTF-8"));
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => panic!("body error: {e}"),
+                Ok(None) => return None,
+                Err(_) => panic!("no complete line within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The next NDJSON line as JSON; `None` at the end of the body.
+    pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.next_piece(b"\n", timeout).await?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}")))
+    }
+
+    /// The next SSE event as (event, id, data); `None` at the end of the body.
+    pub async fn next_sse(&mut self, timeout: Duration) -> Option<(String, Option<u64>, Value)> {
+        let block = self.next_piece(b"\n\n", timeout).await?;
+        let (mut event, mut id, mut data) = (String::new(), None, Value::Null);
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.parse().expect("numeric id"));
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = serde_json::from_str(v).expect("JSON data");
+            }
+        }
+        Some((event, id, data))
+    }
+}
+
+impl TestServer {
+    /// Opens a subscription (NDJSON unless `accept` says otherwise).
+    pub async fn subscribe(&self, path: &str, headers: &[(&str, &str)]) -> LineReader {
+        let mut request = self.http.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("subscribe");
+        assert_eq!(response.status(), 200, "{path}");
+        LineReader::new(response)
+    }
+
+    /// The server's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}

@@ -5,6 +5,7 @@ mod all;
 pub mod error;
 mod extract;
 mod streams;
+mod subscriptions;
 mod system;
 pub mod wire;
 
@@ -46,6 +47,11 @@ pub fn router(service: Arc<Service>, config: &Config) -> Router {
         )
         .route("/streams/{stream}/{revision}", get(streams::read_one))
         .route("/all", get(all::read))
+        .route("/subscriptions/all", get(subscriptions::all))
+        .route(
+            "/subscriptions/streams/{stream}",
+            get(subscriptions::stream),
+        )
         .route("/health/live", get(system::live))
         .route("/info", get(system::info))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })

@@ -127,7 +127,7 @@ fn stream_name(path: Result<Path<String>, PathRejection>) -> Result<StreamName, 
     parse_stream(&raw)
 }
 
-fn parse_stream(raw: &str) -> Result<StreamName, ApiError> {
+pub(super) fn parse_stream(raw: &str) -> Result<StreamName, ApiError> {
     StreamName::parse(raw)
         .map_err(|e| ApiError::bad_request("invalid_stream_name", format!("stream name {e}")))
 }
