@@ -160,6 +160,111 @@ async fn read_all_scenario(
     })
 }
 
+/// Latency from append acknowledgement to delivery, at `subscribers` live `$all`
+/// subscriptions, under a steady load of `rate` single-event appends per second.
+async fn subscription_scenario(
+    server: &Server,
+    subscribers: usize,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    let head: Value = http
+        .get(format!("{}/info", server.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let first = head["head_position"].as_u64().map_or(0, |h| h + 1);
+    let total = (rate * duration.as_secs()).max(1);
+    let last = first + total - 1;
+    let deadline = Instant::now() + duration + Duration::from_secs(30);
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let response = http
+            .get(format!("{}/subscriptions/all?from={first}", server.base))
+            .send()
+            .await?;
+        let mut body = response.bytes_stream();
+        // Wait for caught_up so that every subscriber is live before the load starts.
+        let mut buffer = Vec::new();
+        while !String::from_utf8_lossy(&buffer).contains("caught_up") {
+            buffer.extend_from_slice(&body.next().await.expect("caught_up line")?);
+        }
+        readers.push(tokio::spawn(async move {
+            let mut received = Vec::with_capacity(total as usize);
+            let mut pending = Vec::new();
+            while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), body.next()).await
+            {
+                let now = Instant::now();
+                pending.extend_from_slice(&chunk?);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Some(position) = event_position(&line) {
+                        received.push((position, now));
+                    }
+                }
+                if received.last().is_some_and(|(p, _)| *p >= last) {
+                    break;
+                }
+            }
+            anyhow::Ok(received)
+        }));
+    }
+    let mut acks = Vec::with_capacity(total as usize);
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let body = serde_json::to_vec(&json!({"events": [{"type": "Tick", "data": {"n": 1}}]}))?;
+    let started = Instant::now();
+    for _ in 0..total {
+        ticker.tick().await;
+        let response = http
+            .post(format!("{}/streams/ticks", server.base))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let acked = Instant::now();
+        let result: Value = response.json().await?;
+        acks.push((result["first_position"].as_u64().expect("position"), acked));
+    }
+    let elapsed = started.elapsed();
+    let acked_at: std::collections::HashMap<u64, Instant> = acks.into_iter().collect();
+    let mut latencies = Vec::new();
+    for reader in readers {
+        for (position, at) in reader.await?? {
+            if let Some(acked) = acked_at.get(&position) {
+                // Delivery may precede the client's view of the ack: count it as 0.
+                latencies.push(at.saturating_duration_since(*acked));
+            }
+        }
+    }
+    anyhow::ensure!(
+        latencies.len() as u64 == total * subscribers as u64,
+        "delivered {} of {} events",
+        latencies.len(),
+        total * subscribers as u64
+    );
+    Ok(Outcome {
+        requests: total as usize,
+        events: latencies.len(),
+        elapsed,
+        latencies,
+    })
+}
+
+/// The `position` of an NDJSON event line, without parsing the whole line.
+fn event_position(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    if !text.starts_with(r#"{"type":"event""#) {
+        return None;
+    }
+    let rest = &text[text.find(r#""position":"#)? + 11..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
+}
+
 fn report(name: &str, mut outcome: Outcome) {
     let secs = outcome.elapsed.as_secs_f64();
     let (p50, p99) = (outcome.percentile(0.50), outcome.percentile(0.99));
@@ -191,6 +296,13 @@ fn main() -> anyhow::Result<()> {
             let outcome = append_scenario(&server, clients, batch, duration).await?;
             report(
                 &format!("append, {clients} clients x {batch} event(s)"),
+                outcome,
+            );
+        }
+        for subscribers in [1, 100] {
+            let outcome = subscription_scenario(&server, subscribers, 200, duration).await?;
+            report(
+                &format!("append -> live delivery, {subscribers} subscriber(s), 200 appends/s"),
                 outcome,
             );
         }
