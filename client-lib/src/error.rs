@@ -1,0 +1,149 @@
+//! The client's error type: one variant per failure a caller may handle differently.
+
+use std::time::Duration;
+
+use crate::ExpectedRevision;
+
+/// Everything a [`Client`](crate::Client) call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream's last revision was not what the append expected.
+    #[error("wrong expected revision: expected {expected}, actual {}", actual.map_or("none".to_owned(), |a| a.to_string()))]
+    WrongExpectedRevision {
+        /// What the append expected.
+        expected: ExpectedRevision,
+        /// The stream's last revision, `None` when it has no events.
+        actual: Option<u64>,
+    },
+    /// An event id of the append is already stored in another append.
+    #[error("duplicate event id: {message}")]
+    DuplicateEventId {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The stream has never been written (or the event does not exist).
+    #[error("not found: {message}")]
+    StreamNotFound {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The stream was deleted.
+    #[error("stream deleted: {message}")]
+    StreamDeleted {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The request or one event is larger than the server accepts.
+    #[error("too large: {message}")]
+    TooLarge {
+        /// The server's explanation (names the limit and the flag that sets it).
+        message: String,
+        /// The limit, in bytes.
+        limit: Option<u64>,
+    },
+    /// The server refused the request as malformed.
+    #[error("bad request ({code}): {message}")]
+    BadRequest {
+        /// The server's error code, e.g. `invalid_body`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server needs (other) credentials.
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server failed (5xx).
+    #[error("server error {status} ({code}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's error code, e.g. `corrupt_event`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server ended a subscription with an error line.
+    #[error("subscription ended by the server ({code}): {message}")]
+    SubscriptionEnded {
+        /// The server's error code, e.g. `shutting_down`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The request could not be sent or its answer not received.
+    #[error("transport error: {0}")]
+    Transport(#[source] reqwest::Error),
+    /// The operation did not finish in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server's answer was not what this client understands.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+    /// Event data or metadata could not be serialized.
+    #[error("cannot serialize event: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The URL given to the builder is not valid.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether the same request may succeed if sent again later: transport
+    /// failures, time-outs, 5xx answers and subscriptions ended by a shutdown.
+    /// Appends are retried by the client itself only on transport failures, with
+    /// the same event ids, which the server's idempotency makes safe.
+    ///
+    /// ```
+    /// use skald_client::{Error, ExpectedRevision};
+    /// let conflict = Error::WrongExpectedRevision { expected: ExpectedRevision::Exact(1), actual: Some(2) };
+    /// assert!(!conflict.is_retryable());
+    /// assert!(Error::Timeout(std::time::Duration::from_secs(1)).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::Timeout(_) | Self::Server { .. } => true,
+            Self::SubscriptionEnded { code, .. } => code == "shutting_down",
+            _ => false,
+        }
+    }
+
+    /// Builds the error for a non-success answer from its status and JSON body.
+    pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let code = json["error"].as_str().unwrap_or("").to_owned();
+        let message = json["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        match (status, code.as_str()) {
+            (409, "wrong_expected_revision") => Self::WrongExpectedRevision {
+                expected: ExpectedRevision::from_json(&json["expected"])
+                    .unwrap_or(ExpectedRevision::Any),
+                actual: json["actual"].as_u64(),
+            },
+            (409, "duplicate_event_id") => Self::DuplicateEventId { message },
+            (404, "stream_not_found" | "event_not_found") => Self::StreamNotFound { message },
+            (410, _) => Self::StreamDeleted { message },
+            (413, _) => Self::TooLarge {
+                message,
+                limit: json["limit"].as_u64(),
+            },
+            (401 | 403, _) => Self::Unauthorized { message },
+            (500..=599, _) => Self::Server {
+                status,
+                code,
+                message,
+            },
+            _ => Self::BadRequest { code, message },
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Where a projection's checkpoint (the last position it has applied) is kept.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::BoxError;
+
+/// Keeps projections' checkpoints.
+///
+/// For exactly-once read models, keep the checkpoint in the read model's own
+/// database and write it in the same transaction as the rows, inside
+/// [`Projection::apply`](super::Projection::apply); then give the runner a store
+/// whose `load` reads it from there and whose `save` does nothing (the
+/// `order_summary` example does this with SQLite).
+pub trait CheckpointStore: Send {
+    /// The last position `projection` applied, `None` when it never ran.
+    fn load(
+        &mut self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Option<u64>, BoxError>> + Send;
+    /// Records that `projection` applied everything up to `position`.
+    fn save(
+        &mut self,
+        projection: &str,
+        position: u64,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Forgets `projection`'s checkpoint (for a rebuild).
+    fn clear(&mut self, projection: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Checkpoints in memory (tests, or projections rebuilt at every start). Clones share.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use skald_client::projection::{CheckpointStore, MemoryCheckpointStore};
+/// let mut store = MemoryCheckpointStore::default();
+/// store.save("totals", 41).await.unwrap();
+/// assert_eq!(store.load("totals").await.unwrap(), Some(41));
+/// # });
+/// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCheckpointStore {
+    positions: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl CheckpointStore for MemoryCheckpointStore {
+    async fn load(&mut self, projection: &str) -> Result<Option<u64>, BoxError> {
+        Ok(self
+            .positions
+            .lock()
+            .map_err(|_| "checkpoint lock poisoned")?
+            .get(projection)
+            .copied())
+    }
+
+    async fn save(&mut self, projection: &str, position: u64) -> Result<(), BoxError> {
+        self.positions
+            .lock()
+            .map_err(|_| "checkpoint lock poisoned")?
+            .insert(projection.to_owned(), position);
+        Ok(())
+    }
+
+    async fn clear(&mut self, projection: &str) -> Result<(), BoxError> {
+        self.positions
+            .lock()
+            .map_err(|_| "checkpoint lock poisoned")?
+            .remove(projection);
+        Ok(())
+    }
+}
+
+/// Checkpoints in files, one per projection (`<dir>/<name>.checkpoint`), each
+/// replaced atomically: written to a temporary file, synced, renamed over the old
+/// one, and the directory synced, so a crash leaves the old or the new value.
+///
+/// ```no_run
+/// use skald_client::projection::FileCheckpointStore;
+/// let store = FileCheckpointStore::new("/var/lib/billing/checkpoints")?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileCheckpointStore {
+    dir: PathBuf,
+}
+
+impl FileCheckpointStore {
+    /// A store in `dir`, created when missing.
+    pub fn new(dir: impl AsRef<Path>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(Self {
+            dir: dir.as_ref().to_owned(),
+        })
+    }
+
+    fn path(&self, projection: &str) -> PathBuf {
+        // Names become file names: keep them to a safe alphabet.
+        let safe: String = projection
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.checkpoint"))
+    }
+}
+
+impl CheckpointStore for FileCheckpointStore {
+    async fn load(&mut self, projection: &str) -> Result<Option<u64>, BoxError> {
+        let path = self.path(projection);
+        tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                text.trim()
+                    .parse::<u64>()
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await?
+    }
+
+    async fn save(&mut self, projection: &str, position: u64) -> Result<(), BoxError> {
+        let (path, dir) = (self.path(projection), self.dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+            use std::io::Write;
+            let tmp = path.with_extension("checkpoint.tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            writeln!(file, "{position}")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn clear(&mut self, projection: &str) -> Result<(), BoxError> {
+        match tokio::fs::remove_file(self.path(projection)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
