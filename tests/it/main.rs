@@ -1,9 +1,11 @@
 //! End-to-end tests: each starts the real server binary and drives it over HTTP.
 
 mod append;
+mod client;
 mod concurrency;
 mod durability;
 mod long_poll;
+mod projections;
 mod read;
 mod subscriptions;
 mod support;

@@ -42,10 +42,16 @@ impl TestServer {
     }
 
     fn launch(&mut self) {
+        // A restart keeps the address, so clients can reconnect.
+        let listen = self
+            .base
+            .strip_prefix("http://")
+            .unwrap_or("127.0.0.1:0")
+            .to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
@@ -66,6 +72,8 @@ impl TestServer {
             .to_owned();
         self.base = url;
         self.child = Some(child);
+        // Pooled connections to the previous process are dead.
+        self.http = reqwest::Client::new();
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -109,6 +117,14 @@ impl TestServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
         self.launch();
+    }
+
+    /// A `skald-client` for this server.
+    pub fn client(&self) -> skald_client::Client {
+        skald_client::Client::builder(&self.base)
+            .initial_backoff(Duration::from_millis(50))
+            .build()
+            .expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {

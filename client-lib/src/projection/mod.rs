@@ -317,6 +317,8 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
                     }
                 }
                 SubscriptionMessage::CaughtUp { position } => {
+                    // Everything up to the head was examined, filtered-out tail included.
+                    examined = examined.max(position);
                     if let Err(e) = self.flush(&name, &mut batch, examined, &stop).await {
                         break Err(e);
                     }
