@@ -1,4 +1,7 @@
-//! The `skald` binary: `skald serve` runs the server.
+//! The `skald` binary: `skald serve` runs the server; the other subcommands are
+//! a command-line client of a running server.
+
+mod cli;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -20,20 +23,81 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(skald_server::ServeArgs),
+    /// Append one event to a stream.
+    Append {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::AppendArgs,
+    },
+    /// Read a stream.
+    Read {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// The stream to read.
+        stream: String,
+        #[command(flatten)]
+        args: cli::ReadArgs,
+    },
+    /// Read the global log ($all).
+    ReadAll {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::ReadArgs,
+        #[command(flatten)]
+        filter: cli::FilterArgs,
+    },
+    /// Follow new events live ($all or one stream).
+    Tail {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::TailArgs,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One readable line (with causes), not a backtrace.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-    }
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Append { connection, args } => cli::append(connection, args).await,
+            Command::Read {
+                connection,
+                stream,
+                args,
+            } => cli::read(connection, stream, args).await,
+            Command::ReadAll {
+                connection,
+                args,
+                filter,
+            } => cli::read_all(connection, args, filter).await,
+            Command::Tail { connection, args } => cli::tail(connection, args).await,
+        }
+    })
 }
 
 async fn serve(args: skald_server::ServeArgs) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real server binary and drives it over HTTP.
 
 mod append;
+mod cli;
 mod client;
 mod concurrency;
 mod durability;

@@ -1,0 +1,146 @@
+//! The `skald` client subcommands against a running server.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::TestServer;
+
+fn skald(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(args)
+        .env("SKALD_URL", &server.base)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run skald")
+}
+
+fn stdout_lines(output: &Output) -> Vec<String> {
+    String::from_utf8(output.stdout.clone())
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_read_all_and_tail() {
+    let server = TestServer::start();
+    let out = tokio::task::block_in_place(|| {
+        skald(
+            &server,
+            &[
+                "append",
+                "order-1",
+                "--type",
+                "OrderPlaced",
+                "--data",
+                r#"{"total":3}"#,
+                "--expected",
+                "no_stream",
+            ],
+        )
+    });
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revision 0, position 0"));
+    let out = tokio::task::block_in_place(|| {
+        skald(
+            &server,
+            &[
+                "append",
+                "order-1",
+                "--type",
+                "OrderPaid",
+                "--data",
+                "{}",
+                "--expected",
+                "no_stream",
+            ],
+        )
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: wrong expected revision"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    let out = tokio::task::block_in_place(|| {
+        skald(
+            &server,
+            &[
+                "append",
+                "user-1",
+                "--type",
+                "UserCreated",
+                "--data",
+                r#"{"n":"ann"}"#,
+                "--metadata",
+                r#"{"by":"cli"}"#,
+                "--json",
+            ],
+        )
+    });
+    let appended: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(appended["first_position"], 1);
+
+    let out = tokio::task::block_in_place(|| skald(&server, &["read", "order-1"]));
+    let lines = stdout_lines(&out);
+    assert!(
+        lines[0].contains("POSITION") && lines[0].contains("TYPE"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("OrderPlaced") && lines[1].contains(r#"{"total":3}"#),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 2);
+
+    let out = tokio::task::block_in_place(|| skald(&server, &["read-all", "--json"]));
+    let events: Vec<Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["metadata"]["by"], "cli");
+    let out = tokio::task::block_in_place(|| {
+        skald(&server, &["read-all", "--stream-prefix", "user-", "--json"])
+    });
+    assert_eq!(stdout_lines(&out).len(), 1);
+    let out = tokio::task::block_in_place(|| {
+        skald(
+            &server,
+            &["read", "order-1", "--backward", "--limit", "1", "--json"],
+        )
+    });
+    assert_eq!(stdout_lines(&out).len(), 1);
+
+    // tail follows live: start it, append, read the line it prints.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["tail", "--json"])
+        .env("SKALD_URL", &server.base)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tail");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = server
+        .append("live-1", serde_json::json!("any"), &["Live"])
+        .await;
+    assert_eq!(status, 201);
+    let stdout = tail.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .expect("a line within 20 s")
+        .expect("task");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let event: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(
+        (event["stream"].as_str(), event["position"].as_u64()),
+        (Some("live-1"), Some(2))
+    );
+}
