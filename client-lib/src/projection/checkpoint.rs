@@ -150,3 +150,59 @@ impl CheckpointStore for FileCheckpointStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_file_store_round_trips_replaces_and_clears() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = FileCheckpointStore::new(dir.path().join("nested")).expect("store");
+        assert_eq!(store.load("p/1").await.expect("load"), None);
+        store.save("p/1", 7).await.expect("save");
+        store.save("p/1", 1_000_000_000_000).await.expect("save");
+        store.save("other", 3).await.expect("save");
+        // A new store over the same directory (a restarted process) sees the values.
+        let mut reopened = FileCheckpointStore::new(dir.path().join("nested")).expect("store");
+        assert_eq!(
+            reopened.load("p/1").await.expect("load"),
+            Some(1_000_000_000_000)
+        );
+        assert_eq!(reopened.load("other").await.expect("load"), Some(3));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("nested"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        assert!(
+            names.iter().all(|n| n.ends_with(".checkpoint")),
+            "{names:?}"
+        );
+        reopened.clear("p/1").await.expect("clear");
+        reopened
+            .clear("never-saved")
+            .await
+            .expect("clearing nothing is fine");
+        assert_eq!(reopened.load("p/1").await.expect("load"), None);
+        assert_eq!(reopened.load("other").await.expect("load"), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_checkpoint_file_is_an_error_not_a_restart_from_zero() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = FileCheckpointStore::new(dir.path()).expect("store");
+        std::fs::write(dir.path().join("p.checkpoint"), "not a number").expect("write");
+        assert!(store.load("p").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_store_clones_share_positions() {
+        let mut a = MemoryCheckpointStore::default();
+        let mut b = a.clone();
+        a.save("p", 5).await.expect("save");
+        assert_eq!(b.load("p").await.expect("load"), Some(5));
+        b.clear("p").await.expect("clear");
+        assert_eq!(a.load("p").await.expect("load"), None);
+    }
+}
