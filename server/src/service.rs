@@ -10,8 +10,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName};
-use crate::storage::writer::{self, AppendError, AppendRequest, CommitInfo, WriterHandle};
-use crate::storage::{AllFilter, AllSlice, Direction, StorageError, Store, StreamSlice};
+use crate::storage::writer::{
+    self, AppendError, CommitInfo, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
+};
+use crate::storage::{
+    AllFilter, AllSlice, Direction, StorageError, Store, StreamMetadata, StreamRead, StreamSlice,
+    StreamState,
+};
 
 /// Most events one `$all` read examines, filtered-out ones included, before it
 /// answers with what it found, so a narrow filter cannot pin a reader thread.
@@ -56,12 +61,14 @@ impl Service {
         let (head_tx, head) = watch::channel(head_position);
         let on_commit = move |info: CommitInfo| {
             tracing::trace!(
-                last_position = info.last_position,
+                last_position = ?info.last_position,
                 requests = info.requests,
                 events = info.events,
                 "group committed"
             );
-            head_tx.send_replace(Some(info.last_position));
+            // Sent for every committed group, deletes and metadata changes too, so
+            // waiting readers re-check what they may see.
+            head_tx.send_replace(info.last_position);
         };
         let (writer, thread) = writer::spawn(Arc::clone(&store), on_commit)?;
         Ok((
@@ -95,6 +102,19 @@ impl Service {
         *self.head.borrow()
     }
 
+    /// Sends one request through the single writer and waits for its answer.
+    pub async fn write(
+        &self,
+        stream: StreamName,
+        op: WriteOp,
+    ) -> Result<WriteOutcome, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .submit(WriteRequest { stream, op, reply })
+            .map_err(|_| AppendError::WriterStopped)?;
+        answer.await.map_err(|_| AppendError::WriterStopped)?
+    }
+
     /// Appends `events` to `stream` through the single writer.
     pub async fn append(
         &self,
@@ -102,16 +122,46 @@ impl Service {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, AppendError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .submit(AppendRequest {
-                stream,
-                expected,
-                events,
-                reply,
-            })
-            .map_err(|_| AppendError::WriterStopped)?;
-        answer.await.map_err(|_| AppendError::WriterStopped)?
+        match self
+            .write(stream, WriteOp::Append { expected, events })
+            .await?
+        {
+            WriteOutcome::Appended(outcome) => Ok(outcome),
+            other => unreachable_outcome(&other),
+        }
+    }
+
+    /// Soft-deletes (or, with `hard`, tombstones) `stream`.
+    pub async fn delete(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        hard: bool,
+    ) -> Result<(), AppendError> {
+        self.write(stream, WriteOp::Delete { expected, hard })
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces `stream`'s metadata; returns the stream's new state.
+    pub async fn set_metadata(
+        &self,
+        stream: StreamName,
+        metadata: StreamMetadata,
+    ) -> Result<StreamState, AppendError> {
+        match self.write(stream, WriteOp::SetMetadata(metadata)).await? {
+            WriteOutcome::MetadataSet(state) => Ok(state),
+            other => unreachable_outcome(&other),
+        }
+    }
+
+    /// The state of `stream`, `None` when nothing was ever written for it.
+    pub async fn stream_state(
+        &self,
+        stream: StreamName,
+    ) -> Result<Option<StreamState>, StorageError> {
+        self.blocking(move |store| store.stream_state(&stream))
+            .await
     }
 
     /// Reads one event of a stream.
@@ -119,7 +169,7 @@ impl Service {
         &self,
         stream: StreamName,
         revision: u64,
-    ) -> Result<Option<RecordedEvent>, StorageError> {
+    ) -> Result<StreamRead<Option<RecordedEvent>>, StorageError> {
         self.blocking(move |store| store.read_event(&stream, revision))
             .await
     }
@@ -131,13 +181,17 @@ impl Service {
         &self,
         stream: StreamName,
         query: StreamQuery,
-    ) -> Result<Option<StreamSlice>, StorageError> {
+    ) -> Result<StreamRead<StreamSlice>, StorageError> {
         let deadline = Instant::now() + query.wait;
         let mut head = self.head.clone();
         loop {
             head.borrow_and_update();
             let slice = self.read_stream_once(stream.clone(), query.clone()).await?;
-            let found = slice.as_ref().is_some_and(|s| !s.events.is_empty());
+            let found = match &slice {
+                StreamRead::Found(s) => !s.events.is_empty(),
+                StreamRead::Tombstoned => true,
+                StreamRead::NotFound => false,
+            };
             if found
                 || query.direction == Direction::Backward
                 || !self.wait_for_commit(&mut head, deadline).await
@@ -220,15 +274,18 @@ impl Service {
         &self,
         stream: StreamName,
         query: StreamQuery,
-    ) -> Result<Option<StreamSlice>, StorageError> {
+    ) -> Result<StreamRead<StreamSlice>, StorageError> {
         self.blocking(move |store| {
             store.read_stream(&stream, query.from, query.direction, query.limit)
         })
         .await
     }
 
-    /// The last revision of `stream`, `None` when it has no events.
-    pub async fn last_revision(&self, stream: StreamName) -> Result<Option<u64>, StorageError> {
+    /// The last revision of `stream` as expected-revision checks see it.
+    pub async fn last_revision(
+        &self,
+        stream: StreamName,
+    ) -> Result<StreamRead<Option<u64>>, StorageError> {
         self.blocking(move |store| store.last_revision(&stream))
             .await
     }
@@ -251,3 +308,9 @@ impl Service {
 
 /// How long a long-poll may wait at most.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn unreachable_outcome<T>(outcome: &WriteOutcome) -> Result<T, AppendError> {
+    Err(AppendError::Storage(StorageError::Engine(format!(
+        "the writer answered with {outcome:?}"
+    ))))
+}

@@ -25,6 +25,8 @@ pub enum ApiError {
     },
     #[error("stream {0} not found")]
     StreamNotFound(StreamName),
+    #[error("stream {0} is deleted for good (tombstoned)")]
+    StreamDeleted(StreamName),
     #[error("stream {stream} has no event at revision {revision}")]
     EventNotFound { stream: StreamName, revision: u64 },
     #[error("no route for {0}")]
@@ -60,6 +62,7 @@ impl ApiError {
             Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             Self::StreamNotFound(_) => (StatusCode::NOT_FOUND, "stream_not_found"),
             Self::EventNotFound { .. } => (StatusCode::NOT_FOUND, "event_not_found"),
+            Self::StreamDeleted(_) => (StatusCode::GONE, "stream_deleted"),
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::WrongExpectedRevision { .. } => (StatusCode::CONFLICT, "wrong_expected_revision"),
@@ -75,7 +78,7 @@ impl ApiError {
             Self::TooLarge { limit, .. } => {
                 body.insert("limit".into(), json!(limit));
             }
-            Self::StreamNotFound(stream) => {
+            Self::StreamNotFound(stream) | Self::StreamDeleted(stream) => {
                 body.insert("stream".into(), json!(stream.as_str()));
             }
             Self::EventNotFound { stream, revision } => {
@@ -133,6 +136,8 @@ impl From<AppendError> for ApiError {
             AppendError::DuplicateEventId { id, position } => {
                 Self::DuplicateEventId { id, position }
             }
+            AppendError::StreamDeleted(stream) => Self::StreamDeleted(stream),
+            AppendError::StreamNotFound(stream) => Self::StreamNotFound(stream),
             AppendError::Storage(e) => e.into(),
             AppendError::WriterStopped => Self::Unavailable(e.to_string()),
         }

@@ -15,7 +15,7 @@ use super::wire::{events_json, AppendBody, AppendResponse, EventBody, EventJson,
 use super::{parse_direction, AppState};
 use crate::model::{check_event_type, NewEvent, StreamName, MAX_EVENTS_PER_APPEND};
 use crate::service::{StreamQuery, MAX_WAIT};
-use crate::storage::Direction;
+use crate::storage::{Direction, StreamRead};
 
 /// Most events one read returns.
 pub const MAX_READ_LIMIT: u64 = 4096;
@@ -75,11 +75,10 @@ pub async fn read(
         limit: limit as usize,
         wait,
     };
-    let slice = state
-        .service
-        .read_stream(stream.clone(), query)
-        .await?
-        .ok_or_else(|| ApiError::StreamNotFound(stream.clone()))?;
+    let slice = found(
+        state.service.read_stream(stream.clone(), query).await?,
+        &stream,
+    )?;
     let page = StreamPage {
         stream: stream.as_str(),
         events: events_json(slice.events)?,
@@ -101,12 +100,21 @@ pub async fn read_one(
             format!("revision must be a non-negative integer, got '{raw_revision}'"),
         )
     })?;
-    let event = state
-        .service
-        .read_event(stream.clone(), revision)
-        .await?
-        .ok_or(ApiError::EventNotFound { stream, revision })?;
+    let event = found(
+        state.service.read_event(stream.clone(), revision).await?,
+        &stream,
+    )?
+    .ok_or(ApiError::EventNotFound { stream, revision })?;
     Ok(Json(EventJson::try_from(event)?).into_response())
+}
+
+/// The found value, or the 404/410 error for a missing or tombstoned stream.
+pub(super) fn found<T>(read: StreamRead<T>, stream: &StreamName) -> Result<T, ApiError> {
+    match read {
+        StreamRead::Found(value) => Ok(value),
+        StreamRead::NotFound => Err(ApiError::StreamNotFound(stream.clone())),
+        StreamRead::Tombstoned => Err(ApiError::StreamDeleted(stream.clone())),
+    }
 }
 
 /// `wait_ms` (0..=60000), valid on forward reads only.
@@ -122,7 +130,9 @@ pub fn wait_param(params: &mut QueryParams, direction: Direction) -> Result<Dura
     Ok(Duration::from_millis(wait_ms))
 }
 
-fn stream_name(path: Result<Path<String>, PathRejection>) -> Result<StreamName, ApiError> {
+pub(super) fn stream_name(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StreamName, ApiError> {
     let Path(raw) = path.map_err(path_error)?;
     parse_stream(&raw)
 }
@@ -132,7 +142,7 @@ pub(super) fn parse_stream(raw: &str) -> Result<StreamName, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_stream_name", format!("stream name {e}")))
 }
 
-fn path_error(e: PathRejection) -> ApiError {
+pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 

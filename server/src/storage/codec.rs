@@ -1,4 +1,4 @@
-//! The bytes of an event record and of a stream's state.
+//! The bytes of an event record (a stream's state is in `stream_state`).
 //!
 //! Record layout (all integers big-endian):
 //!
@@ -16,8 +16,6 @@ use uuid::Uuid;
 
 /// Record format version written by this code.
 pub const RECORD_VERSION: u8 = 1;
-/// Stream state format version written by this code.
-pub const STREAM_STATE_VERSION: u8 = 1;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,33 +120,6 @@ pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecE
     })
 }
 
-/// What the store keeps per stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamState {
-    /// Revision of the stream's last event.
-    pub last_revision: u64,
-}
-
-/// Encodes a stream's state: `version u8 | last_revision u64`.
-pub fn encode_stream_state(state: &StreamState) -> [u8; 9] {
-    let mut out = [0u8; 9];
-    out[0] = STREAM_STATE_VERSION;
-    out[1..].copy_from_slice(&state.last_revision.to_be_bytes());
-    out
-}
-
-/// Decodes a stream's state.
-pub fn decode_stream_state(bytes: &[u8]) -> Result<StreamState, CodecError> {
-    let mut r = Reader(bytes);
-    let version = r.u8()?;
-    if version != STREAM_STATE_VERSION {
-        return Err(CodecError::UnknownVersion(version));
-    }
-    Ok(StreamState {
-        last_revision: r.u64()?,
-    })
-}
-
 fn put_short(out: &mut Vec<u8>, text: &str) {
     // Names and types are validated to at most 256 bytes.
     let len = u16::try_from(text.len()).expect("names are at most 256 bytes");
@@ -163,10 +134,10 @@ fn put_long(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.0.len() < n {
             return Err(CodecError::Truncated);
         }
@@ -175,27 +146,27 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
+    pub(super) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, CodecError> {
+    pub(super) fn u16(&mut self) -> Result<u16, CodecError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(super) fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    pub(super) fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         self.take(N)?.try_into().map_err(|_| CodecError::Truncated)
     }
 
-    fn text(&mut self, n: usize) -> Result<String, CodecError> {
+    pub(super) fn text(&mut self, n: usize) -> Result<String, CodecError> {
         let bytes = self.take(n)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| CodecError::InvalidUtf8)
     }
@@ -253,11 +224,6 @@ mod tests {
             prop_assert!(decode_event(event.position, &bytes[..len]).is_err());
         }
 
-        #[test]
-        fn stream_state_round_trips(last_revision: u64) {
-            let state = StreamState { last_revision };
-            prop_assert_eq!(decode_stream_state(&encode_stream_state(&state)), Ok(state));
-        }
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const ALL_CFS: [&str; 5] = [
 /// not derived from the last event key, so that a position is never reused even
 /// when the newest events are later removed.
 pub const META_NEXT_POSITION: &[u8] = b"next_position";
+/// `CF_META` key of the number of events scavenging has removed, ever (u64 BE).
+pub const META_REMOVED_EVENTS: &[u8] = b"removed_events";
+/// `CF_META` key of the stream after which an interrupted scavenge resumes.
+pub const META_SCAVENGE_RESUME: &[u8] = b"scavenge_resume_after";
+/// `CF_META` key of the scavenge history (JSON).
+pub const META_SCAVENGE_HISTORY: &[u8] = b"scavenge_history";
 /// `CF_META` key of the on-disk layout version (one byte).
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The layout version this code writes and reads.

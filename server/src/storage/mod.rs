@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod keys;
 mod read;
+pub mod stream_state;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,15 @@ use std::path::{Path, PathBuf};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
 pub use codec::CodecError;
-pub use read::{AllFilter, AllSlice, Direction, StreamSlice};
+pub use read::{AllFilter, AllSlice, Direction, StreamRead, StreamSlice};
+pub use stream_state::{StreamMetadata, StreamState};
+
+/// Now, in µs since the Unix epoch (the unit of `recorded_at`).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 /// An error of the storage engine or of the data it holds.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +132,18 @@ impl Store {
         }
         it.status()?;
         Ok(stored)
+    }
+
+    /// How many events scavenging has removed, ever.
+    pub fn removed_events(&self) -> Result<u64, StorageError> {
+        match self
+            .db
+            .get_cf(self.cf(keys::CF_META), keys::META_REMOVED_EVENTS)?
+        {
+            Some(bytes) => keys::decode_position(&bytes)
+                .ok_or_else(|| StorageError::CorruptIndex("removed_events is not 8 bytes".into())),
+            None => Ok(0),
+        }
     }
 
     /// Flushes memtables to disk (used on shutdown to shorten the next start's WAL replay).

@@ -1,9 +1,12 @@
 //! Stream and `$all` reads over one RocksDB snapshot each, so a page never mixes
 //! two states of the store. Every record read is checked by `codec::decode_event`.
 
-use rocksdb::{DBRawIteratorWithThreadMode, SnapshotWithThreadMode, DB};
+use std::collections::HashMap;
 
-use super::{codec, keys, StorageError, Store};
+use rocksdb::{SnapshotWithThreadMode, DB};
+
+use super::stream_state::{self, StreamState};
+use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{RecordedEvent, StreamName};
 
 /// Which way a read walks.
@@ -12,6 +15,16 @@ pub enum Direction {
     #[default]
     Forward,
     Backward,
+}
+
+/// What a read of one stream found.
+#[derive(Debug, Clone)]
+pub enum StreamRead<T> {
+    Found(T),
+    /// Never written, or soft-deleted and not written since.
+    NotFound,
+    /// Hard-deleted.
+    Tombstoned,
 }
 
 /// A page of one stream.
@@ -60,12 +73,24 @@ pub struct AllSlice {
 type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
 
 impl Store {
-    /// The last revision of `stream`, or `None` when it has no events.
-    pub fn last_revision(&self, stream: &StreamName) -> Result<Option<u64>, StorageError> {
+    /// The state of `stream`, `None` when nothing was ever written for it.
+    pub fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, StorageError> {
         match self.db.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? {
-            Some(bytes) => Ok(Some(decode_state(stream, &bytes)?.last_revision)),
+            Some(bytes) => Ok(Some(decode_state(stream.as_str(), &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// The last revision of `stream` as expected-revision checks see it.
+    pub fn last_revision(
+        &self,
+        stream: &StreamName,
+    ) -> Result<StreamRead<Option<u64>>, StorageError> {
+        Ok(match self.stream_state(stream)? {
+            Some(state) if state.tombstoned => StreamRead::Tombstoned,
+            Some(state) => StreamRead::Found(state.current_revision()),
+            None => StreamRead::Found(None),
+        })
     }
 
     /// Reads up to `limit` events of `stream` starting at revision `from` (inclusive).
@@ -77,44 +102,71 @@ impl Store {
         from: Option<u64>,
         direction: Direction,
         limit: usize,
-    ) -> Result<Option<StreamSlice>, StorageError> {
+    ) -> Result<StreamRead<StreamSlice>, StorageError> {
         let snapshot = self.db.snapshot();
         let Some(state) = snapshot.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? else {
-            return Ok(None);
+            return Ok(StreamRead::NotFound);
         };
-        let last_revision = decode_state(stream, &state)?.last_revision;
+        let state = decode_state(stream.as_str(), &state)?;
+        if state.tombstoned {
+            return Ok(StreamRead::Tombstoned);
+        }
+        let (true, Some(last_revision)) = (state.exists(), state.last_revision) else {
+            return Ok(StreamRead::NotFound);
+        };
+        let first_visible = state.first_visible_revision();
         let prefix = keys::stream_index_prefix(stream.as_str());
         let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-        let step: fn(&mut DBRawIteratorWithThreadMode<DB>) = match direction {
-            Direction::Forward => {
-                it.seek(keys::stream_index_key(stream.as_str(), from.unwrap_or(0)));
-                |it| it.next()
-            }
-            Direction::Backward => {
-                let from = from.unwrap_or(last_revision);
-                it.seek_for_prev(keys::stream_index_key(stream.as_str(), from));
-                |it| it.prev()
-            }
-        };
-        let mut positions = Vec::with_capacity(limit.min(1024));
-        let mut next_revision = None;
-        while let Some((key, value)) = it.item() {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            if positions.len() == limit {
-                next_revision = keys::decode_stream_index_revision(key);
-                break;
-            }
-            let position = keys::decode_position(value).ok_or_else(|| {
-                StorageError::CorruptIndex(format!("stream index value of {stream} is not 8 bytes"))
-            })?;
-            positions.push(position);
-            step(&mut it);
+        let forward = direction == Direction::Forward;
+        if forward {
+            let from = from.unwrap_or(0).max(first_visible);
+            it.seek(keys::stream_index_key(stream.as_str(), from));
+        } else {
+            let from = from.unwrap_or(last_revision);
+            it.seek_for_prev(keys::stream_index_key(stream.as_str(), from));
         }
-        it.status()?;
-        let events = self.fetch(&snapshot, &positions)?;
-        Ok(Some(StreamSlice {
+        let now = now_micros();
+        let mut events = Vec::with_capacity(limit.min(1024));
+        let mut next_revision = None;
+        // Visibility by age needs the record, so fetch in small runs until the page is full.
+        loop {
+            let mut positions = Vec::new();
+            while let Some((key, value)) = it.item() {
+                let Some(revision) =
+                    keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))
+                else {
+                    break;
+                };
+                if revision < first_visible {
+                    break; // only reachable backward: everything older is hidden
+                }
+                if events.len() + positions.len() == limit {
+                    next_revision = Some(revision);
+                    break;
+                }
+                positions.push(keys::decode_position(value).ok_or_else(|| {
+                    StorageError::CorruptIndex(format!(
+                        "stream index value of {stream} is not 8 bytes"
+                    ))
+                })?);
+                if forward {
+                    it.next();
+                } else {
+                    it.prev();
+                }
+            }
+            it.status()?;
+            let fetched = positions.len();
+            events.extend(
+                self.fetch(&snapshot, &positions)?
+                    .into_iter()
+                    .filter(|e| state.is_visible(e.revision, e.recorded_at_micros, now)),
+            );
+            if next_revision.is_some() || fetched == 0 || events.len() == limit || !it.valid() {
+                break;
+            }
+        }
+        Ok(StreamRead::Found(StreamSlice {
             events,
             next_revision,
             last_revision,
@@ -126,16 +178,28 @@ impl Store {
         &self,
         stream: &StreamName,
         revision: u64,
-    ) -> Result<Option<RecordedEvent>, StorageError> {
+    ) -> Result<StreamRead<Option<RecordedEvent>>, StorageError> {
         let snapshot = self.db.snapshot();
+        let Some(state) = snapshot.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? else {
+            return Ok(StreamRead::Found(None));
+        };
+        let state = decode_state(stream.as_str(), &state)?;
+        if state.tombstoned {
+            return Ok(StreamRead::Tombstoned);
+        }
         let key = keys::stream_index_key(stream.as_str(), revision);
         let Some(value) = snapshot.get_cf(self.cf(keys::CF_STREAM_INDEX), key)? else {
-            return Ok(None);
+            return Ok(StreamRead::Found(None));
         };
         let position = keys::decode_position(&value).ok_or_else(|| {
             StorageError::CorruptIndex(format!("stream index value of {stream} is not 8 bytes"))
         })?;
-        Ok(self.fetch(&snapshot, &[position])?.pop())
+        let now = now_micros();
+        let event = self
+            .fetch(&snapshot, &[position])?
+            .pop()
+            .filter(|e| state.is_visible(e.revision, e.recorded_at_micros, now));
+        Ok(StreamRead::Found(event))
     }
 
     /// Reads `$all` from `from` (inclusive), returning up to `limit` events that pass
@@ -163,6 +227,8 @@ impl Store {
         } else {
             it.seek_for_prev(keys::position_key(from.unwrap_or(u64::MAX)));
         }
+        let now = now_micros();
+        let mut states = StateCache::default();
         let mut events = Vec::new();
         let mut examined = 0;
         let mut last_examined = None;
@@ -176,7 +242,7 @@ impl Store {
                 .map_err(|source| StorageError::CorruptEvent { position, source })?;
             examined += 1;
             last_examined = Some(position);
-            if filter.matches(&event) {
+            if filter.matches(&event) && states.visible(self, &snapshot, &event, now)? {
                 events.push(event);
             }
             if forward {
@@ -225,9 +291,36 @@ impl Store {
     }
 }
 
-fn decode_state(stream: &StreamName, bytes: &[u8]) -> Result<codec::StreamState, StorageError> {
-    codec::decode_stream_state(bytes)
+pub(super) fn decode_state(stream: &str, bytes: &[u8]) -> Result<StreamState, StorageError> {
+    stream_state::decode(bytes)
         .map_err(|e| StorageError::CorruptIndex(format!("state of stream {stream}: {e}")))
+}
+
+/// Stream states looked up during one `$all` read (one lookup per stream per page).
+#[derive(Default)]
+struct StateCache(HashMap<String, Option<StreamState>>);
+
+impl StateCache {
+    fn visible(
+        &mut self,
+        store: &Store,
+        snapshot: &Snapshot<'_>,
+        event: &RecordedEvent,
+        now: u64,
+    ) -> Result<bool, StorageError> {
+        let name = event.stream.as_str();
+        if !self.0.contains_key(name) {
+            let state = match snapshot.get_cf(store.cf(keys::CF_STREAMS), name)? {
+                Some(bytes) => Some(decode_state(name, &bytes)?),
+                None => None,
+            };
+            self.0.insert(name.to_owned(), state);
+        }
+        Ok(match &self.0[name] {
+            Some(state) => state.is_visible(event.revision, event.recorded_at_micros, now),
+            None => true,
+        })
+    }
 }
 
 impl Store {

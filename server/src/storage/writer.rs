@@ -1,21 +1,23 @@
 //! The single writer: one OS thread owns every write to the store.
 //!
-//! It takes every pending append from its queue (group commit), checks each
-//! request's idempotency and expected revision in order, against the store plus
-//! the earlier requests of the same group, assigns revisions and gap-free global
-//! positions, writes the whole group as one synced `WriteBatch`, and only then
-//! answers each request. A rejected request adds nothing to the batch, so it never
-//! affects its neighbours. No lock is needed: no other thread writes.
+//! It takes every pending request from its queue (group commit), checks each
+//! one in order (idempotency and expected revision for appends, the same for
+//! deletes) against the store plus the earlier requests of the same group,
+//! assigns revisions and gap-free global positions, writes the whole group as
+//! one synced `WriteBatch`, and only then answers each request. A rejected
+//! request adds nothing to the batch, so it never affects its neighbours. No
+//! lock is needed: no other thread writes. Deletes, metadata changes and
+//! scavenge removals go through the same queue, so they are ordered with appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{codec, keys, StorageError, Store};
+use super::stream_state::{self, StreamMetadata, StreamState};
+use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{
     display_revision, AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName,
 };
@@ -25,7 +27,7 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 /// Most payload bytes committed in one group (a single larger request still goes alone).
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
-/// Why an append was refused.
+/// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
@@ -35,48 +37,106 @@ pub enum AppendError {
     },
     #[error("event id {id} is already stored at position {position}")]
     DuplicateEventId { id: Uuid, position: u64 },
+    #[error("stream {0} is deleted for good (tombstoned)")]
+    StreamDeleted(StreamName),
+    #[error("stream {0} not found")]
+    StreamNotFound(StreamName),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("the writer has stopped after a storage failure; restart the server")]
     WriterStopped,
 }
 
-/// One append waiting for the writer.
-pub struct AppendRequest {
-    pub stream: StreamName,
-    pub expected: ExpectedRevision,
-    pub events: Vec<NewEvent>,
-    pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+/// What a request asks the writer to do.
+#[derive(Debug)]
+pub enum WriteOp {
+    Append {
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    },
+    /// Soft delete (`hard: false`) or tombstone (`hard: true`).
+    Delete {
+        expected: ExpectedRevision,
+        hard: bool,
+    },
+    SetMetadata(StreamMetadata),
+    /// Removes these hidden events (scavenging); each is re-checked against the
+    /// stream's current state first, so a change of limits since the scan can
+    /// never make the scavenger remove a visible event.
+    Remove {
+        events: Vec<HiddenEvent>,
+        now_micros: u64,
+    },
 }
 
-impl AppendRequest {
+/// An event the scavenger found hidden.
+#[derive(Debug, Clone)]
+pub struct HiddenEvent {
+    pub position: u64,
+    pub revision: u64,
+    pub id: Uuid,
+    pub recorded_at_micros: u64,
+    pub bytes: u64,
+}
+
+/// What a successful write reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Appended(AppendOutcome),
+    Deleted,
+    MetadataSet(StreamState),
+    /// How many events and bytes were removed.
+    Removed {
+        events: u64,
+        bytes: u64,
+    },
+}
+
+/// One request waiting for the writer.
+pub struct WriteRequest {
+    pub stream: StreamName,
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Result<WriteOutcome, AppendError>>,
+}
+
+impl WriteRequest {
     fn payload_bytes(&self) -> usize {
-        self.events
-            .iter()
-            .map(|e| e.data.len() + e.metadata.as_ref().map_or(0, String::len) + e.event_type.len())
-            .sum()
+        match &self.op {
+            WriteOp::Append { events, .. } => events
+                .iter()
+                .map(|e| {
+                    e.data.len() + e.metadata.as_ref().map_or(0, String::len) + e.event_type.len()
+                })
+                .sum(),
+            _ => 64,
+        }
     }
 }
 
 /// Sizes of one committed group, reported to the commit observer.
 #[derive(Debug, Clone, Copy)]
 pub struct CommitInfo {
-    /// Position of the last event now committed.
-    pub last_position: u64,
+    /// Position of the last event committed so far (`None`: the store has none).
+    pub last_position: Option<u64>,
     pub requests: usize,
+    /// Events appended by this group.
     pub events: usize,
+    /// Bytes of the records appended by this group.
+    pub bytes: u64,
+    /// How long the synced write took.
+    pub write_duration: std::time::Duration,
 }
 
-/// Where the writer sends appends: cloneable, cheap.
+/// Where the writer's requests go: cloneable, cheap.
 #[derive(Clone)]
 pub struct WriterHandle {
-    queue: mpsc::UnboundedSender<AppendRequest>,
+    queue: mpsc::UnboundedSender<WriteRequest>,
 }
 
 impl WriterHandle {
     /// Queues `request`; its reply arrives on the request's channel. Returns the
     /// request back when the writer has exited.
-    pub fn submit(&self, request: AppendRequest) -> Result<(), AppendRequest> {
+    pub fn submit(&self, request: WriteRequest) -> Result<(), WriteRequest> {
         self.queue.send(request).map_err(|e| e.0)
     }
 }
@@ -84,16 +144,18 @@ impl WriterHandle {
 /// Starts the writer thread. `on_commit` runs on the writer thread after each
 /// durable group, before the group's requests are answered. The thread exits when
 /// every `WriterHandle` is dropped and the queue is drained; join it to know that
-/// every acknowledged append was written.
+/// every acknowledged write is on disk.
 pub fn spawn(
     store: Arc<Store>,
     on_commit: impl FnMut(CommitInfo) + Send + 'static,
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StorageError> {
     let next_position = store.next_position()?;
+    let removed_events = store.removed_events()?;
     let (queue, receiver) = mpsc::unbounded_channel();
     let writer = Writer {
         store,
         next_position,
+        removed_events,
         on_commit,
         failed: false,
     };
@@ -107,9 +169,11 @@ pub fn spawn(
 struct Writer<F> {
     store: Arc<Store>,
     next_position: u64,
+    /// Events removed by scavenging, ever (kept in `meta`).
+    removed_events: u64,
     on_commit: F,
     /// Set after a failed write: the engine's state is then unknown, so the writer
-    /// refuses further appends instead of guessing (fail-stop).
+    /// refuses further writes instead of guessing (fail-stop).
     failed: bool,
 }
 
@@ -124,14 +188,24 @@ struct PendingId {
 /// The effects of the group so far, seen by the requests after them.
 #[derive(Default)]
 struct GroupOverlay {
-    last_revisions: HashMap<StreamName, u64>,
+    states: HashMap<StreamName, StreamState>,
     ids: HashMap<Uuid, PendingId>,
+    removed_events: u64,
 }
 
-type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+/// The group's batch and counters.
+struct GroupBatch {
+    batch: WriteBatch,
+    next_position: u64,
+    now_micros: u64,
+    events: usize,
+    bytes: u64,
+}
+
+type Reply = oneshot::Sender<Result<WriteOutcome, AppendError>>;
 
 impl<F: FnMut(CommitInfo)> Writer<F> {
-    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<AppendRequest>) {
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<WriteRequest>) {
         while let Some(first) = receiver.blocking_recv() {
             let mut bytes = first.payload_bytes();
             let mut group = vec![first];
@@ -149,58 +223,65 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         tracing::debug!("writer queue closed; writer exiting");
     }
 
-    fn commit_group(&mut self, group: Vec<AppendRequest>) {
+    fn commit_group(&mut self, group: Vec<WriteRequest>) {
         if self.failed {
             for request in group {
                 let _ = request.reply.send(Err(AppendError::WriterStopped));
             }
             return;
         }
-        let recorded_at_micros = now_micros();
-        let mut batch = WriteBatch::default();
-        let mut overlay = GroupOverlay::default();
-        let mut next_position = self.next_position;
-        let mut answered: Vec<(Reply, Result<AppendOutcome, AppendError>)> = Vec::new();
-        let mut written: Vec<(Reply, AppendOutcome)> = Vec::new();
-        let (requests, mut events) = (group.len(), 0);
+        let mut overlay = GroupOverlay {
+            removed_events: self.removed_events,
+            ..GroupOverlay::default()
+        };
+        let mut out = GroupBatch {
+            batch: WriteBatch::default(),
+            next_position: self.next_position,
+            now_micros: now_micros(),
+            events: 0,
+            bytes: 0,
+        };
+        let mut answered: Vec<(Reply, Result<WriteOutcome, AppendError>)> = Vec::new();
+        let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
+        let requests = group.len();
         for request in group {
-            let result = self.prepare(
-                &request,
-                &mut overlay,
-                &mut batch,
-                &mut next_position,
-                recorded_at_micros,
-            );
-            match result {
-                Ok(outcome) if !outcome.idempotent_replay => {
-                    events += request.events.len();
-                    written.push((request.reply, outcome));
-                }
+            match self.prepare(&request, &mut overlay, &mut out) {
+                Ok(outcome) if writes(&outcome) => written.push((request.reply, outcome)),
                 other => answered.push((request.reply, other)),
             }
         }
         if !written.is_empty() {
-            batch.put_cf(
-                self.store.cf(keys::CF_META),
+            let meta = self.store.cf(keys::CF_META);
+            out.batch.put_cf(
+                meta,
                 keys::META_NEXT_POSITION,
-                keys::position_key(next_position),
+                keys::position_key(out.next_position),
+            );
+            out.batch.put_cf(
+                meta,
+                keys::META_REMOVED_EVENTS,
+                overlay.removed_events.to_be_bytes(),
             );
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
-            match self.store.db.write_opt(batch, &opts) {
+            let started = std::time::Instant::now();
+            match self.store.db.write_opt(out.batch, &opts) {
                 Ok(()) => {
-                    self.next_position = next_position;
+                    self.next_position = out.next_position;
+                    self.removed_events = overlay.removed_events;
                     (self.on_commit)(CommitInfo {
-                        last_position: next_position - 1,
+                        last_position: out.next_position.checked_sub(1),
                         requests,
-                        events,
+                        events: out.events,
+                        bytes: out.bytes,
+                        write_duration: started.elapsed(),
                     });
                     for (reply, outcome) in written {
                         let _ = reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "group commit failed; writer stops accepting appends");
+                    tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
                     self.failed = true;
                     let message = e.into_string();
                     for (reply, _) in written {
@@ -222,41 +303,139 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         }
     }
 
-    /// Checks one request and, when it is accepted and new, adds its writes to `batch`.
+    /// The stream's state as of this point of the group.
+    fn state(
+        &self,
+        stream: &StreamName,
+        overlay: &GroupOverlay,
+    ) -> Result<Option<StreamState>, AppendError> {
+        match overlay.states.get(stream) {
+            Some(state) => Ok(Some(state.clone())),
+            None => Ok(self.store.stream_state(stream)?),
+        }
+    }
+
+    fn put_state(
+        &self,
+        stream: &StreamName,
+        state: StreamState,
+        overlay: &mut GroupOverlay,
+        out: &mut GroupBatch,
+    ) {
+        out.batch.put_cf(
+            self.store.cf(keys::CF_STREAMS),
+            stream.as_str(),
+            stream_state::encode(&state),
+        );
+        overlay.states.insert(stream.clone(), state);
+    }
+
+    /// Checks one request and, when it is accepted, adds its writes to the batch.
     fn prepare(
         &self,
-        request: &AppendRequest,
+        request: &WriteRequest,
         overlay: &mut GroupOverlay,
-        batch: &mut WriteBatch,
-        next_position: &mut u64,
-        recorded_at_micros: u64,
-    ) -> Result<AppendOutcome, AppendError> {
+        out: &mut GroupBatch,
+    ) -> Result<WriteOutcome, AppendError> {
         let stream = &request.stream;
-        if let Some(outcome) = self.check_ids(request, overlay)? {
-            return Ok(outcome);
+        let state = self.state(stream, overlay)?;
+        if state.as_ref().is_some_and(|s| s.tombstoned) {
+            return Err(AppendError::StreamDeleted(stream.clone()));
         }
-        let actual = match overlay.last_revisions.get(stream) {
-            Some(&revision) => Some(revision),
-            None => self.store.last_revision(stream)?,
-        };
-        if !request.expected.admits(actual) {
-            return Err(AppendError::WrongExpectedRevision {
-                expected: request.expected,
-                actual,
-            });
+        let mut state = state.unwrap_or(StreamState {
+            created_at_micros: out.now_micros,
+            ..StreamState::default()
+        });
+        match &request.op {
+            WriteOp::Append { expected, events } => {
+                if let Some(outcome) = self.check_ids(stream, events, overlay)? {
+                    return Ok(WriteOutcome::Appended(outcome));
+                }
+                let actual = state.current_revision();
+                if !expected.admits(actual) {
+                    return Err(AppendError::WrongExpectedRevision {
+                        expected: *expected,
+                        actual,
+                    });
+                }
+                let outcome = self.append(stream, events, &mut state, overlay, out);
+                self.put_state(stream, state, overlay, out);
+                Ok(WriteOutcome::Appended(outcome))
+            }
+            WriteOp::Delete { expected, hard } => {
+                let actual = state.current_revision();
+                if !*hard && actual.is_none() {
+                    return Err(AppendError::StreamNotFound(stream.clone()));
+                }
+                if !expected.admits(actual) {
+                    return Err(AppendError::WrongExpectedRevision {
+                        expected: *expected,
+                        actual,
+                    });
+                }
+                state.deleted_before = state.next_revision();
+                state.tombstoned = *hard;
+                self.put_state(stream, state, overlay, out);
+                Ok(WriteOutcome::Deleted)
+            }
+            WriteOp::SetMetadata(metadata) => {
+                state.metadata = metadata.clone();
+                self.put_state(stream, state.clone(), overlay, out);
+                Ok(WriteOutcome::MetadataSet(state))
+            }
+            WriteOp::Remove { events, now_micros } => {
+                let (mut removed, mut bytes) = (0, 0);
+                for hidden in events {
+                    if state.is_visible(hidden.revision, hidden.recorded_at_micros, *now_micros) {
+                        continue; // the limits changed since the scan
+                    }
+                    out.batch.delete_cf(
+                        self.store.cf(keys::CF_EVENTS),
+                        keys::position_key(hidden.position),
+                    );
+                    out.batch.delete_cf(
+                        self.store.cf(keys::CF_STREAM_INDEX),
+                        keys::stream_index_key(stream.as_str(), hidden.revision),
+                    );
+                    out.batch
+                        .delete_cf(self.store.cf(keys::CF_EVENT_IDS), hidden.id.as_bytes());
+                    removed += 1;
+                    bytes += hidden.bytes;
+                }
+                if removed > 0 {
+                    state.bytes = state.bytes.saturating_sub(bytes);
+                    overlay.removed_events += removed;
+                    self.put_state(stream, state, overlay, out);
+                }
+                Ok(WriteOutcome::Removed {
+                    events: removed,
+                    bytes,
+                })
+            }
         }
-        let first_revision = actual.map_or(0, |r| r + 1);
-        let first_position = *next_position;
+    }
+
+    /// Adds an accepted append's events to the batch and updates `state`.
+    fn append(
+        &self,
+        stream: &StreamName,
+        events: &[NewEvent],
+        state: &mut StreamState,
+        overlay: &mut GroupOverlay,
+        out: &mut GroupBatch,
+    ) -> AppendOutcome {
+        let first_revision = state.next_revision();
+        let first_position = out.next_position;
         let store = &self.store;
         let (events_cf, index_cf, ids_cf) = (
             store.cf(keys::CF_EVENTS),
             store.cf(keys::CF_STREAM_INDEX),
             store.cf(keys::CF_EVENT_IDS),
         );
-        for (offset, event) in (0u64..).zip(&request.events) {
+        for (offset, event) in (0u64..).zip(events) {
             let position = first_position + offset;
             let revision = first_revision + offset;
-            let record = RecordedEvent {
+            let record = codec::encode_event(&RecordedEvent {
                 position,
                 stream: stream.clone(),
                 revision,
@@ -264,19 +443,19 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 event_type: event.event_type.clone(),
                 data: event.data.clone(),
                 metadata: event.metadata.clone(),
-                recorded_at_micros,
-            };
-            batch.put_cf(
-                events_cf,
-                keys::position_key(position),
-                codec::encode_event(&record),
-            );
-            batch.put_cf(
+                recorded_at_micros: out.now_micros,
+            });
+            state.bytes += record.len() as u64;
+            out.bytes += record.len() as u64;
+            out.batch
+                .put_cf(events_cf, keys::position_key(position), record);
+            out.batch.put_cf(
                 index_cf,
                 keys::stream_index_key(stream.as_str(), revision),
                 keys::position_key(position),
             );
-            batch.put_cf(ids_cf, event.id.as_bytes(), keys::position_key(position));
+            out.batch
+                .put_cf(ids_cf, event.id.as_bytes(), keys::position_key(position));
             overlay.ids.insert(
                 event.id,
                 PendingId {
@@ -286,22 +465,19 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 },
             );
         }
-        let count = request.events.len() as u64;
+        let count = events.len() as u64;
         let last_revision = first_revision + count - 1;
-        batch.put_cf(
-            store.cf(keys::CF_STREAMS),
-            stream.as_str(),
-            codec::encode_stream_state(&codec::StreamState { last_revision }),
-        );
-        overlay.last_revisions.insert(stream.clone(), last_revision);
-        *next_position += count;
-        Ok(AppendOutcome {
+        state.last_revision = Some(last_revision);
+        state.last_appended_micros = out.now_micros;
+        out.next_position += count;
+        out.events += events.len();
+        AppendOutcome {
             first_revision,
             last_revision,
             first_position,
             last_position: first_position + count - 1,
             idempotent_replay: false,
-        })
+        }
     }
 
     /// Looks every event id up. Returns the original outcome when the request
@@ -310,11 +486,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
     /// `None` when every id is new.
     fn check_ids(
         &self,
-        request: &AppendRequest,
+        stream: &StreamName,
+        events: &[NewEvent],
         overlay: &GroupOverlay,
     ) -> Result<Option<AppendOutcome>, AppendError> {
         let mut found = Vec::new();
-        for event in &request.events {
+        for event in events {
             if let Some(pending) = overlay.ids.get(&event.id) {
                 found.push((event.id, pending.clone()));
             } else if let Some(position) = self.store.event_id_position(&event.id)? {
@@ -332,11 +509,11 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let Some((first_id, first)) = found.first() else {
             return Ok(None);
         };
-        let is_replay = found.len() == request.events.len()
+        let is_replay = found.len() == events.len()
             && found
                 .iter()
                 .zip(0u64..)
-                .all(|((_, f), i)| f.stream == request.stream && f.revision == first.revision + i);
+                .all(|((_, f), i)| f.stream == *stream && f.revision == first.revision + i);
         if !is_replay {
             return Err(AppendError::DuplicateEventId {
                 id: *first_id,
@@ -354,10 +531,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+/// Whether an accepted request's outcome means something was added to the batch.
+fn writes(outcome: &WriteOutcome) -> bool {
+    match outcome {
+        WriteOutcome::Appended(o) => !o.idempotent_replay,
+        WriteOutcome::Removed { events, .. } => *events > 0,
+        WriteOutcome::Deleted | WriteOutcome::MetadataSet(_) => true,
+    }
 }
 
 #[cfg(test)]
@@ -480,7 +660,8 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Arc::new(Store::open(dir.path()).expect("open"));
-            let mut writer = Writer { store: Arc::clone(&store), next_position: 0, on_commit: |_| {}, failed: false };
+            let mut writer =
+                Writer { store: Arc::clone(&store), next_position: 0, removed_events: 0, on_commit: |_| {}, failed: false };
             let mut model = Model::default();
             let mut sent: Vec<(String, Vec<Uuid>)> = Vec::new();
             let mut fresh = 0u128;
@@ -515,7 +696,7 @@ mod tests {
                 let (reply, answer) = oneshot::channel();
                 let events = ids.into_iter().map(new_event).collect();
                 let stream = StreamName::parse(&stream).expect("valid");
-                group.push(AppendRequest { stream, expected, events, reply });
+                group.push(WriteRequest { stream, op: WriteOp::Append { expected, events }, reply });
                 pending.push((want, answer));
                 if cuts[i % cuts.len()] {
                     writer.commit_group(std::mem::take(&mut group));
@@ -524,7 +705,8 @@ mod tests {
             writer.commit_group(group);
             for (want, mut answer) in pending {
                 let got = match answer.try_recv().expect("every request is answered") {
-                    Ok(outcome) => Answer::Ok(outcome),
+                    Ok(WriteOutcome::Appended(outcome)) => Answer::Ok(outcome),
+                    Ok(other) => panic!("unexpected outcome {other:?}"),
                     Err(AppendError::WrongExpectedRevision { actual, .. }) => Answer::Wrong { actual },
                     Err(AppendError::DuplicateEventId { .. }) => Answer::Duplicate,
                     Err(other) => panic!("unexpected error {other}"),
@@ -539,7 +721,8 @@ mod tests {
             prop_assert_eq!(store.next_position().expect("next"), model.log.len() as u64);
             for (stream, last) in &model.streams {
                 let name = StreamName::parse(stream).expect("valid");
-                prop_assert_eq!(store.last_revision(&name).expect("state"), Some(*last));
+                let state = store.stream_state(&name).expect("state").expect("exists");
+                prop_assert_eq!(state.last_revision, Some(*last));
             }
         }
     }

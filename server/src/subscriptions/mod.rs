@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::model::{RecordedEvent, StreamName};
 use crate::service::{AllQuery, Service, StreamQuery};
-use crate::storage::{AllFilter, Direction, StorageError};
+use crate::storage::{AllFilter, Direction, StorageError, StreamRead};
 
 /// Events read from storage per batch: the most a subscription holds in memory.
 pub const BATCH_EVENTS: usize = 256;
@@ -100,6 +100,7 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
         unreported_since: None,
         last_sent: now,
         done: false,
+        existed: false,
     };
     futures::stream::unfold(state, |mut state| async move {
         let message = state.next().await?;
@@ -122,6 +123,8 @@ struct Subscription {
     unreported_since: Option<Instant>,
     last_sent: Instant,
     done: bool,
+    /// The followed stream has existed during this subscription.
+    existed: bool,
 }
 
 /// What one read found.
@@ -130,6 +133,8 @@ enum Progress {
     Read,
     /// Nothing more is committed.
     AtHead { head: Option<u64> },
+    /// The followed stream was deleted.
+    Deleted,
 }
 
 impl Subscription {
@@ -155,6 +160,9 @@ impl Subscription {
                     return Some(self.end(code, &e.to_string()));
                 }
                 Ok(Progress::Read) => {}
+                Ok(Progress::Deleted) => {
+                    return Some(self.end("stream_deleted", "the stream was deleted"));
+                }
                 Ok(Progress::AtHead { head }) => {
                     if !self.live {
                         self.live = true;
@@ -281,7 +289,12 @@ impl Subscription {
         let from = match self.cursor {
             Some(from) => from,
             None => {
-                let last = self.service.last_revision(stream).await?;
+                let last = match self.service.last_revision(stream).await? {
+                    StreamRead::Found(last) => last,
+                    StreamRead::NotFound => None,
+                    StreamRead::Tombstoned => return Ok(Progress::Deleted),
+                };
+                self.existed = last.is_some();
                 self.cursor = Some(last.map_or(0, |r| r + 1));
                 return Ok(Progress::AtHead { head: last });
             }
@@ -292,9 +305,13 @@ impl Subscription {
             limit: BATCH_EVENTS,
             wait: Duration::ZERO,
         };
-        let Some(slice) = self.service.read_stream_once(stream, query).await? else {
-            return Ok(Progress::AtHead { head: None });
+        let slice = match self.service.read_stream_once(stream, query).await? {
+            StreamRead::Found(slice) => slice,
+            StreamRead::Tombstoned => return Ok(Progress::Deleted),
+            StreamRead::NotFound if self.existed => return Ok(Progress::Deleted),
+            StreamRead::NotFound => return Ok(Progress::AtHead { head: None }),
         };
+        self.existed = true;
         if let Some(last) = slice.events.last() {
             self.cursor = Some(last.revision + 1);
         }
