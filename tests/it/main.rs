@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod concurrency;
 mod durability;
+mod lifecycle;
 mod long_poll;
 mod projections;
 mod read;

@@ -4,6 +4,7 @@
 mod all;
 pub mod error;
 mod extract;
+mod stream_admin;
 mod streams;
 mod subscriptions;
 mod system;
@@ -43,7 +44,13 @@ pub fn router(service: Arc<Service>, config: &Config) -> Router {
     Router::new()
         .route(
             "/streams/{stream}",
-            post(streams::append).get(streams::read),
+            post(streams::append)
+                .get(streams::read)
+                .delete(stream_admin::delete),
+        )
+        .route(
+            "/streams/{stream}/metadata",
+            get(stream_admin::get_metadata).put(stream_admin::put_metadata),
         )
         .route("/streams/{stream}/{revision}", get(streams::read_one))
         .route("/all", get(all::read))

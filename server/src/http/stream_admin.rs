@@ -1,0 +1,143 @@
+//! Stream lifecycle: `DELETE /streams/{stream}` (soft or hard) and
+//! `GET`/`PUT /streams/{stream}/metadata` (limits and custom metadata).
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::extract::{parse_json, read_body, QueryParams};
+use super::streams::stream_name;
+use super::AppState;
+use crate::model::ExpectedRevision;
+use crate::storage::{StreamMetadata, StreamState};
+
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let stream = stream_name(path)?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    let expected = match params.take_str("expected_revision").as_deref() {
+        None | Some("any") => ExpectedRevision::Any,
+        Some("no_stream") => ExpectedRevision::NoStream,
+        Some("stream_exists") => ExpectedRevision::StreamExists,
+        Some(n) => ExpectedRevision::Exact(n.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("expected_revision must be any, no_stream, stream_exists or a number, got '{n}'"),
+            )
+        })?),
+    };
+    let hard = match params.take_str("hard").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("hard must be true or false, got '{other}'"),
+            ))
+        }
+    };
+    params.finish()?;
+    state.service.delete(stream.clone(), expected, hard).await?;
+    tracing::info!(stream = %stream, hard, "stream deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of `PUT /streams/{stream}/metadata`; absent fields are unset.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetadataBody {
+    #[serde(default)]
+    max_count: Option<u64>,
+    #[serde(default)]
+    max_age_secs: Option<u64>,
+    #[serde(default)]
+    truncate_before: Option<u64>,
+    #[serde(default)]
+    custom: Option<Box<RawValue>>,
+}
+
+/// A stream's metadata as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct MetadataJson<'a> {
+    pub stream: &'a str,
+    pub max_count: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    pub truncate_before: Option<u64>,
+    pub custom: Option<Box<RawValue>>,
+}
+
+impl<'a> MetadataJson<'a> {
+    pub fn new(stream: &'a str, metadata: &StreamMetadata) -> Self {
+        Self {
+            stream,
+            max_count: metadata.max_count,
+            max_age_secs: metadata.max_age_secs,
+            truncate_before: metadata.truncate_before,
+            // Stored only after being parsed as a JSON object.
+            custom: metadata
+                .custom
+                .clone()
+                .and_then(|c| RawValue::from_string(c).ok()),
+        }
+    }
+}
+
+pub async fn get_metadata(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let stream = stream_name(path)?;
+    let current = state
+        .service
+        .stream_state(stream.clone())
+        .await?
+        .unwrap_or_default();
+    if current.tombstoned {
+        return Err(ApiError::StreamDeleted(stream));
+    }
+    Ok(Json(MetadataJson::new(stream.as_str(), &current.metadata)).into_response())
+}
+
+pub async fn put_metadata(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let stream = stream_name(path)?;
+    let limit = state.limits.max_event_bytes;
+    let bytes = read_body(&headers, body, limit, "--max-event-bytes").await?;
+    let body: MetadataBody = parse_json(&bytes)?;
+    if let Some(custom) = &body.custom {
+        if !custom.get().trim_start().starts_with('{') {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "custom must be a JSON object",
+            ));
+        }
+    }
+    if body.max_count == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "max_count must be at least 1",
+        ));
+    }
+    let metadata = StreamMetadata {
+        max_count: body.max_count,
+        max_age_secs: body.max_age_secs,
+        truncate_before: body.truncate_before,
+        custom: body.custom.map(|c| c.get().to_owned()),
+    };
+    let updated: StreamState = state.service.set_metadata(stream.clone(), metadata).await?;
+    tracing::info!(stream = %stream, "stream metadata set");
+    Ok(Json(MetadataJson::new(stream.as_str(), &updated.metadata)).into_response())
+}
