@@ -1,6 +1,7 @@
 //! Skald's server: an event store on RocksDB with an HTTP API.
 //!
 //! - `config`: flags of `skald serve` and their validation.
+//! - `metrics`: Prometheus metrics and one-minute rates.
 //! - `model`: validated domain types shared by every layer.
 //! - `storage`: RocksDB layout, record codec, the single writer, reads (the only
 //!   module that imports `rocksdb`).
@@ -8,11 +9,14 @@
 //!   pool, commit notifications and long-poll waits.
 //! - `subscriptions`: catch-up subscriptions, a cursor over storage plus the
 //!   commit notification.
+//! - `maintenance`: scavenging and verifying, as cancellable background jobs.
 //! - `http`: routing, request parsing, responses and the one error mapping.
 //! - `server`: binding, serving and graceful shutdown.
 
 pub mod config;
 pub mod http;
+pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod service;

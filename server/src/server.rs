@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::maintenance::Jobs;
 use crate::service::Service;
+use crate::storage::keys;
 use crate::storage::{StorageError, Store};
 
 /// Why the server could not start or stopped abnormally.
@@ -85,7 +87,13 @@ impl Server {
             writer_thread,
             shutdown,
         } = self;
-        let app = crate::http::router(Arc::clone(&service), &config);
+        let maintenance = Arc::new(crate::http::admin::Maintenance {
+            scavenges: Arc::new(
+                Jobs::load("scavenge", keys::META_SCAVENGE_HISTORY, &service).await,
+            ),
+            verifies: Arc::new(Jobs::load("verify", keys::META_VERIFY_HISTORY, &service).await),
+        });
+        let app = crate::http::router(Arc::clone(&service), &config, maintenance);
         let graceful = {
             let (stop, shutdown) = (stop.clone(), shutdown.clone());
             async move {

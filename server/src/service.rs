@@ -9,13 +9,15 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::model::{AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName};
+use crate::storage::scan::{HiddenPage, VerifyPage};
 use crate::storage::writer::{
     self, AppendError, CommitInfo, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
 };
 use crate::storage::{
-    AllFilter, AllSlice, Direction, StorageError, Store, StreamMetadata, StreamRead, StreamSlice,
-    StreamState,
+    AllFilter, AllSlice, Direction, EngineStats, StorageError, Store, StreamMetadata, StreamRead,
+    StreamSlice, StreamState,
 };
 
 /// Most events one `$all` read examines, filtered-out ones included, before it
@@ -45,6 +47,7 @@ pub struct StreamQuery {
 /// The store, its writer and the commit notification, shared by every request.
 pub struct Service {
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     writer: WriterHandle,
     head: watch::Receiver<Option<u64>>,
     shutdown: CancellationToken,
@@ -59,7 +62,10 @@ impl Service {
     ) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), StorageError> {
         let head_position = store.next_position()?.checked_sub(1);
         let (head_tx, head) = watch::channel(head_position);
+        let metrics = Arc::new(Metrics::default());
+        let commit_metrics = Arc::clone(&metrics);
         let on_commit = move |info: CommitInfo| {
+            commit_metrics.on_commit(&info);
             tracing::trace!(
                 last_position = ?info.last_position,
                 requests = info.requests,
@@ -74,12 +80,25 @@ impl Service {
         Ok((
             Arc::new(Self {
                 store,
+                metrics,
                 writer,
                 head,
                 shutdown,
             }),
             thread,
         ))
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What the storage engine says about itself.
+    pub async fn engine_stats(&self) -> EngineStats {
+        self.blocking(|store| Ok(store.engine_stats()))
+            .await
+            .unwrap_or_default()
     }
 
     /// A receiver of the commit notification: the last committed position.
@@ -242,6 +261,7 @@ impl Service {
         if Instant::now() >= deadline {
             return false;
         }
+        let _waiting = GaugeGuard::new(&self.metrics.long_polls);
         tokio::select! {
             changed = head.changed() => changed.is_ok(),
             () = tokio::time::sleep_until(deadline) => false,
@@ -257,16 +277,19 @@ impl Service {
         max_examined: usize,
     ) -> Result<AllSlice, StorageError> {
         let max_examined = max_examined.clamp(1, MAX_EXAMINED_PER_READ);
-        self.blocking(move |store| {
-            store.read_all(
-                query.from,
-                query.direction,
-                query.limit,
-                &query.filter,
-                max_examined,
-            )
-        })
-        .await
+        let slice = self
+            .blocking(move |store| {
+                store.read_all(
+                    query.from,
+                    query.direction,
+                    query.limit,
+                    &query.filter,
+                    max_examined,
+                )
+            })
+            .await?;
+        self.metrics.on_read(slice.events.len());
+        Ok(slice)
     }
 
     /// One stream read without waiting.
@@ -275,10 +298,15 @@ impl Service {
         stream: StreamName,
         query: StreamQuery,
     ) -> Result<StreamRead<StreamSlice>, StorageError> {
-        self.blocking(move |store| {
-            store.read_stream(&stream, query.from, query.direction, query.limit)
-        })
-        .await
+        let read = self
+            .blocking(move |store| {
+                store.read_stream(&stream, query.from, query.direction, query.limit)
+            })
+            .await?;
+        if let StreamRead::Found(slice) = &read {
+            self.metrics.on_read(slice.events.len());
+        }
+        Ok(read)
     }
 
     /// The last revision of `stream` as expected-revision checks see it.
@@ -288,6 +316,96 @@ impl Service {
     ) -> Result<StreamRead<Option<u64>>, StorageError> {
         self.blocking(move |store| store.last_revision(&stream))
             .await
+    }
+
+    /// A page of the stream catalog.
+    pub async fn streams_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(StreamName, StreamState)>, StorageError> {
+        self.blocking(move |store| store.streams_page(prefix.as_deref(), after.as_deref(), limit))
+            .await
+    }
+
+    /// The first revision still stored for `stream` at or after `from`.
+    pub async fn first_stored_revision(
+        &self,
+        stream: StreamName,
+        from: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        self.blocking(move |store| store.first_stored_revision(&stream, from))
+            .await
+    }
+
+    /// Hidden events of `stream` (scavenging).
+    pub async fn hidden_events(
+        &self,
+        stream: StreamName,
+        state: StreamState,
+        from: u64,
+        now_micros: u64,
+        max: usize,
+    ) -> Result<HiddenPage, StorageError> {
+        self.blocking(move |store| store.hidden_events(&stream, &state, from, now_micros, max))
+            .await
+    }
+
+    /// Verifies event records from `from`.
+    pub async fn verify_events(&self, from: u64, max: usize) -> Result<VerifyPage, StorageError> {
+        self.blocking(move |store| store.verify_events(from, max))
+            .await
+    }
+
+    /// Verifies stream index entries from raw key `from`.
+    pub async fn verify_index(
+        &self,
+        from: Vec<u8>,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
+        self.blocking(move |store| store.verify_index(&from, max))
+            .await
+    }
+
+    /// Compacts the whole store.
+    pub async fn compact(&self) -> Result<(), StorageError> {
+        self.blocking(Store::compact_all).await
+    }
+
+    /// Bytes of the data directory on disk.
+    pub async fn disk_bytes(&self) -> u64 {
+        self.blocking(|store| Ok(store.disk_bytes()))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// A RocksDB integer property summed over the column families.
+    pub async fn property_sum(&self, property: &'static str) -> Option<u64> {
+        self.blocking(move |store| Ok(store.property_sum(property)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Reads a `meta` value.
+    pub async fn meta(&self, key: &'static [u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.blocking(move |store| store.meta(key)).await
+    }
+
+    /// Writes or deletes a `meta` value (maintenance bookkeeping only).
+    pub async fn set_meta(
+        &self,
+        key: &'static [u8],
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        self.blocking(move |store| store.set_meta(key, value.as_deref()))
+            .await
+    }
+
+    /// Events removed by scavenging, ever.
+    pub async fn removed_events(&self) -> Result<u64, StorageError> {
+        self.blocking(Store::removed_events).await
     }
 
     async fn blocking<T: Send + 'static>(

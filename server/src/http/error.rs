@@ -31,6 +31,8 @@ pub enum ApiError {
     EventNotFound { stream: StreamName, revision: u64 },
     #[error("no route for {0}")]
     RouteNotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
@@ -65,6 +67,7 @@ impl ApiError {
             Self::StreamDeleted(_) => (StatusCode::GONE, "stream_deleted"),
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::WrongExpectedRevision { .. } => (StatusCode::CONFLICT, "wrong_expected_revision"),
             Self::DuplicateEventId { .. } => (StatusCode::CONFLICT, "duplicate_event_id"),
             Self::CorruptEvent { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_event"),

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, one module per resource, and the shared state.
 //! `error` is the only place where errors become statuses.
 
+pub mod admin;
 mod all;
 pub mod error;
 mod extract;
@@ -33,10 +34,15 @@ pub struct Limits {
 pub struct AppState {
     pub service: Arc<Service>,
     pub limits: Limits,
+    pub maintenance: Arc<admin::Maintenance>,
 }
 
 /// Builds the router.
-pub fn router(service: Arc<Service>, config: &Config) -> Router {
+pub fn router(
+    service: Arc<Service>,
+    config: &Config,
+    maintenance: Arc<admin::Maintenance>,
+) -> Router {
     let limits = Limits {
         max_append_bytes: config.max_append_bytes,
         max_event_bytes: config.max_event_bytes,
@@ -59,12 +65,38 @@ pub fn router(service: Arc<Service>, config: &Config) -> Router {
             "/subscriptions/streams/{stream}",
             get(subscriptions::stream),
         )
+        .route("/admin/scavenge", post(admin::start_scavenge))
+        .route("/admin/scavenge/current", get(admin::current_scavenge))
+        .route(
+            "/admin/scavenge/{id}",
+            get(admin::get_scavenge).delete(admin::cancel_scavenge),
+        )
+        .route("/admin/scavenges", get(admin::list_scavenges))
+        .route("/admin/verify", post(admin::start_verify))
+        .route("/admin/verify/current", get(admin::current_verify))
+        .route(
+            "/admin/verify/{id}",
+            get(admin::get_verify).delete(admin::cancel_verify),
+        )
+        .route("/admin/verifies", get(admin::list_verifies))
+        .route("/admin/streams", get(admin::list_streams))
+        .route("/admin/streams/{stream}", get(admin::get_stream))
+        .route("/admin/stats", get(admin::stats))
+        .route("/metrics", get(admin::metrics))
         .route("/health/live", get(system::live))
         .route("/info", get(system::info))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(service.metrics()),
+            admin::track,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
-        .with_state(AppState { service, limits })
+        .with_state(AppState {
+            service,
+            limits,
+            maintenance,
+        })
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

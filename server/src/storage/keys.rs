@@ -35,6 +35,8 @@ pub const META_REMOVED_EVENTS: &[u8] = b"removed_events";
 pub const META_SCAVENGE_RESUME: &[u8] = b"scavenge_resume_after";
 /// `CF_META` key of the scavenge history (JSON).
 pub const META_SCAVENGE_HISTORY: &[u8] = b"scavenge_history";
+/// `CF_META` key of the verify history (JSON).
+pub const META_VERIFY_HISTORY: &[u8] = b"verify_history";
 /// `CF_META` key of the on-disk layout version (one byte).
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The layout version this code writes and reads.

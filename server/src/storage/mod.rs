@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod keys;
 mod read;
+pub mod scan;
 pub mod stream_state;
 pub mod writer;
 
@@ -41,10 +42,26 @@ impl From<rocksdb::Error> for StorageError {
     }
 }
 
+/// What `Store::engine_stats` reports; `None` where RocksDB did not say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    /// Bytes RocksDB wrote in flushes and compactions per byte written to it.
+    pub write_amplification: Option<f64>,
+    pub pending_compaction_bytes: Option<u64>,
+    pub memtable_bytes: Option<u64>,
+    pub block_cache_bytes: Option<u64>,
+    pub sst_bytes: Option<u64>,
+    pub running_compactions: Option<u64>,
+    /// RocksDB's estimate of the number of stream states.
+    pub estimated_streams: Option<u64>,
+}
+
 /// The event store on disk.
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Kept for the statistics tickers (write amplification).
+    options: Options,
 }
 
 impl Store {
@@ -56,6 +73,9 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
+        // Counters only (no timers): what /admin/stats reports, at negligible cost.
+        db_opts.enable_statistics();
+        db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
         let cfs = keys::ALL_CFS.iter().map(|name| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -70,6 +90,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
+            options: db_opts,
         };
         store.check_layout()?;
         Ok(store)
@@ -132,6 +153,31 @@ impl Store {
         }
         it.status()?;
         Ok(stored)
+    }
+
+    /// What the storage engine says about itself.
+    pub fn engine_stats(&self) -> EngineStats {
+        use rocksdb::statistics::Ticker;
+        let user = self.options.get_ticker_count(Ticker::BytesWritten);
+        let engine = self.options.get_ticker_count(Ticker::FlushWriteBytes)
+            + self.options.get_ticker_count(Ticker::CompactWriteBytes);
+        let int = |cf: &str, property: &str| {
+            self.db
+                .property_int_value_cf(self.cf(cf), property)
+                .ok()
+                .flatten()
+        };
+        EngineStats {
+            write_amplification: (user > 0).then(|| engine as f64 / user as f64),
+            pending_compaction_bytes: self
+                .property_sum("rocksdb.estimate-pending-compaction-bytes"),
+            memtable_bytes: self.property_sum("rocksdb.cur-size-all-mem-tables"),
+            // One cache is shared by every column family: read it once.
+            block_cache_bytes: int(keys::CF_EVENTS, "rocksdb.block-cache-usage"),
+            sst_bytes: self.property_sum("rocksdb.total-sst-files-size"),
+            running_compactions: int(keys::CF_EVENTS, "rocksdb.num-running-compactions"),
+            estimated_streams: int(keys::CF_STREAMS, "rocksdb.estimate-num-keys"),
+        }
     }
 
     /// How many events scavenging has removed, ever.

@@ -14,6 +14,7 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::metrics::GaugeGuard;
 use crate::model::{RecordedEvent, StreamName};
 use crate::service::{AllQuery, Service, StreamQuery};
 use crate::storage::{AllFilter, Direction, StorageError, StreamRead};
@@ -83,6 +84,7 @@ pub enum Message {
 /// Starts a subscription; the stream ends after an `Error` message.
 pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = Message> + Send {
     let head = service.head_watch();
+    let service_metrics = Arc::clone(service.metrics());
     let now = Instant::now();
     let cursor = match options.start {
         Start::At(at) => Some(at),
@@ -101,6 +103,7 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
         last_sent: now,
         done: false,
         existed: false,
+        _live: GaugeGuard::new(&service_metrics.subscriptions),
     };
     futures::stream::unfold(state, |mut state| async move {
         let message = state.next().await?;
@@ -125,6 +128,8 @@ struct Subscription {
     done: bool,
     /// The followed stream has existed during this subscription.
     existed: bool,
+    /// Counts this subscription in the metrics while it lives.
+    _live: GaugeGuard,
 }
 
 /// What one read found.

@@ -1,0 +1,230 @@
+//! Long-running maintenance jobs (scavenge, verify): one at a time per kind,
+//! with live progress, cancellation and a persisted history of the last 20.
+
+pub mod scavenge;
+pub mod verify;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+
+/// How many finished jobs of each kind are kept.
+pub const HISTORY: usize = 20;
+
+/// How a job ended, or that it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    Running,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+/// A problem a job found (verify).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemJson {
+    pub position: Option<u64>,
+    pub message: String,
+}
+
+/// What a job reports, live and when finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReport {
+    pub id: String,
+    pub dry_run: bool,
+    pub phase: String,
+    pub result: JobResult,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    #[serde(flatten)]
+    pub counters: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ProblemJson>,
+}
+
+/// A running job: its report and its cancellation.
+pub struct Job {
+    report: Mutex<JobReport>,
+    cancel: CancellationToken,
+}
+
+impl Job {
+    /// Updates the report.
+    pub fn update(&self, change: impl FnOnce(&mut JobReport)) {
+        if let Ok(mut report) = self.report.lock() {
+            change(&mut report);
+        }
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: &str, n: u64) {
+        self.update(|r| *r.counters.entry(counter.to_owned()).or_default() += n);
+    }
+
+    /// Sets a counter.
+    pub fn set(&self, counter: &str, n: u64) {
+        self.update(|r| {
+            r.counters.insert(counter.to_owned(), n);
+        });
+    }
+
+    pub fn report(&self) -> JobReport {
+        self.report
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// Why a job request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("a {kind} is already running ({id})")]
+    AlreadyRunning { kind: &'static str, id: String },
+    #[error("no {kind} with id {id}")]
+    NotFound { kind: &'static str, id: String },
+}
+
+/// The jobs of one kind.
+pub struct Jobs {
+    kind: &'static str,
+    history_key: &'static [u8],
+    current: Mutex<Option<Arc<Job>>>,
+    history: Mutex<VecDeque<JobReport>>,
+}
+
+impl Jobs {
+    /// Jobs of `kind`, with the history persisted under `history_key` in `service`'s store.
+    pub async fn load(kind: &'static str, history_key: &'static [u8], service: &Service) -> Self {
+        let stored = service.meta(history_key).await.ok().flatten();
+        let history = stored
+            .and_then(|bytes| serde_json::from_slice::<VecDeque<JobReport>>(&bytes).ok())
+            .unwrap_or_default();
+        Self {
+            kind,
+            history_key,
+            current: Mutex::new(None),
+            history: Mutex::new(history),
+        }
+    }
+
+    /// Registers a new running job, unless one is running.
+    pub fn start(&self, dry_run: bool, shutdown: &CancellationToken) -> Result<Arc<Job>, JobError> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = current.as_ref() {
+            return Err(JobError::AlreadyRunning {
+                kind: self.kind,
+                id: job.report().id,
+            });
+        }
+        let job = Arc::new(Job {
+            report: Mutex::new(JobReport {
+                id: uuid::Uuid::now_v7().to_string(),
+                dry_run,
+                phase: "starting".into(),
+                result: JobResult::Running,
+                error: None,
+                started_at: now_text(),
+                finished_at: None,
+                counters: BTreeMap::new(),
+                problems: Vec::new(),
+            }),
+            // Shutdown cancels running jobs too.
+            cancel: shutdown.child_token(),
+        });
+        *current = Some(Arc::clone(&job));
+        Ok(job)
+    }
+
+    /// Ends the running job with `result` and moves it to the history.
+    pub async fn finish(
+        &self,
+        job: &Job,
+        result: JobResult,
+        error: Option<String>,
+        service: &Service,
+    ) {
+        job.update(|r| {
+            r.result = result;
+            r.error = error;
+            r.finished_at = Some(now_text());
+            r.phase = "done".into();
+        });
+        let report = job.report();
+        tracing::info!(kind = self.kind, id = %report.id, ?result, counters = ?report.counters, "job finished");
+        let serialized = {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            history.push_front(report);
+            history.truncate(HISTORY);
+            serde_json::to_vec(&*history).unwrap_or_default()
+        };
+        if let Err(e) = service.set_meta(self.history_key, Some(serialized)).await {
+            tracing::warn!(error = %e, kind = self.kind, "cannot persist the job history");
+        }
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The running job's report.
+    pub fn current(&self) -> Option<JobReport> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|j| j.report())
+    }
+
+    /// The report of job `id`, running or finished.
+    pub fn get(&self, id: &str) -> Result<JobReport, JobError> {
+        if let Some(report) = self.current().filter(|r| r.id == id) {
+            return Ok(report);
+        }
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| JobError::NotFound {
+                kind: self.kind,
+                id: id.to_owned(),
+            })
+    }
+
+    /// Asks the running job `id` to stop; returns its report.
+    pub fn cancel(&self, id: &str) -> Result<JobReport, JobError> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(job) if job.report().id == id => {
+                job.cancel.cancel();
+                Ok(job.report())
+            }
+            _ => Err(JobError::NotFound {
+                kind: self.kind,
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// The running job (if any) and then the history, newest first.
+    pub fn list(&self) -> Vec<JobReport> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        self.current()
+            .into_iter()
+            .chain(history.iter().cloned())
+            .collect()
+    }
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}

@@ -1,0 +1,79 @@
+//! Verify: reads every stored event and checks its CRC, and that the stream
+//! index and the id index agree with the events; reports problems by position.
+
+use std::sync::Arc;
+
+use super::{Job, JobResult, Jobs, ProblemJson};
+use crate::service::Service;
+
+/// Records checked per step.
+const STEP: usize = 10_000;
+/// Problems listed in the report at most (all are counted).
+const MAX_LISTED: usize = 1_000;
+
+/// Starts a verify in the background; returns the job.
+pub fn start(service: Arc<Service>, jobs: Arc<Jobs>) -> Result<Arc<Job>, super::JobError> {
+    let job = jobs.start(false, service.shutdown_token())?;
+    let running = Arc::clone(&job);
+    tokio::spawn(async move {
+        let (result, error) = match run(&service, &running).await {
+            Ok(()) if running.is_cancelled() => (JobResult::Cancelled, None),
+            Ok(()) => (JobResult::Completed, None),
+            Err(e) => (JobResult::Failed, Some(e)),
+        };
+        jobs.finish(&running, result, error, &service).await;
+    });
+    Ok(job)
+}
+
+fn record(job: &Job, problems: Vec<crate::storage::scan::Problem>) {
+    job.add("problems", problems.len() as u64);
+    job.update(|r| {
+        for p in problems {
+            if r.problems.len() < MAX_LISTED {
+                r.problems.push(ProblemJson {
+                    position: p.position,
+                    message: p.message,
+                });
+            }
+        }
+    });
+}
+
+async fn run(service: &Service, job: &Job) -> Result<(), String> {
+    for name in ["events_checked", "index_entries_checked", "problems"] {
+        job.set(name, 0);
+    }
+    job.update(|r| r.phase = "events".into());
+    let mut from = Some(0u64);
+    while let Some(position) = from {
+        if job.is_cancelled() {
+            return Ok(());
+        }
+        let page = service
+            .verify_events(position, STEP)
+            .await
+            .map_err(|e| e.to_string())?;
+        job.add("events_checked", page.checked);
+        from = page
+            .next
+            .as_deref()
+            .and_then(crate::storage::keys::decode_position);
+        record(job, page.problems);
+    }
+    job.update(|r| r.phase = "index".into());
+    let mut from = Some(Vec::new());
+    while let Some(key) = from {
+        if job.is_cancelled() {
+            return Ok(());
+        }
+        let page = service
+            .verify_index(key, STEP)
+            .await
+            .map_err(|e| e.to_string())?;
+        job.add("index_entries_checked", page.checked);
+        from = page.next;
+        record(job, page.problems);
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Counters, gauges and histograms of the server, exported in the Prometheus
+//! text format at `/metrics` (prometheus-client), plus the one-minute rates that
+//! `/admin/stats` reports.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::storage::writer::CommitInfo;
+
+/// Labels of HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route pattern (`/streams/{stream}`), never the raw path.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub appended_events: Counter,
+    pub appended_bytes: Counter,
+    pub read_events: Counter,
+    pub group_requests: Histogram,
+    pub group_events: Histogram,
+    pub fsync_seconds: Histogram,
+    pub subscriptions: Gauge,
+    pub long_polls: Gauge,
+    pub scavenge_running: Gauge,
+    pub scavenge_events_scanned: Gauge,
+    pub scavenge_events_removed: Gauge,
+    pub scavenge_bytes_reclaimed: Gauge,
+    append_rate: RateWindow,
+    read_rate: RateWindow,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("skald");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let metrics = Self {
+            requests: requests.clone(),
+            request_seconds: request_seconds.clone(),
+            appended_events: Counter::default(),
+            appended_bytes: Counter::default(),
+            read_events: Counter::default(),
+            group_requests: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            group_events: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            fsync_seconds: latency_histogram(),
+            subscriptions: Gauge::default(),
+            long_polls: Gauge::default(),
+            scavenge_running: Gauge::default(),
+            scavenge_events_scanned: Gauge::default(),
+            scavenge_events_removed: Gauge::default(),
+            scavenge_bytes_reclaimed: Gauge::default(),
+            append_rate: RateWindow::default(),
+            read_rate: RateWindow::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer (to the first byte for streams)",
+            request_seconds,
+        );
+        registry.register(
+            "appended_events",
+            "Events appended",
+            metrics.appended_events.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Bytes of event records appended",
+            metrics.appended_bytes.clone(),
+        );
+        registry.register(
+            "read_events",
+            "Events returned by reads and subscriptions",
+            metrics.read_events.clone(),
+        );
+        registry.register(
+            "group_commit_requests",
+            "Requests per group commit",
+            metrics.group_requests.clone(),
+        );
+        registry.register(
+            "group_commit_events",
+            "Events per group commit",
+            metrics.group_events.clone(),
+        );
+        registry.register(
+            "group_commit_fsync_seconds",
+            "Duration of each synced group write",
+            metrics.fsync_seconds.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Live pushed subscriptions",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "long_polls_waiting",
+            "Long-poll reads waiting for a commit",
+            metrics.long_polls.clone(),
+        );
+        registry.register(
+            "scavenge_running",
+            "1 while a scavenge runs",
+            metrics.scavenge_running.clone(),
+        );
+        registry.register(
+            "scavenge_events_scanned",
+            "Events scanned by the current or last scavenge",
+            metrics.scavenge_events_scanned.clone(),
+        );
+        registry.register(
+            "scavenge_events_removed",
+            "Events removed by the current or last scavenge",
+            metrics.scavenge_events_removed.clone(),
+        );
+        registry.register(
+            "scavenge_bytes_reclaimed",
+            "Bytes reclaimed by the current or last scavenge",
+            metrics.scavenge_bytes_reclaimed.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one committed group.
+    pub fn on_commit(&self, info: &CommitInfo) {
+        self.group_requests.observe(info.requests as f64);
+        self.group_events.observe(info.events as f64);
+        self.fsync_seconds
+            .observe(info.write_duration.as_secs_f64());
+        self.appended_events.inc_by(info.events as u64);
+        self.appended_bytes.inc_by(info.bytes);
+        self.append_rate.add(info.events as u64);
+    }
+
+    /// Records events handed to a reader.
+    pub fn on_read(&self, events: usize) {
+        self.read_events.inc_by(events as u64);
+        self.read_rate.add(events as u64);
+    }
+
+    /// Events appended per second over the last minute.
+    pub fn append_rate(&self) -> f64 {
+        self.append_rate.per_second()
+    }
+
+    /// Events read per second over the last minute.
+    pub fn read_rate(&self) -> f64 {
+        self.read_rate.per_second()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Counts per second over the last 60 seconds, in one-second buckets.
+struct RateWindow {
+    buckets: Mutex<[(u64, u64); 60]>,
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        Self {
+            buckets: Mutex::new([(0, 0); 60]),
+        }
+    }
+}
+
+impl RateWindow {
+    fn now_secs() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+    }
+
+    fn add(&self, n: u64) {
+        let now = Self::now_secs();
+        if let Ok(mut buckets) = self.buckets.lock() {
+            let slot = &mut buckets[(now % 60) as usize];
+            if slot.0 != now {
+                *slot = (now, 0);
+            }
+            slot.1 += n;
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        let now = Self::now_secs();
+        let sum: u64 = self.buckets.lock().map_or(0, |b| {
+            b.iter()
+                .filter(|(second, _)| now.saturating_sub(*second) < 60)
+                .map(|(_, n)| n)
+                .sum()
+        });
+        sum as f64 / 60.0
+    }
+}
+
+/// Keeps a gauge raised while alive (a subscription, a waiting long-poll).
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_average_over_a_minute_and_render() {
+        let metrics = Metrics::default();
+        metrics.on_commit(&CommitInfo {
+            last_position: Some(5),
+            requests: 2,
+            events: 6,
+            bytes: 600,
+            write_duration: Duration::from_millis(1),
+        });
+        assert!((metrics.append_rate() - 0.1).abs() < 1e-9);
+        let text = metrics.render();
+        assert!(text.contains("skald_appended_events_total 6"), "{text}");
+        assert!(
+            text.contains("skald_group_commit_fsync_seconds_bucket"),
+            "{text}"
+        );
+        let guard = GaugeGuard::new(&metrics.subscriptions);
+        assert!(metrics.render().contains("skald_subscriptions 1"));
+        drop(guard);
+        assert!(metrics.render().contains("skald_subscriptions 0"));
+    }
+}
