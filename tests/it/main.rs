@@ -9,6 +9,7 @@ mod lifecycle;
 mod long_poll;
 mod projections;
 mod read;
+mod scavenge;
 mod subscriptions;
 mod support;
 mod validation;

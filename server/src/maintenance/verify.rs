@@ -27,7 +27,7 @@ pub fn start(service: Arc<Service>, jobs: Arc<Jobs>) -> Result<Arc<Job>, super::
 }
 
 fn record(job: &Job, problems: Vec<crate::storage::scan::Problem>) {
-    job.add("problems", problems.len() as u64);
+    job.add("problems_found", problems.len() as u64);
     job.update(|r| {
         for p in problems {
             if r.problems.len() < MAX_LISTED {
@@ -41,7 +41,7 @@ fn record(job: &Job, problems: Vec<crate::storage::scan::Problem>) {
 }
 
 async fn run(service: &Service, job: &Job) -> Result<(), String> {
-    for name in ["events_checked", "index_entries_checked", "problems"] {
+    for name in ["events_checked", "index_entries_checked", "problems_found"] {
         job.set(name, 0);
     }
     job.update(|r| r.phase = "events".into());

@@ -339,7 +339,9 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
     ) -> Result<WriteOutcome, AppendError> {
         let stream = &request.stream;
         let state = self.state(stream, overlay)?;
-        if state.as_ref().is_some_and(|s| s.tombstoned) {
+        // A tombstone refuses everything but the scavenger's removals.
+        let removing = matches!(request.op, WriteOp::Remove { .. });
+        if !removing && state.as_ref().is_some_and(|s| s.tombstoned) {
             return Err(AppendError::StreamDeleted(stream.clone()));
         }
         let mut state = state.unwrap_or(StreamState {
