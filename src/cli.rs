@@ -90,7 +90,7 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
     Ok(Client::new(&connection.url)?)
 }
 
-fn parse_expected(raw: &str) -> anyhow::Result<ExpectedRevision> {
+pub fn parse_expected(raw: &str) -> anyhow::Result<ExpectedRevision> {
     Ok(match raw {
         "any" => ExpectedRevision::Any,
         "no_stream" => ExpectedRevision::NoStream,

@@ -1,6 +1,7 @@
 //! The `skald` binary: `skald serve` runs the server; the other subcommands are
 //! a command-line client of a running server.
 
+mod admin_cli;
 mod cli;
 
 use anyhow::Context;
@@ -55,6 +56,65 @@ enum Command {
         #[command(flatten)]
         args: cli::TailArgs,
     },
+    /// List streams (the catalog), in name order.
+    Streams {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// Only streams starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Show one stream: revisions, size, times, state, metadata.
+    Stream {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// The stream.
+        name: String,
+    },
+    /// Delete a stream (soft; --hard tombstones it for good).
+    Delete {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// The stream.
+        stream: String,
+        /// Tombstone: the name can never be used again.
+        #[arg(long)]
+        hard: bool,
+        /// Expected revision: any, stream_exists or a number.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Show or set a stream's limits and custom metadata.
+    Meta {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: admin_cli::MetaArgs,
+    },
+    /// Start a scavenge (reclaims the space of deleted and expired events).
+    Scavenge {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// Only estimate; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait for the end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start a verify (checks every record's CRC and the indexes).
+    Verify {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// Wait for the end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Server statistics.
+    Stats {
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +156,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 filter,
             } => cli::read_all(connection, args, filter).await,
             Command::Tail { connection, args } => cli::tail(connection, args).await,
+            Command::Streams { connection, prefix } => admin_cli::streams(connection, prefix).await,
+            Command::Stream { connection, name } => admin_cli::stream(connection, name).await,
+            Command::Delete {
+                connection,
+                stream,
+                hard,
+                expected,
+            } => admin_cli::delete(connection, stream, hard, expected).await,
+            Command::Meta { connection, args } => admin_cli::meta(connection, args).await,
+            Command::Scavenge {
+                connection,
+                dry_run,
+                wait,
+            } => admin_cli::job(connection, skald_client::JobKind::Scavenge, dry_run, wait).await,
+            Command::Verify { connection, wait } => {
+                admin_cli::job(connection, skald_client::JobKind::Verify, false, wait).await
+            }
+            Command::Stats { connection } => admin_cli::stats(connection).await,
         }
     })
 }

@@ -311,7 +311,22 @@ impl Client {
         self.inner.http.get(url)
     }
 
-    async fn send_json<T: DeserializeOwned>(
+    pub(crate) async fn send_empty(&self, request: reqwest::RequestBuilder) -> Result<(), Error> {
+        let timeout = self.inner.timeout;
+        let response = request
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(transport(timeout))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = response.bytes().await.map_err(transport(timeout))?;
+            return Err(Error::from_response(status, &body));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn send_json<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, Error> {

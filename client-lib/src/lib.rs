@@ -28,6 +28,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admin;
 mod client;
 mod error;
 pub mod projection;
@@ -35,6 +36,7 @@ mod read;
 mod subscribe;
 mod types;
 
+pub use admin::{JobKind, JobReport, StreamCatalogPage, StreamInfo, StreamMetadata};
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use read::{Direction, ReadOptions};

@@ -144,3 +144,90 @@ async fn append_read_read_all_and_tail() {
         (Some("live-1"), Some(2))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_subcommands_manage_streams_and_run_jobs() {
+    let server = TestServer::start();
+    for name in ["acct-1", "acct-2", "other"] {
+        server
+            .append(name, serde_json::json!("any"), &["A", "B", "C"])
+            .await;
+    }
+    let run = |args: &[&str]| tokio::task::block_in_place(|| skald(&server, args));
+
+    let out = run(&["streams", "--prefix", "acct-"]);
+    let lines = stdout_lines(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lines[0].starts_with("STREAM"), "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[1].starts_with("acct-1") && lines[1].contains("live"),
+        "{lines:?}"
+    );
+
+    let out = run(&[
+        "meta",
+        "acct-1",
+        "--max-count",
+        "1",
+        "--max-age",
+        "30d",
+        "--custom",
+        r#"{"team":"ledger"}"#,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (meta["max_count"].clone(), meta["max_age_secs"].clone()),
+        (serde_json::json!(1), serde_json::json!(2_592_000))
+    );
+    let out = run(&["stream", "acct-1", "--json"]);
+    let info: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (info["event_count"].clone(), info["first_revision"].clone()),
+        (serde_json::json!(1), serde_json::json!(2))
+    );
+
+    let out = run(&["delete", "acct-2"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["delete", "other", "--hard"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["streams", "--json"]);
+    let states: Vec<(String, bool, bool)> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).expect("NDJSON"))
+        .map(|v| {
+            (
+                v["stream"].as_str().expect("s").to_owned(),
+                v["deleted"].as_bool().expect("d"),
+                v["tombstoned"].as_bool().expect("t"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("acct-1".to_owned(), false, false),
+            ("acct-2".to_owned(), true, false),
+            ("other".to_owned(), false, true)
+        ]
+    );
+
+    let out = run(&["scavenge", "--wait", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["result"], "completed");
+    assert_eq!(report["counters"]["events_removed"], 2 + 3 + 3, "{report}");
+    let out = run(&["verify", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
+    let out = run(&["stats", "--json"]);
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(stats["event_count"], 1);
+    let out = run(&["meta", "acct-1", "--max-age", "soon"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-age"),
+        "{out:?}"
+    );
+}

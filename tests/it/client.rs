@@ -253,9 +253,25 @@ async fn every_error_variant_comes_from_a_real_response() {
         "{err:?}"
     );
 
+    // StreamDeleted: a tombstoned stream.
+    client
+        .delete_stream("e", ExpectedRevision::Any, true)
+        .await
+        .expect("tombstone");
+    let err = client
+        .read_stream_page("e", &ReadOptions::default())
+        .await
+        .expect_err("410");
+    assert!(matches!(err, Error::StreamDeleted { .. }), "{err:?}");
+    let err = client
+        .append("e", ExpectedRevision::Any, [event("X", 9)])
+        .await
+        .expect_err("410");
+    assert!(matches!(err, Error::StreamDeleted { .. }), "{err:?}");
+
     // SubscriptionEnded: the server shuts down under a subscription; the error
     // is retryable, so the client reconnects by itself instead of surfacing it.
-    // (StreamDeleted and Unauthorized need server features not built yet.)
+    // (Unauthorized needs server authentication, which is not built yet.)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
