@@ -265,6 +265,70 @@ fn event_position(line: &[u8]) -> Option<u64> {
         .ok()
 }
 
+/// Append throughput with and without a scavenge running, on the same server:
+/// fills `streams` x 500 events, deletes them all, measures 16 appending clients,
+/// starts a scavenge and measures again while it runs.
+async fn scavenge_scenario(
+    server: &Server,
+    streams: usize,
+    duration: Duration,
+) -> anyhow::Result<(Outcome, Outcome, Value)> {
+    let http = reqwest::Client::new();
+    let pad = "p".repeat(100);
+    let body = serde_json::to_vec(
+        &json!({"events": (0..500).map(|i| json!({"type": "Old", "data": {"i": i, "pad": pad}})).collect::<Vec<_>>()}),
+    )?;
+    for s in 0..streams {
+        let url = format!("{}/streams/old-{s}", server.base);
+        let response = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "fill failed: {}",
+            response.status()
+        );
+        let response = http.delete(&url).send().await?;
+        anyhow::ensure!(
+            response.status() == 204,
+            "delete failed: {}",
+            response.status()
+        );
+    }
+    let baseline = append_scenario(server, 16, 1, duration).await?;
+    let started: Value = http
+        .post(format!("{}/admin/scavenge", server.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let during = append_scenario(server, 16, 1, duration).await?;
+    let report: Value = http
+        .get(format!("{}/admin/scavenge/{id}", server.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    // Let it finish before the next scenario (bounded).
+    for _ in 0..600 {
+        let r: Value = http
+            .get(format!("{}/admin/scavenge/{id}", server.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if r["result"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((baseline, during, report))
+}
+
 fn report(name: &str, mut outcome: Outcome) {
     let secs = outcome.elapsed.as_secs_f64();
     let (p50, p99) = (outcome.percentile(0.50), outcome.percentile(0.99));
@@ -306,6 +370,15 @@ fn main() -> anyhow::Result<()> {
                 outcome,
             );
         }
+        let (baseline, during, scavenge) = scavenge_scenario(&server, 600, duration).await?;
+        let ratio = during.requests as f64 / during.elapsed.as_secs_f64()
+            / (baseline.requests as f64 / baseline.elapsed.as_secs_f64());
+        report("append, 16 clients, before the scavenge", baseline);
+        report("append, 16 clients, during the scavenge", during);
+        println!(
+            "\nappend throughput during scavenge / before: {ratio:.2} (scavenge still {} at the end of the window, {} events removed by then)\n",
+            scavenge["result"], scavenge["events_removed"]
+        );
         for limit in [100, 1000] {
             let outcome = read_all_scenario(&server, limit, duration).await?;
             report(&format!("read $all, pages of {limit}"), outcome);
