@@ -100,6 +100,22 @@ impl fmt::Display for ExpectedRevision {
     }
 }
 
+impl std::str::FromStr for ExpectedRevision {
+    type Err = String;
+
+    /// Parses `any`, `no_stream`, `stream_exists` or a non-negative integer.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "any" => Ok(Self::Any),
+            "no_stream" => Ok(Self::NoStream),
+            "stream_exists" => Ok(Self::StreamExists),
+            n => n.parse().map(Self::Exact).map_err(|_| {
+                format!("expected revision must be any, no_stream, stream_exists or a non-negative integer, got '{n}'")
+            }),
+        }
+    }
+}
+
 /// Formats a stream's last revision for messages: the number, or "none" for no stream.
 pub fn display_revision(revision: Option<u64>) -> String {
     revision.map_or_else(|| "none (no stream)".to_owned(), |r| r.to_string())

@@ -24,16 +24,11 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
-    let expected = match params.take_str("expected_revision").as_deref() {
-        None | Some("any") => ExpectedRevision::Any,
-        Some("no_stream") => ExpectedRevision::NoStream,
-        Some("stream_exists") => ExpectedRevision::StreamExists,
-        Some(n) => ExpectedRevision::Exact(n.parse().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("expected_revision must be any, no_stream, stream_exists or a number, got '{n}'"),
-            )
-        })?),
+    let expected: ExpectedRevision = match params.take_str("expected_revision") {
+        Some(text) => text
+            .parse()
+            .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
+        None => ExpectedRevision::Any,
     };
     let hard = match params.take_str("hard").as_deref() {
         None | Some("false") => false,

@@ -61,11 +61,12 @@ fn expected_revision<'de, D: Deserializer<'de>>(d: D) -> Result<ExpectedRevision
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            match v {
-                "any" => Ok(ExpectedRevision::Any),
-                "no_stream" => Ok(ExpectedRevision::NoStream),
-                "stream_exists" => Ok(ExpectedRevision::StreamExists),
-                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            // A number in a string is not accepted here: JSON has numbers.
+            match v.parse() {
+                Ok(ExpectedRevision::Exact(_)) | Err(_) => {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+                Ok(expected) => Ok(expected),
             }
         }
     }

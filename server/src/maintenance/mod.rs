@@ -96,6 +96,32 @@ pub enum JobError {
     NotFound { kind: &'static str, id: String },
 }
 
+/// Registers a job in `jobs` and runs `work` for it in the background; the
+/// outcome (completed, cancelled, failed) goes to the history.
+pub fn spawn<F, Fut>(
+    service: Arc<Service>,
+    jobs: Arc<Jobs>,
+    dry_run: bool,
+    work: F,
+) -> Result<Arc<Job>, JobError>
+where
+    F: FnOnce(Arc<Service>, Arc<Job>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let job = jobs.start(dry_run, service.shutdown_token())?;
+    let running = Arc::clone(&job);
+    tokio::spawn(async move {
+        let outcome = work(Arc::clone(&service), Arc::clone(&running)).await;
+        let (result, error) = match outcome {
+            Ok(()) if running.is_cancelled() => (JobResult::Cancelled, None),
+            Ok(()) => (JobResult::Completed, None),
+            Err(e) => (JobResult::Failed, Some(e)),
+        };
+        jobs.finish(&running, result, error, &service).await;
+    });
+    Ok(job)
+}
+
 /// The jobs of one kind.
 pub struct Jobs {
     kind: &'static str,

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Job, JobResult, Jobs};
+use super::{Job, Jobs};
 use crate::service::Service;
 use crate::storage::keys;
 use crate::storage::now_micros;
@@ -33,18 +33,9 @@ pub fn start(
     jobs: Arc<Jobs>,
     dry_run: bool,
 ) -> Result<Arc<Job>, super::JobError> {
-    let job = jobs.start(dry_run, service.shutdown_token())?;
-    let running = Arc::clone(&job);
-    tokio::spawn(async move {
-        let outcome = run(&service, &running, dry_run).await;
-        let (result, error) = match outcome {
-            Ok(()) if running.is_cancelled() => (JobResult::Cancelled, None),
-            Ok(()) => (JobResult::Completed, None),
-            Err(e) => (JobResult::Failed, Some(e)),
-        };
-        jobs.finish(&running, result, error, &service).await;
-    });
-    Ok(job)
+    super::spawn(service, jobs, dry_run, move |service, job| async move {
+        run(&service, &job, dry_run).await
+    })
 }
 
 async fn run(service: &Service, job: &Job, dry_run: bool) -> Result<(), String> {

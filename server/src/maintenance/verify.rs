@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Job, JobResult, Jobs, ProblemJson};
+use super::{Job, Jobs, ProblemJson};
 use crate::service::Service;
 
 /// Records checked per step.
@@ -13,17 +13,9 @@ const MAX_LISTED: usize = 1_000;
 
 /// Starts a verify in the background; returns the job.
 pub fn start(service: Arc<Service>, jobs: Arc<Jobs>) -> Result<Arc<Job>, super::JobError> {
-    let job = jobs.start(false, service.shutdown_token())?;
-    let running = Arc::clone(&job);
-    tokio::spawn(async move {
-        let (result, error) = match run(&service, &running).await {
-            Ok(()) if running.is_cancelled() => (JobResult::Cancelled, None),
-            Ok(()) => (JobResult::Completed, None),
-            Err(e) => (JobResult::Failed, Some(e)),
-        };
-        jobs.finish(&running, result, error, &service).await;
-    });
-    Ok(job)
+    super::spawn(service, jobs, false, |service, job| async move {
+        run(&service, &job).await
+    })
 }
 
 fn record(job: &Job, problems: Vec<crate::storage::scan::Problem>) {
