@@ -33,6 +33,13 @@ pub struct StreamMetadata {
 }
 
 /// A stream as the catalog describes it.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+/// let info = client.stream_info("order-42").await?;
+/// println!("{} events, {} bytes, deleted: {}", info.event_count, info.bytes, info.deleted);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct StreamInfo {
     /// The name.
@@ -58,6 +65,22 @@ pub struct StreamInfo {
 }
 
 /// One page of the stream catalog.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+/// let mut after = None;
+/// loop {
+///     let page = client.list_streams(Some("order-"), after.as_deref(), 500).await?;
+///     for stream in &page.streams {
+///         println!("{}", stream.stream);
+///     }
+///     match page.next_after {
+///         Some(next) => after = Some(next),
+///         None => break,
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 pub struct StreamCatalogPage {
     /// The streams, in name order.
@@ -67,6 +90,19 @@ pub struct StreamCatalogPage {
 }
 
 /// A scavenge or verify job, running or finished.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+/// use skald_client::JobKind;
+/// let id = client.start_job(JobKind::Scavenge, false).await?;
+/// let report = loop {
+///     let report = client.job(JobKind::Scavenge, &id).await?;
+///     if !report.is_running() { break report; }
+///     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+/// };
+/// println!("{}: removed {} events", report.result, report.counter("events_removed"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobReport {
     /// Its id.
@@ -104,6 +140,13 @@ impl JobReport {
 }
 
 /// Which maintenance job.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+/// let id = client.start_job(skald_client::JobKind::Verify, false).await?;
+/// client.cancel_job(skald_client::JobKind::Verify, &id).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
     /// Physically remove hidden events.
@@ -151,6 +194,13 @@ impl Client {
     }
 
     /// A stream's metadata.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// let metadata = client.stream_metadata("audit").await?;
+    /// println!("keeps {:?} events", metadata.max_count);
+    /// # Ok(()) }
+    /// ```
     pub async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, Error> {
         let url = self.url(&["streams", stream, "metadata"]);
         self.with_retries(Error::is_retryable, || {
@@ -234,6 +284,13 @@ impl Client {
     }
 
     /// Server statistics (`GET /admin/stats`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// let stats = client.stats().await?;
+    /// println!("head {} on {} bytes", stats["head_position"], stats["disk_bytes"]);
+    /// # Ok(()) }
+    /// ```
     pub async fn stats(&self) -> Result<Value, Error> {
         let url = self.url(&["admin", "stats"]);
         self.with_retries(Error::is_retryable, || {

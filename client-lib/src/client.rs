@@ -146,6 +146,13 @@ impl Client {
     }
 
     /// A client with default settings.
+    ///
+    /// ```
+    /// let client = skald_client::Client::new("http://127.0.0.1:2114")?;
+    /// assert!(skald_client::Client::new("not a url").is_err());
+    /// # let _ = client;
+    /// # Ok::<(), skald_client::Error>(())
+    /// ```
     pub fn new(url: impl Into<String>) -> Result<Self, Error> {
         Self::builder(url).build()
     }
@@ -194,6 +201,13 @@ impl Client {
     }
 
     /// Reads one page of a stream. Most callers want [`Client::read_stream`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// let page = client.read_stream_page("order-42", &skald_client::ReadOptions::default().page_size(10)).await?;
+    /// println!("{} events, more from {:?}", page.events.len(), page.next_revision);
+    /// # Ok(()) }
+    /// ```
     pub async fn read_stream_page(
         &self,
         stream: &str,
@@ -208,6 +222,13 @@ impl Client {
     }
 
     /// Reads one page of `$all`. Most callers want [`Client::read_all`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// let page = client.read_all_page(&skald_client::ReadOptions::default().from(1000)).await?;
+    /// println!("head is {:?}; continue at {:?}", page.head_position, page.next_position);
+    /// # Ok(()) }
+    /// ```
     pub async fn read_all_page(&self, options: &ReadOptions) -> Result<AllPage, Error> {
         let url = self.url(&["all"]);
         let query = options.all_query();
@@ -256,6 +277,13 @@ impl Client {
     }
 
     /// What the server says about itself, including its head position.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// let info = client.info().await?;
+    /// println!("Skald {} at head {:?}", info.version, info.head_position);
+    /// # Ok(()) }
+    /// ```
     pub async fn info(&self) -> Result<ServerInfo, Error> {
         let url = self.url(&["info"]);
         self.with_retries(Error::is_retryable, || {

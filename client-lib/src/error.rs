@@ -5,6 +5,18 @@ use std::time::Duration;
 use crate::ExpectedRevision;
 
 /// Everything a [`Client`](crate::Client) call can fail with.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client, event: skald_client::EventData) -> Result<(), skald_client::Error> {
+/// use skald_client::{Error, ExpectedRevision};
+/// match client.append("order-42", ExpectedRevision::NoStream, [event]).await {
+///     Ok(_) => {}
+///     Err(Error::WrongExpectedRevision { actual, .. }) => println!("already at {actual:?}"),
+///     Err(e) if e.is_retryable() => println!("try again later: {e}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -5,6 +5,12 @@ use futures::Stream;
 use crate::{Client, Error, RecordedEvent};
 
 /// Which way a read walks.
+///
+/// ```
+/// use skald_client::{Direction, ReadOptions};
+/// let newest_first = ReadOptions::default().direction(Direction::Backward);
+/// # let _ = newest_first;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
     /// Oldest first.

@@ -86,6 +86,23 @@ impl SubscribeOptions {
 }
 
 /// One message of a subscription.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+/// use futures::StreamExt;
+/// use skald_client::{SubscribeOptions, SubscriptionMessage};
+/// let mut last_place = None;
+/// let mut messages = client.subscribe_all(SubscribeOptions::default().stream_prefix("order-"));
+/// while let Some(message) = messages.next().await {
+///     match message? {
+///         SubscriptionMessage::Event(e) => last_place = Some(e.position),
+///         SubscriptionMessage::Checkpoint { position } => last_place = Some(position),
+///         SubscriptionMessage::CaughtUp { .. } => println!("live at {last_place:?}"),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SubscriptionMessage {

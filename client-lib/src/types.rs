@@ -129,6 +129,13 @@ impl EventData {
 }
 
 /// Where an append's events landed.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client, event: skald_client::EventData) -> Result<(), skald_client::Error> {
+/// let result = client.append("order-42", skald_client::ExpectedRevision::Any, [event]).await?;
+/// println!("revisions {}..={} at positions {}..={}", result.first_revision, result.last_revision, result.first_position, result.last_position);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct AppendResult {
     /// Revision of the first event in its stream.
@@ -142,6 +149,14 @@ pub struct AppendResult {
 }
 
 /// An event as stored.
+///
+/// ```
+/// let event: skald_client::RecordedEvent = serde_json::from_str(r#"{"stream": "order-1", "revision": 0,
+///   "position": 7, "id": "01900000-0000-7000-8000-000000000001", "type": "OrderPlaced",
+///   "data": {"total": 30}, "metadata": null, "recorded_at": "2026-11-26T15:00:00.123456Z"}"#)?;
+/// assert_eq!((event.stream.as_str(), event.position, event.data["total"].as_u64()), ("order-1", 7, Some(30)));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RecordedEvent {
     /// The stream it belongs to.
@@ -195,6 +210,13 @@ impl RecordedEvent {
 }
 
 /// A page of a stream read.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client, event: skald_client::EventData) -> Result<(), skald_client::Error> {
+/// let page = client.read_stream_page("order-42", &skald_client::ReadOptions::default()).await?;
+/// println!("last revision {}", page.last_revision);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 pub struct StreamPage {
     /// The events.
@@ -206,6 +228,13 @@ pub struct StreamPage {
 }
 
 /// A page of a `$all` read.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client, event: skald_client::EventData) -> Result<(), skald_client::Error> {
+/// let page = client.read_all_page(&skald_client::ReadOptions::default()).await?;
+/// println!("{} events", page.events.len());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 pub struct AllPage {
     /// The events.
@@ -217,6 +246,13 @@ pub struct AllPage {
 }
 
 /// What `GET /info` tells.
+///
+/// ```no_run
+/// # async fn demo(client: skald_client::Client, event: skald_client::EventData) -> Result<(), skald_client::Error> {
+/// let info = client.info().await?;
+/// println!("{}", info.data_dir);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerInfo {
     /// Server version.

@@ -14,6 +14,17 @@ use super::BoxError;
 /// [`Projection::apply`](super::Projection::apply); then give the runner a store
 /// whose `load` reads it from there and whose `save` does nothing (the
 /// `order_summary` example does this with SQLite).
+///
+/// ```
+/// use skald_client::projection::{BoxError, CheckpointStore};
+/// /// Keeps the checkpoint in a field (e.g. of a struct that also owns the read model).
+/// struct InField(Option<u64>);
+/// impl CheckpointStore for InField {
+///     async fn load(&mut self, _: &str) -> Result<Option<u64>, BoxError> { Ok(self.0) }
+///     async fn save(&mut self, _: &str, position: u64) -> Result<(), BoxError> { self.0 = Some(position); Ok(()) }
+///     async fn clear(&mut self, _: &str) -> Result<(), BoxError> { self.0 = None; Ok(()) }
+/// }
+/// ```
 pub trait CheckpointStore: Send {
     /// The last position `projection` applied, `None` when it never ran.
     fn load(

@@ -46,6 +46,12 @@ use crate::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which events a projection wants. Events it does not want still move its checkpoint.
+///
+/// ```
+/// use skald_client::projection::Filter;
+/// let orders_placed = Filter { stream_prefix: Some("order-".into()), event_types: vec!["OrderPlaced".into()] };
+/// # let _ = orders_placed;
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Only streams starting with this (filtered on the server).
@@ -61,6 +67,12 @@ impl Filter {
 }
 
 /// Events handed to [`Projection::apply`], in global order.
+///
+/// ```
+/// use skald_client::projection::Batch;
+/// let empty = Batch { events: &[], position: 41 }; // only the checkpoint moves
+/// assert!(empty.events.is_empty());
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     /// The events (possibly none, when only the checkpoint moves).
@@ -73,6 +85,19 @@ pub struct Batch<'a> {
 
 /// Collects the events a projection derives, for the runner to append with
 /// deterministic ids.
+///
+/// ```
+/// use skald_client::projection::{Batch, BoxError, Emitter};
+/// use skald_client::EventData;
+/// fn translate(batch: Batch<'_>, emit: &mut Emitter) -> Result<(), BoxError> {
+///     for event in batch.events {
+///         let public = EventData::json("OrderChanged", &serde_json::json!({"order": event.stream}))?;
+///         emit.emit(event, "public-orders", public);
+///     }
+///     Ok(())
+/// }
+/// # let _ = translate;
+/// ```
 #[derive(Debug, Default)]
 pub struct Emitter {
     pending: Vec<(u64, String, EventData)>,
@@ -88,6 +113,23 @@ impl Emitter {
 }
 
 /// A read model.
+///
+/// ```
+/// use skald_client::projection::{Batch, BoxError, Emitter, Filter, Projection};
+/// #[derive(Default)]
+/// struct Revenue { cents: i64 }
+/// impl Projection for Revenue {
+///     fn name(&self) -> &str { "revenue" }
+///     fn filter(&self) -> Filter { Filter { stream_prefix: Some("order-".into()), event_types: vec!["OrderPaid".into()] } }
+///     async fn apply(&mut self, batch: Batch<'_>, _emit: &mut Emitter) -> Result<(), BoxError> {
+///         for event in batch.events {
+///             self.cents += event.data["cents"].as_i64().unwrap_or(0);
+///         }
+///         Ok(())
+///     }
+///     async fn reset(&mut self) -> Result<(), BoxError> { self.cents = 0; Ok(()) }
+/// }
+/// ```
 pub trait Projection: Send {
     /// A unique, stable name (keys the checkpoint and the ids of emitted events).
     fn name(&self) -> &str;
@@ -109,6 +151,18 @@ pub trait Projection: Send {
 }
 
 /// Why a runner stopped with an error.
+///
+/// ```no_run
+/// # async fn demo<P: skald_client::projection::Projection, S: skald_client::projection::CheckpointStore>(
+/// #     mut runner: skald_client::projection::ProjectionRunner<P, S>, stop: tokio_util::sync::CancellationToken) {
+/// use skald_client::projection::RunnerError;
+/// match runner.run(stop).await {
+///     Ok(()) => println!("stopped"),
+///     Err(RunnerError::Projection(e)) => eprintln!("the read model failed: {e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunnerError {
@@ -124,6 +178,12 @@ pub enum RunnerError {
 }
 
 /// Where a runner is.
+///
+/// ```
+/// use skald_client::projection::{RunnerState, RunnerStatus};
+/// let status = RunnerStatus { state: RunnerState::Live, checkpoint: Some(90), head: Some(100) };
+/// assert_eq!(status.lag(), 10);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunnerState {
     /// Not running.
@@ -157,6 +217,13 @@ impl RunnerStatus {
 }
 
 /// Settings of a runner.
+///
+/// ```
+/// use std::time::Duration;
+/// use skald_client::projection::RunnerOptions;
+/// let big_batches = RunnerOptions { batch_size: 5_000, linger: Duration::from_millis(20) };
+/// # let _ = big_batches;
+/// ```
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
     /// Most events per `apply`. Default 500.
@@ -177,6 +244,32 @@ impl Default for RunnerOptions {
 /// Runs one projection: loads its checkpoint, catches up from it, goes live,
 /// applies batches and records checkpoints, reconnects across server restarts,
 /// and stops on cancellation.
+///
+/// ```no_run
+/// # use skald_client::projection::{Batch, BoxError, Emitter, Projection};
+/// # #[derive(Default)] struct Totals;
+/// # impl Projection for Totals {
+/// #     fn name(&self) -> &str { "totals" }
+/// #     async fn apply(&mut self, _: Batch<'_>, _: &mut Emitter) -> Result<(), BoxError> { Ok(()) }
+/// #     async fn reset(&mut self) -> Result<(), BoxError> { Ok(()) }
+/// # }
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use skald_client::projection::{FileCheckpointStore, ProjectionRunner};
+/// let client = skald_client::Client::new("http://127.0.0.1:2114")?;
+/// let mut runner = ProjectionRunner::new(client, Totals::default(), FileCheckpointStore::new("checkpoints")?);
+/// let mut status = runner.status();
+/// tokio::spawn(async move {
+///     while status.changed().await.is_ok() {
+///         let s = *status.borrow();
+///         println!("{:?}, lag {}", s.state, s.lag());
+///     }
+/// });
+/// let stop = tokio_util::sync::CancellationToken::new();
+/// runner.run_until_caught_up(stop.clone()).await?; // history first
+/// runner.rebuild().await?;                          // or start over from position 0
+/// runner.run(stop).await?;                          // then follow live until cancelled
+/// # Ok(()) }
+/// ```
 pub struct ProjectionRunner<P, S> {
     client: Client,
     projection: P,
