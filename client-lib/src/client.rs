@@ -185,8 +185,10 @@ impl Client {
             serde_json::to_vec(&json!({"expected_revision": expected.to_json(), "events": events}))
                 .map_err(Error::Serialize)?;
         let url = self.url(&["streams", stream]);
+        // Only failures where the request may not have arrived: resending the same
+        // ids is then safe, because the server recognises a stored batch.
         self.with_retries(
-            |e| matches!(e, Error::Transport(_)),
+            |e| matches!(e, Error::Transport(_) | Error::Timeout(_)),
             || {
                 let request = self
                     .inner

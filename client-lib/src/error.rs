@@ -159,3 +159,46 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes_map_to_variants() {
+        let body = |code: &str| format!(r#"{{"error":"{code}","message":"m"}}"#).into_bytes();
+        assert!(matches!(
+            Error::from_response(401, &body("unauthorized")),
+            Error::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            Error::from_response(403, &body("forbidden")),
+            Error::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            Error::from_response(410, &body("stream_deleted")),
+            Error::StreamDeleted { .. }
+        ));
+        assert!(matches!(
+            Error::from_response(503, &body("unavailable")),
+            Error::Server { status: 503, .. }
+        ));
+        let conflict = br#"{"error":"wrong_expected_revision","message":"m","expected":"no_stream","actual":4}"#;
+        assert!(matches!(
+            Error::from_response(409, conflict),
+            Error::WrongExpectedRevision {
+                expected: ExpectedRevision::NoStream,
+                actual: Some(4)
+            }
+        ));
+        // A body that is not JSON (a proxy's error page) still gives a readable error.
+        match Error::from_response(502, b"<html>bad gateway</html>") {
+            Error::Server {
+                status: 502,
+                message,
+                ..
+            } => assert!(message.contains("bad gateway")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
