@@ -264,6 +264,7 @@ mod tests {
             events: 6,
             bytes: 600,
             write_duration: Duration::from_millis(1),
+            streams: Vec::new(),
         });
         assert!((metrics.append_rate() - 0.1).abs() < 1e-9);
         let text = metrics.render();

@@ -2,6 +2,7 @@
 //! the commit notification, and long-poll waits on it. HTTP handlers call this,
 //! never `storage` directly, so nothing blocks the async runtime.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +50,29 @@ pub struct Service {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     writer: WriterHandle,
-    head: watch::Receiver<Option<u64>>,
+    head: watch::Receiver<Commit>,
     shutdown: CancellationToken,
+}
+
+/// Most stream names a commit notification lists; past that it says "any".
+const MAX_TOUCHED: usize = 1024;
+
+/// The commit notification: what the last durable group changed.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Counts groups: a waiter that saw `seq - 1` has missed nothing else.
+    pub seq: u64,
+    /// The last committed position, `None` for an empty store.
+    pub last_position: Option<u64>,
+    /// The streams the group wrote to; `None` when there were too many to list.
+    pub touched: Option<Arc<HashSet<StreamName>>>,
+}
+
+impl Commit {
+    /// Whether this commit may have changed `stream`.
+    pub fn may_touch(&self, stream: &StreamName) -> bool {
+        self.touched.as_ref().is_none_or(|t| t.contains(stream))
+    }
 }
 
 impl Service {
@@ -61,7 +83,13 @@ impl Service {
         shutdown: CancellationToken,
     ) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), StorageError> {
         let head_position = store.next_position()?.checked_sub(1);
-        let (head_tx, head) = watch::channel(head_position);
+        let first = Commit {
+            seq: 0,
+            last_position: head_position,
+            touched: Some(Arc::default()),
+        };
+        let (head_tx, head) = watch::channel(first);
+        let mut seq = 0;
         let metrics = Arc::new(Metrics::default());
         let commit_metrics = Arc::clone(&metrics);
         let on_commit = move |info: CommitInfo| {
@@ -74,7 +102,14 @@ impl Service {
             );
             // Sent for every committed group, deletes and metadata changes too, so
             // waiting readers re-check what they may see.
-            head_tx.send_replace(info.last_position);
+            seq += 1;
+            let touched = (info.streams.len() <= MAX_TOUCHED)
+                .then(|| Arc::new(info.streams.iter().cloned().collect::<HashSet<_>>()));
+            head_tx.send_replace(Commit {
+                seq,
+                last_position: info.last_position,
+                touched,
+            });
         };
         let (writer, thread) = writer::spawn(Arc::clone(&store), on_commit)?;
         Ok((
@@ -102,7 +137,7 @@ impl Service {
     }
 
     /// A receiver of the commit notification: the last committed position.
-    pub fn head_watch(&self) -> watch::Receiver<Option<u64>> {
+    pub fn head_watch(&self) -> watch::Receiver<Commit> {
         self.head.clone()
     }
 
@@ -118,7 +153,7 @@ impl Service {
 
     /// The last committed position, `None` for an empty store.
     pub fn head_position(&self) -> Option<u64> {
-        *self.head.borrow()
+        self.head.borrow().last_position
     }
 
     /// Sends one request through the single writer and waits for its answer.
@@ -253,11 +288,7 @@ impl Service {
 
     /// Waits for the next commit. `false` when the deadline passed, the server is
     /// shutting down, or the writer is gone.
-    async fn wait_for_commit(
-        &self,
-        head: &mut watch::Receiver<Option<u64>>,
-        deadline: Instant,
-    ) -> bool {
+    async fn wait_for_commit(&self, head: &mut watch::Receiver<Commit>, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
             return false;
         }

@@ -432,3 +432,44 @@ async fn bad_subscription_parameters_are_400() {
         assert_eq!(status, 400, "{path}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_subscription_misses_nothing_among_commits_to_other_streams() {
+    let server = Arc::new(TestServer::start());
+    let mut reader = server.subscribe("/subscriptions/streams/target", &[]).await;
+    assert_eq!(
+        reader.next_json(T).await.expect("line")["type"],
+        "caught_up"
+    );
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let server = Arc::clone(&server);
+        writers.push(tokio::spawn(async move {
+            for _ in 0..150 {
+                server
+                    .append(&format!("noise-{w}"), json!("any"), &["Noise"])
+                    .await;
+            }
+        }));
+    }
+    let target = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let (status, _) = server.append("target", json!("any"), &["Signal"]).await;
+                assert_eq!(status, 201, "append {i}");
+            }
+        })
+    };
+    let (events, _) = read_events(&mut reader, 200).await;
+    target.await.expect("target writer");
+    for writer in writers {
+        writer.await.expect("noise writer");
+    }
+    let revisions: Vec<u64> = events
+        .iter()
+        .map(|e| e["revision"].as_u64().expect("rev"))
+        .collect();
+    assert_eq!(revisions, (0..200).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e["stream"] == "target"));
+}

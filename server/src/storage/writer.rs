@@ -114,7 +114,7 @@ impl WriteRequest {
 }
 
 /// Sizes of one committed group, reported to the commit observer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CommitInfo {
     /// Position of the last event committed so far (`None`: the store has none).
     pub last_position: Option<u64>,
@@ -125,6 +125,8 @@ pub struct CommitInfo {
     pub bytes: u64,
     /// How long the synced write took.
     pub write_duration: std::time::Duration,
+    /// The streams this group wrote to (appends, deletes, metadata, removals).
+    pub streams: Vec<StreamName>,
 }
 
 /// Where the writer's requests go: cloneable, cheap.
@@ -244,9 +246,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let mut answered: Vec<(Reply, Result<WriteOutcome, AppendError>)> = Vec::new();
         let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
         let requests = group.len();
+        let mut touched = Vec::new();
         for request in group {
             match self.prepare(&request, &mut overlay, &mut out) {
-                Ok(outcome) if writes(&outcome) => written.push((request.reply, outcome)),
+                Ok(outcome) if writes(&outcome) => {
+                    touched.push(request.stream);
+                    written.push((request.reply, outcome));
+                }
                 other => answered.push((request.reply, other)),
             }
         }
@@ -275,6 +281,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         events: out.events,
                         bytes: out.bytes,
                         write_duration: started.elapsed(),
+                        streams: touched,
                     });
                     for (reply, outcome) in written {
                         let _ = reply.send(Ok(outcome));

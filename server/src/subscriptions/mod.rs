@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::metrics::GaugeGuard;
 use crate::model::{RecordedEvent, StreamName};
-use crate::service::{AllQuery, Service, StreamQuery};
+use crate::service::{AllQuery, Commit, Service, StreamQuery};
 use crate::storage::{AllFilter, Direction, StorageError, StreamRead};
 
 /// Events read from storage per batch: the most a subscription holds in memory.
@@ -103,6 +103,7 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
         last_sent: now,
         done: false,
         existed: false,
+        seen_seq: 0,
         _live: GaugeGuard::new(&service_metrics.subscriptions),
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -114,7 +115,9 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
 struct Subscription {
     service: Arc<Service>,
     options: Options,
-    head: watch::Receiver<Option<u64>>,
+    head: watch::Receiver<Commit>,
+    /// The commit sequence number seen before the last read.
+    seen_seq: u64,
     /// Next position (or revision) to read; `None` until `Start::End` is resolved.
     cursor: Option<u64>,
     buffer: VecDeque<Message>,
@@ -155,7 +158,7 @@ impl Subscription {
             if self.service.shutdown_token().is_cancelled() {
                 return Some(self.end("shutting_down", "the server is shutting down"));
             }
-            self.head.borrow_and_update();
+            self.seen_seq = self.head.borrow_and_update().seq;
             match self.read_batch().await {
                 Err(e) => {
                     let code = match e {
@@ -202,17 +205,39 @@ impl Subscription {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            changed = self.head.changed() => {
-                if changed.is_err() {
-                    let last = self.end("shutting_down", "the writer has stopped");
-                    self.buffer.push_back(last);
+        tokio::pin!(checkpoint);
+        loop {
+            tokio::select! {
+                changed = self.head.changed() => {
+                    if changed.is_err() {
+                        let last = self.end("shutting_down", "the writer has stopped");
+                        self.buffer.push_back(last);
+                    } else if self.unchanged_stream() {
+                        continue;
+                    }
                 }
+                () = tokio::time::sleep_until(heartbeat_at) => self.buffer.push_back(Message::Heartbeat),
+                () = &mut checkpoint => self.push_checkpoint(),
+                () = self.service.shutdown_token().cancelled() => {}
             }
-            () = tokio::time::sleep_until(heartbeat_at) => self.buffer.push_back(Message::Heartbeat),
-            () = checkpoint => self.push_checkpoint(),
-            () = self.service.shutdown_token().cancelled() => {}
+            return;
         }
+    }
+
+    /// Whether a commit certainly left the followed stream alone: exactly one
+    /// group committed since the last read, and it did not write this stream.
+    /// Then a stream subscription skips the read (thousands of them need not
+    /// each hit storage for every commit to other streams).
+    fn unchanged_stream(&mut self) -> bool {
+        let Target::Stream(stream) = &self.options.target else {
+            return false;
+        };
+        let commit = self.head.borrow_and_update();
+        if commit.seq == self.seen_seq + 1 && !commit.may_touch(stream) {
+            self.seen_seq = commit.seq;
+            return true;
+        }
+        false
     }
 
     fn push_checkpoint(&mut self) {
@@ -233,7 +258,7 @@ impl Subscription {
     async fn read_all(&mut self, filter: AllFilter) -> Result<Progress, StorageError> {
         let Some(from) = self.cursor else {
             // `from=end`: start past the current head.
-            let head = *self.head.borrow();
+            let head = self.head.borrow().last_position;
             self.cursor = Some(head.map_or(0, |h| h + 1));
             return Ok(Progress::AtHead { head });
         };
