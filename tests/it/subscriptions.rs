@@ -436,7 +436,10 @@ async fn bad_subscription_parameters_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_subscription_misses_nothing_among_commits_to_other_streams() {
     let server = Arc::new(TestServer::start());
-    let mut reader = server.subscribe("/subscriptions/streams/target", &[]).await;
+    // No heartbeats: a skipped read must not be rescued by a heartbeat's wake-up.
+    let mut reader = server
+        .subscribe("/subscriptions/streams/target?heartbeat_ms=300000", &[])
+        .await;
     assert_eq!(
         reader.next_json(T).await.expect("line")["type"],
         "caught_up"
