@@ -5,32 +5,21 @@
 //!
 //! Run: `cargo bench --bench catalog` (env `SKALD_CATALOG_STREAMS`, default 1,000,000).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let streams: usize = std::env::var("SKALD_CATALOG_STREAMS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let base = line
-        .trim()
-        .trim_start_matches("skald listening on ")
-        .to_owned();
+    let server = support::start_server()?;
+    let base = server.base.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -51,17 +40,7 @@ fn main() -> anyhow::Result<()> {
                         return anyhow::Ok(());
                     }
                     let url = format!("{base}/streams/tenant-{:02}-stream-{i:07}", i % 100);
-                    let response = http
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    anyhow::ensure!(
-                        response.status() == 201,
-                        "append failed: {}",
-                        response.status()
-                    );
+                    support::append(&http, &url, &body).await?;
                 }
             }));
         }
@@ -124,7 +103,6 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     result
 }

@@ -4,48 +4,15 @@
 //!
 //! Run: `cargo bench --bench load` (env `SKALD_BENCH_SECS`, default 5 per scenario).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+use support::{append, start_server, Server};
+
 const MAX_REQUESTS_PER_SCENARIO: usize = 200_000;
-
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let base = line
-        .trim()
-        .trim_start_matches("skald listening on ")
-        .to_owned();
-    Ok(Server {
-        child,
-        base,
-        _dir: dir,
-    })
-}
 
 struct Outcome {
     requests: usize,
@@ -91,18 +58,7 @@ async fn append_scenario(
                     break;
                 }
                 let t = Instant::now();
-                let response = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status() == 201,
-                    "append failed: {}",
-                    response.status()
-                );
-                response.bytes().await?;
+                append(&http, &url, &body).await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
@@ -280,17 +236,7 @@ async fn scavenge_scenario(
     )?;
     for s in 0..streams {
         let url = format!("{}/streams/old-{s}", server.base);
-        let response = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == 201,
-            "fill failed: {}",
-            response.status()
-        );
+        append(&http, &url, &body).await?;
         let response = http.delete(&url).send().await?;
         anyhow::ensure!(
             response.status() == 204,
