@@ -6,9 +6,9 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::read::{self, ReadOptions};
+use crate::wire::AppendRequest;
 use crate::{AllPage, AppendResult, Error, EventData, ExpectedRevision, ServerInfo, StreamPage};
 
 /// Builds a [`Client`].
@@ -180,10 +180,11 @@ impl Client {
         expected: ExpectedRevision,
         events: impl IntoIterator<Item = EventData>,
     ) -> Result<AppendResult, Error> {
-        let events: Vec<_> = events.into_iter().map(|e| e.to_json()).collect();
-        let body =
-            serde_json::to_vec(&json!({"expected_revision": expected.to_json(), "events": events}))
-                .map_err(Error::Serialize)?;
+        let request = AppendRequest {
+            expected_revision: expected,
+            events: events.into_iter().map(EventData::into_wire).collect(),
+        };
+        let body = serde_json::to_vec(&request).map_err(Error::Serialize)?;
         let url = self.url(&["streams", stream]);
         // Only failures where the request may not have arrived: resending the same
         // ids is then safe, because the server recognises a stored batch.

@@ -87,6 +87,7 @@ pub enum Error {
         message: String,
     },
     /// The request could not be sent or its answer not received.
+    #[cfg(feature = "http")]
     #[error("transport error: {0}")]
     Transport(#[source] reqwest::Error),
     /// The operation did not finish in time.
@@ -122,13 +123,16 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport(_) | Self::Timeout(_) | Self::Server { .. } => true,
+            #[cfg(feature = "http")]
+            Self::Transport(_) => true,
+            Self::Timeout(_) | Self::Server { .. } => true,
             Self::SubscriptionEnded { code, .. } => code == "shutting_down",
             _ => false,
         }
     }
 
     /// Builds the error for a non-success answer from its status and JSON body.
+    #[cfg(feature = "http")]
     pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let code = json["error"].as_str().unwrap_or("").to_owned();
@@ -138,7 +142,7 @@ impl Error {
             .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
         match (status, code.as_str()) {
             (409, "wrong_expected_revision") => Self::WrongExpectedRevision {
-                expected: ExpectedRevision::from_json(&json["expected"])
+                expected: serde_json::from_value(json["expected"].clone())
                     .unwrap_or(ExpectedRevision::Any),
                 actual: json["actual"].as_u64(),
             },
@@ -160,7 +164,7 @@ impl Error {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "http"))]
 mod tests {
     use super::*;
 

@@ -28,19 +28,28 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "http")]
 mod admin;
+#[cfg(feature = "http")]
 mod client;
 mod error;
+#[cfg(feature = "http")]
 pub mod projection;
+#[cfg(feature = "http")]
 mod read;
+#[cfg(feature = "http")]
 mod subscribe;
 mod types;
+pub mod wire;
 
+#[cfg(feature = "http")]
 pub use admin::{JobKind, JobReport, StreamCatalogPage, StreamInfo, StreamMetadata};
+#[cfg(feature = "http")]
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
+#[cfg(feature = "http")]
 pub use read::{Direction, ReadOptions};
+#[cfg(feature = "http")]
 pub use subscribe::{SubscribeOptions, SubscriptionMessage};
-pub use types::{
-    AllPage, AppendResult, EventData, ExpectedRevision, RecordedEvent, ServerInfo, StreamPage,
-};
+pub use types::EventData;
+pub use wire::{AllPage, AppendResult, ExpectedRevision, RecordedEvent, ServerInfo, StreamPage};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
-use super::wire::{events_json, AppendBody, AppendResponse, EventBody, EventJson, StreamPage};
+use super::wire::{append_result, event_json, events_json, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{check_event_type, NewEvent, StreamName, MAX_EVENTS_PER_APPEND};
 use crate::service::{StreamQuery, MAX_WAIT};
@@ -40,7 +40,7 @@ pub async fn append(
     let events = validate_events(body.events, state.limits.max_event_bytes)?;
     let outcome = state
         .service
-        .append(stream.clone(), body.expected_revision, events)
+        .append(stream.clone(), body.expected_revision.into(), events)
         .await?;
     tracing::debug!(
         stream = %stream,
@@ -54,7 +54,7 @@ pub async fn append(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(AppendResponse::new(stream.as_str(), &outcome))).into_response())
+    Ok((status, Json(append_result(stream.as_str(), &outcome))).into_response())
 }
 
 pub async fn read(
@@ -80,7 +80,7 @@ pub async fn read(
         &stream,
     )?;
     let page = StreamPage {
-        stream: stream.as_str(),
+        stream: stream.as_str().to_owned(),
         events: events_json(slice.events)?,
         next_revision: slice.next_revision,
         last_revision: slice.last_revision,
@@ -105,7 +105,7 @@ pub async fn read_one(
         &stream,
     )?
     .ok_or(ApiError::EventNotFound { stream, revision })?;
-    Ok(Json(EventJson::try_from(event)?).into_response())
+    Ok(Json(event_json(event)?).into_response())
 }
 
 /// The found value, or the 404/410 error for a missing or tombstoned stream.

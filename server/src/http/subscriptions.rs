@@ -17,7 +17,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::parse_stream;
-use super::wire::EventJson;
+use super::wire::{event_json, EventJson};
 use super::AppState;
 use crate::storage::AllFilter;
 use crate::subscriptions::{self, Message, Options, Start, Target};
@@ -172,7 +172,7 @@ fn encode(message: Message, sse: bool, by_revision: bool) -> (Bytes, bool) {
             } else {
                 event.position
             };
-            match EventJson::try_from(event) {
+            match event_json(event) {
                 Ok(event) => {
                     let line = serde_json::to_string(&EventLine {
                         kind: "event",
