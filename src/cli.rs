@@ -91,14 +91,8 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
 }
 
 pub fn parse_expected(raw: &str) -> anyhow::Result<ExpectedRevision> {
-    Ok(match raw {
-        "any" => ExpectedRevision::Any,
-        "no_stream" => ExpectedRevision::NoStream,
-        "stream_exists" => ExpectedRevision::StreamExists,
-        n => ExpectedRevision::Exact(n.parse().with_context(|| {
-            format!("--expected must be any, no_stream, stream_exists or a number, not {n:?}")
-        })?),
-    })
+    raw.parse()
+        .map_err(|e: String| anyhow::anyhow!("--expected: {e}"))
 }
 
 pub async fn append(connection: Connection, args: AppendArgs) -> anyhow::Result<()> {

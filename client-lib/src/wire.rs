@@ -33,6 +33,47 @@ pub enum ExpectedRevision {
     Exact(u64),
 }
 
+impl ExpectedRevision {
+    /// Whether a stream whose last revision is `actual` (`None`: no stream)
+    /// satisfies this expectation.
+    ///
+    /// ```
+    /// use skald_client::ExpectedRevision;
+    /// assert!(ExpectedRevision::NoStream.admits(None));
+    /// assert!(!ExpectedRevision::Exact(2).admits(Some(3)));
+    /// ```
+    pub fn admits(self, actual: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => actual.is_none(),
+            Self::StreamExists => actual.is_some(),
+            Self::Exact(expected) => actual == Some(expected),
+        }
+    }
+}
+
+impl std::str::FromStr for ExpectedRevision {
+    type Err = String;
+
+    /// Parses `any`, `no_stream`, `stream_exists` or a non-negative integer.
+    ///
+    /// ```
+    /// use skald_client::ExpectedRevision;
+    /// assert_eq!("7".parse(), Ok(ExpectedRevision::Exact(7)));
+    /// assert!("latest".parse::<ExpectedRevision>().is_err());
+    /// ```
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "any" => Ok(Self::Any),
+            "no_stream" => Ok(Self::NoStream),
+            "stream_exists" => Ok(Self::StreamExists),
+            n => n.parse().map(Self::Exact).map_err(|_| {
+                format!("expected revision must be any, no_stream, stream_exists or a non-negative integer, got '{n}'")
+            }),
+        }
+    }
+}
+
 /// JSON: `"any"`, `"no_stream"`, `"stream_exists"` or a number.
 impl Serialize for ExpectedRevision {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

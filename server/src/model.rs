@@ -76,61 +76,13 @@ fn check_text(raw: &str, max: usize) -> Result<(), NameError> {
     Ok(())
 }
 
-/// What the appender believes about the stream's last revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedRevision {
-    /// No check.
-    Any,
-    /// The stream must have no events.
-    NoStream,
-    /// The stream must have at least one event.
-    StreamExists,
-    /// The stream's last revision must be exactly this.
-    Exact(u64),
-}
-
-impl fmt::Display for ExpectedRevision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("any"),
-            Self::NoStream => f.write_str("no_stream"),
-            Self::StreamExists => f.write_str("stream_exists"),
-            Self::Exact(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-impl std::str::FromStr for ExpectedRevision {
-    type Err = String;
-
-    /// Parses `any`, `no_stream`, `stream_exists` or a non-negative integer.
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "any" => Ok(Self::Any),
-            "no_stream" => Ok(Self::NoStream),
-            "stream_exists" => Ok(Self::StreamExists),
-            n => n.parse().map(Self::Exact).map_err(|_| {
-                format!("expected revision must be any, no_stream, stream_exists or a non-negative integer, got '{n}'")
-            }),
-        }
-    }
-}
+/// What the appender believes about the stream's last revision (the wire type
+/// is the domain type: one definition, with its rule `admits`).
+pub use skald_client::wire::ExpectedRevision;
 
 /// Formats a stream's last revision for messages: the number, or "none" for no stream.
 pub fn display_revision(revision: Option<u64>) -> String {
     revision.map_or_else(|| "none (no stream)".to_owned(), |r| r.to_string())
-}
-
-impl ExpectedRevision {
-    /// Whether a stream whose last revision is `actual` satisfies this expectation.
-    pub fn admits(self, actual: Option<u64>) -> bool {
-        match self {
-            Self::Any => true,
-            Self::NoStream => actual.is_none(),
-            Self::StreamExists => actual.is_some(),
-            Self::Exact(expected) => actual == Some(expected),
-        }
-    }
 }
 
 /// One event to append, already validated. `data` and `metadata` are JSON texts.

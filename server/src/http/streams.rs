@@ -40,7 +40,7 @@ pub async fn append(
     let events = validate_events(body.events, state.limits.max_event_bytes)?;
     let outcome = state
         .service
-        .append(stream.clone(), body.expected_revision.into(), events)
+        .append(stream.clone(), body.expected_revision, events)
         .await?;
     tracing::debug!(
         stream = %stream,

@@ -22,25 +22,8 @@ pub type StreamPage = wire::StreamPage<Box<RawValue>>;
 /// Answer of `GET /all`.
 pub type AllPage = wire::AllPage<Box<RawValue>>;
 
-impl From<wire::ExpectedRevision> for ExpectedRevision {
-    fn from(expected: wire::ExpectedRevision) -> Self {
-        match expected {
-            wire::ExpectedRevision::Any => Self::Any,
-            wire::ExpectedRevision::NoStream => Self::NoStream,
-            wire::ExpectedRevision::StreamExists => Self::StreamExists,
-            wire::ExpectedRevision::Exact(n) => Self::Exact(n),
-        }
-    }
-}
-
 /// `expected_revision` as JSON: `"any"`, `"no_stream"`, `"stream_exists"` or a number.
 pub fn expected_revision_json(expected: ExpectedRevision) -> Value {
-    let expected = match expected {
-        ExpectedRevision::Any => wire::ExpectedRevision::Any,
-        ExpectedRevision::NoStream => wire::ExpectedRevision::NoStream,
-        ExpectedRevision::StreamExists => wire::ExpectedRevision::StreamExists,
-        ExpectedRevision::Exact(n) => wire::ExpectedRevision::Exact(n),
-    };
     serde_json::to_value(expected).unwrap_or(Value::Null)
 }
 
