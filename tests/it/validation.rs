@@ -260,3 +260,80 @@ async fn chunked_post(server: &TestServer, path: &str, chunk: &str) -> String {
         .expect("read");
     String::from_utf8_lossy(&answer[..n]).into_owned()
 }
+
+/// Mangled versions of valid requests (bit flips, cuts, splices, garbage) never
+/// get a 5xx or a non-JSON answer, and what is refused stores nothing.
+#[tokio::test]
+async fn mangled_requests_never_get_a_server_error() {
+    let server = TestServer::start();
+    let valid = br#"{"expected_revision":"any","events":[{"id":"01900000-0000-7000-8000-0000000000ff","type":"OrderPlaced","data":{"total":12.5,"items":["a","b"]},"metadata":{"user":"ann"}}]}"#;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..400 {
+        let mut body = valid.to_vec();
+        match round % 4 {
+            0 => {
+                for _ in 0..1 + next(4) {
+                    let i = next(body.len());
+                    body[i] ^= 1 << next(8);
+                }
+            }
+            1 => body.truncate(next(body.len())),
+            2 => {
+                let (a, b) = (next(body.len()), next(body.len()));
+                let piece = body[a.min(b)..a.max(b)].to_vec();
+                let at = next(body.len());
+                body.splice(at..at, piece);
+            }
+            _ => body = (0..next(300)).map(|_| next(256) as u8).collect(),
+        }
+        let stream = if next(10) == 0 {
+            "%FF%00bad"
+        } else {
+            "mangled"
+        };
+        let response = server
+            .http
+            .post(server.url(&format!("/streams/{stream}")))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert!(
+            status < 500,
+            "round {round}: {status} for {:?}: {text}",
+            String::from_utf8_lossy(&body)
+        );
+        let json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("round {round}: not JSON ({e}): {text}"));
+        if status >= 400 {
+            assert!(
+                json["error"].is_string() && json["message"].is_string(),
+                "{json}"
+            );
+            refused += 1;
+        } else {
+            accepted += 1;
+        }
+    }
+    assert!(
+        refused > 300,
+        "the mangling rarely broke the request: {refused} refused, {accepted} accepted"
+    );
+    // Whatever was accepted is readable and intact.
+    for event in server.read_all_events().await {
+        assert!(
+            event["type"].is_string() && event["recorded_at"].is_string(),
+            "{event}"
+        );
+    }
+}
