@@ -476,3 +476,33 @@ async fn a_stream_subscription_misses_nothing_among_commits_to_other_streams() {
     assert_eq!(revisions, (0..200).collect::<Vec<_>>());
     assert!(events.iter().all(|e| e["stream"] == "target"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_that_falls_behind_is_told_and_catches_up_again() {
+    let server = TestServer::start();
+    let mut reader = server
+        .subscribe("/subscriptions/all?fell_behind_after=50", &[])
+        .await;
+    assert_eq!(
+        reader.next_json(T).await,
+        Some(json!({"type": "caught_up", "position": null}))
+    );
+    // A burst while the subscriber is not reading.
+    fill(&server, "burst", 1000).await;
+    let mut kinds = Vec::new();
+    let mut positions = Vec::new();
+    loop {
+        let line = reader.next_json(T).await.expect("line");
+        match line["type"].as_str().expect("type") {
+            "event" => positions.push(line["event"]["position"].as_u64().expect("position")),
+            "caught_up" => {
+                assert_eq!(line["position"], 999);
+                kinds.push("caught_up".to_owned());
+                break;
+            }
+            other => kinds.push(other.to_owned()),
+        }
+    }
+    assert_eq!(positions, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(kinds, ["fell_behind", "caught_up"], "{kinds:?}");
+}
