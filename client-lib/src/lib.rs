@@ -1,4 +1,4 @@
-//! A typed async client for the [Skald](https://example.invalid/skald) event store,
+//! A typed async client for the Skald event store,
 //! and a runner for projections (read models) fed from its global log.
 //!
 //! ```no_run
