@@ -291,3 +291,57 @@ async fn recount_sources(client: &Client) -> usize {
         })
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_projection_survives_a_server_restart() {
+    let mut server = TestServer::start();
+    let client = server.client();
+    let mut rng = Rng(0xfeed);
+    write_orders(&client, &mut rng, 50).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (projection, checkpoints) =
+        order_summary::OrderSummary::open(&dir.path().join("o.sqlite")).expect("open");
+    let mut runner = ProjectionRunner::new(client.clone(), projection, checkpoints)
+        .with_options(small_batches());
+    let mut status = runner.status();
+    let stop = CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            runner
+                .run(stop)
+                .await
+                .expect("the runner survives the restart");
+            runner
+        })
+    };
+    let head = |client: Client| async move { client.info().await.expect("info").head_position };
+    let wait_for =
+        |status: &mut tokio::sync::watch::Receiver<skald_client::projection::RunnerStatus>,
+         target: Option<u64>| {
+            let mut status = status.clone();
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(60),
+                    status.wait_for(|s| s.checkpoint >= target),
+                )
+                .await
+                .expect("the projection reached the head in time")
+                .expect("runner alive")
+                .state
+            }
+        };
+    let state = wait_for(&mut status, head(client.clone()).await).await;
+    assert_eq!(state, skald_client::projection::RunnerState::Live);
+
+    server.kill_and_restart();
+    let client = server.client();
+    write_orders(&client, &mut rng, 50).await;
+    wait_for(&mut status, head(client.clone()).await).await;
+    stop.cancel();
+    let runner = task.await.expect("runner task");
+    assert_eq!(
+        runner.projection().rows().expect("rows"),
+        recount(&client).await
+    );
+}
