@@ -181,3 +181,67 @@ async fn stream_names_with_unicode_and_slashes_round_trip() {
     let (status, body) = server.get("/streams/tenant").await;
     assert_error(status, &body, 404, "stream_not_found");
 }
+
+#[tokio::test]
+async fn pages_stop_at_16_mib_of_event_data() {
+    const PAGE: usize = 16 << 20;
+    let server = TestServer::start_with(&["--max-event-bytes", "2000000"]);
+    let big = "x".repeat(1_500_000);
+    for i in 0..20 {
+        let (status, body) = server
+            .post(
+                "/streams/big",
+                &json!({"events": [{"type": "Big", "data": {"i": i, "blob": big}}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let size = |e: &Value| e["data"].to_string().len();
+    for (path, next_key) in [
+        ("/streams/big?limit=4096", "next_revision"),
+        ("/all?limit=4096", "next_position"),
+    ] {
+        let (status, page) = server.get(path).await;
+        assert_eq!(status, 200);
+        let events = page["events"].as_array().expect("events");
+        let n = events.len();
+        assert!((1..20).contains(&n), "{path}: {n} events in one page");
+        let before_last: usize = events[..n - 1].iter().map(size).sum();
+        assert!(
+            before_last < PAGE,
+            "{path}: the page went on past the budget"
+        );
+        assert!(
+            before_last + size(&events[n - 1]) >= PAGE,
+            "{path}: stopped early"
+        );
+        assert_eq!(page[next_key], n as u64, "{path}");
+    }
+    // Paging through still returns everything, in order.
+    let mut from = 0;
+    let mut seen = Vec::new();
+    while from < 20 {
+        let (_, page) = server
+            .get(&format!("/streams/big?from={from}&limit=4096"))
+            .await;
+        seen.extend(
+            page["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["revision"].as_u64().expect("rev")),
+        );
+        match page["next_revision"].as_u64() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..20).collect::<Vec<u64>>());
+    let (_, page) = server
+        .get("/streams/big?direction=backward&limit=4096")
+        .await;
+    let first = page["events"][0]["revision"].as_u64().expect("rev");
+    assert_eq!(first, 19);
+    let n = page["events"].as_array().expect("events").len() as u64;
+    assert_eq!(page["next_revision"], 19 - n);
+}

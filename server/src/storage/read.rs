@@ -9,6 +9,17 @@ use super::stream_state::{self, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{RecordedEvent, StreamName};
 
+/// A page stops once its events' data and metadata reach this many bytes (it
+/// always holds at least one event), so `limit=4096` of 1 MiB events cannot
+/// make one answer 4 GiB.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
+/// Index entries fetched per run while filling a stream page.
+const FETCH_CHUNK: usize = 64;
+
+fn event_bytes(event: &RecordedEvent) -> usize {
+    event.data.len() + event.metadata.as_ref().map_or(0, String::len)
+}
+
 /// Which way a read walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
@@ -128,43 +139,55 @@ impl Store {
         let now = now_micros();
         let mut events = Vec::with_capacity(limit.min(1024));
         let mut next_revision = None;
-        // Visibility by age needs the record, so fetch in small runs until the page is full.
-        loop {
-            let mut positions = Vec::new();
-            while let Some((key, value)) = it.item() {
-                let Some(revision) =
-                    keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))
-                else {
+        let mut bytes = 0;
+        let step = |it: &mut rocksdb::DBRawIteratorWithThreadMode<DB>| {
+            if forward {
+                it.next()
+            } else {
+                it.prev()
+            }
+        };
+        // The index entry under the cursor, if it is a visible-range revision of this stream.
+        let current =
+            |it: &rocksdb::DBRawIteratorWithThreadMode<DB>| -> Option<(u64, Option<u64>)> {
+                let (key, value) = it.item()?;
+                let revision =
+                    keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))?;
+                (revision >= first_visible).then(|| (revision, keys::decode_position(value)))
+            };
+        // Fetch in small runs: visibility by age needs the record, and a page
+        // stops at MAX_PAGE_BYTES without reading records it will not return.
+        'page: loop {
+            let room = (limit - events.len()).min(FETCH_CHUNK);
+            let mut positions = Vec::with_capacity(room);
+            while positions.len() < room {
+                let Some((revision, position)) = current(&it) else {
                     break;
                 };
-                if revision < first_visible {
-                    break; // only reachable backward: everything older is hidden
-                }
-                if events.len() + positions.len() == limit {
-                    next_revision = Some(revision);
-                    break;
-                }
-                positions.push(keys::decode_position(value).ok_or_else(|| {
+                positions.push(position.ok_or_else(|| {
                     StorageError::CorruptIndex(format!(
-                        "stream index value of {stream} is not 8 bytes"
+                        "stream index value of {stream}@{revision} is not 8 bytes"
                     ))
                 })?);
-                if forward {
-                    it.next();
-                } else {
-                    it.prev();
-                }
+                step(&mut it);
             }
             it.status()?;
-            let fetched = positions.len();
-            events.extend(
-                self.fetch(&snapshot, &positions)?
-                    .into_iter()
-                    .filter(|e| state.is_visible(e.revision, e.recorded_at_micros, now)),
-            );
-            if next_revision.is_some() || fetched == 0 || events.len() == limit || !it.valid() {
+            if positions.is_empty() {
                 break;
             }
+            for event in self.fetch(&snapshot, &positions)? {
+                if bytes >= MAX_PAGE_BYTES {
+                    next_revision = Some(event.revision);
+                    break 'page;
+                }
+                if state.is_visible(event.revision, event.recorded_at_micros, now) {
+                    bytes += event_bytes(&event);
+                    events.push(event);
+                }
+            }
+        }
+        if next_revision.is_none() && (events.len() == limit || bytes >= MAX_PAGE_BYTES) {
+            next_revision = current(&it).map(|(revision, _)| revision);
         }
         Ok(StreamRead::Found(StreamSlice {
             events,
@@ -229,11 +252,12 @@ impl Store {
         }
         let now = now_micros();
         let mut states = StateCache::default();
+        let mut bytes = 0;
         let mut events = Vec::new();
         let mut examined = 0;
         let mut last_examined = None;
         while let Some((key, value)) = it.item() {
-            if events.len() == limit || examined == max_examined {
+            if events.len() == limit || examined == max_examined || bytes >= MAX_PAGE_BYTES {
                 break;
             }
             let position = keys::decode_position(key)
@@ -243,6 +267,7 @@ impl Store {
             examined += 1;
             last_examined = Some(position);
             if filter.matches(&event) && states.visible(self, &snapshot, &event, now)? {
+                bytes += event_bytes(&event);
                 events.push(event);
             }
             if forward {
