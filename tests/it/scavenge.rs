@@ -485,3 +485,43 @@ async fn stats_and_metrics_report_the_server() {
     );
     assert!(text.contains("skald_subscriptions 1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_during_a_scavenge_cancels_it_cleanly_and_the_next_resumes() {
+    let server = Arc::new(TestServer::start());
+    populate(&server, 300, 100).await;
+    for s in 0..300 {
+        assert_eq!(delete(&server, &format!("/streams/s-{s:04}")).await, 204);
+    }
+    let mut server = Arc::into_inner(server).expect("owner");
+    let id = start_scavenge(&server, "").await;
+    loop {
+        let (_, report) = server.get(&format!("/admin/scavenge/{id}")).await;
+        if report["events_removed"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert_eq!(report["result"], "running", "{report}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    server.restart();
+    let (_, history) = server.get("/admin/scavenges").await;
+    assert_eq!(history["scavenges"][0]["result"], "cancelled", "{history}");
+    let id = start_scavenge(&server, "").await;
+    let report = wait_job(&server, &format!("/admin/scavenge/{id}")).await;
+    assert_eq!(
+        (report["result"].clone(), report["resumed"].clone()),
+        (json!("completed"), json!(1)),
+        "{report}"
+    );
+    assert_eq!(server.read_all_events().await.len(), 0);
+    let (_, stats) = server.get("/admin/stats").await;
+    assert_eq!(stats["event_count"], 0, "{stats}");
+}
