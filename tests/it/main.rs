@@ -10,6 +10,7 @@ mod long_poll;
 mod projections;
 mod read;
 mod scavenge;
+mod serve;
 mod subscriptions;
 mod support;
 mod validation;

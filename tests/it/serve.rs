@@ -1,0 +1,59 @@
+//! `skald serve` itself: refusing bad flags and a data directory in use.
+
+use std::process::{Command, Stdio};
+
+use crate::support::TestServer;
+
+fn serve(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_skald"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skald serve")
+}
+
+#[test]
+fn inconsistent_limits_are_refused_with_a_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("d");
+    let data = data.to_str().expect("utf-8");
+    let out = serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--max-append-bytes",
+        "1000",
+        "--max-event-bytes",
+        "2000",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-event-bytes") && err.contains("--max-append-bytes"),
+        "{err}"
+    );
+    let out = serve(&["--listen", "not-an-address", "--data-dir", data]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+#[test]
+fn a_data_directory_in_use_is_refused() {
+    let server = TestServer::start();
+    let data = server.data_dir().to_str().expect("utf-8").to_owned();
+    let out = serve(&["--listen", "127.0.0.1:0", "--data-dir", &data]);
+    assert!(
+        !out.status.success(),
+        "a second server opened the same data directory"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the store") && err.contains("lock"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it must not claim to listen");
+}
