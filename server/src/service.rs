@@ -238,19 +238,32 @@ impl Service {
     ) -> Result<StreamRead<StreamSlice>, StorageError> {
         let deadline = Instant::now() + query.wait;
         let mut head = self.head.clone();
+        let mut seen = head.borrow_and_update().seq;
         loop {
-            head.borrow_and_update();
             let slice = self.read_stream_once(stream.clone(), query.clone()).await?;
             let found = match &slice {
                 StreamRead::Found(s) => !s.events.is_empty(),
                 StreamRead::Tombstoned => true,
                 StreamRead::NotFound => false,
             };
-            if found
-                || query.direction == Direction::Backward
-                || !self.wait_for_commit(&mut head, deadline).await
-            {
+            if found || query.direction == Direction::Backward {
                 return Ok(slice);
+            }
+            // Wait for a commit that may concern this stream: one that is exactly
+            // the next after our read and wrote elsewhere needs no new read.
+            loop {
+                if !self.wait_for_commit(&mut head, deadline).await {
+                    return Ok(slice);
+                }
+                let (seq, may_touch) = {
+                    let commit = head.borrow_and_update();
+                    (commit.seq, commit.may_touch(&stream))
+                };
+                let skip = seq == seen + 1 && !may_touch;
+                seen = seq;
+                if !skip {
+                    break;
+                }
             }
         }
     }
