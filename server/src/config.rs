@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Largest single event (data plus metadata plus type), in bytes.
     #[arg(long, env = "SKALD_MAX_EVENT_BYTES", default_value_t = 1 << 20)]
     pub max_event_bytes: usize,
+    /// How long a client may take to send a request body, in seconds.
+    #[arg(long, env = "SKALD_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -41,6 +44,7 @@ pub struct Config {
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
     pub shutdown_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -61,6 +65,7 @@ impl ServeArgs {
             max_append_bytes: self.max_append_bytes,
             max_event_bytes: self.max_event_bytes,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
         })
     }
 }

@@ -337,3 +337,31 @@ async fn mangled_requests_never_get_a_server_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(&["--body-timeout-secs", "1"]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /streams/slow HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"events\":"
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("request_timeout") && answer.contains("--body-timeout-secs"),
+        "{answer}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(server.get("/all").await.1["head_position"], Value::Null);
+}

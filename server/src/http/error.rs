@@ -33,6 +33,8 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("the request body did not arrive within {0:?} (set by --body-timeout-secs)")]
+    RequestTimeout(std::time::Duration),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
@@ -67,6 +69,7 @@ impl ApiError {
             Self::StreamDeleted(_) => (StatusCode::GONE, "stream_deleted"),
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::WrongExpectedRevision { .. } => (StatusCode::CONFLICT, "wrong_expected_revision"),
             Self::DuplicateEventId { .. } => (StatusCode::CONFLICT, "duplicate_event_id"),

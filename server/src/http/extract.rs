@@ -11,12 +11,15 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Reads a body of at most `limit` bytes; `flag` names the setting for the 413 message.
+/// Reads a body of at most `limit` bytes within `timeout`; `flag` names the
+/// setting for the 413 message. The time limit keeps a client that trickles its
+/// body from holding a connection and a request slot forever.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     flag: &str,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::TooLarge {
         code: "payload_too_large",
@@ -30,7 +33,10 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(

@@ -27,6 +27,7 @@ use error::ApiError;
 pub struct Limits {
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
+    pub body_timeout: std::time::Duration,
 }
 
 /// What every handler receives.
@@ -46,6 +47,7 @@ pub fn router(
     let limits = Limits {
         max_append_bytes: config.max_append_bytes,
         max_event_bytes: config.max_event_bytes,
+        body_timeout: config.body_timeout,
     };
     Router::new()
         .route(

@@ -110,7 +110,14 @@ pub async fn put_metadata(
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
     let limit = state.limits.max_event_bytes;
-    let bytes = read_body(&headers, body, limit, "--max-event-bytes").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        limit,
+        "--max-event-bytes",
+        state.limits.body_timeout,
+    )
+    .await?;
     let body: MetadataBody = parse_json(&bytes)?;
     if let Some(custom) = &body.custom {
         if !custom.get().trim_start().starts_with('{') {

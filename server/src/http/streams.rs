@@ -34,6 +34,7 @@ pub async fn append(
         body,
         state.limits.max_append_bytes,
         "--max-append-bytes",
+        state.limits.body_timeout,
     )
     .await?;
     let body: AppendBody = parse_json(&bytes)?;
