@@ -50,6 +50,26 @@ async fn populate(server: &Arc<TestServer>, streams: usize, per_stream: usize) {
     }
 }
 
+/// Fills `streams` streams, then soft-deletes every one of them.
+async fn populate_and_delete_all(server: &Arc<TestServer>, streams: usize, per_stream: usize) {
+    populate(server, streams, per_stream).await;
+    for s in 0..streams {
+        assert_eq!(delete(server, &format!("/streams/s-{s:04}")).await, 204);
+    }
+}
+
+/// Polls scavenge `id` until it has removed something (it must still be running).
+async fn wait_until_removing(server: &TestServer, id: &str) {
+    loop {
+        let (_, report) = server.get(&format!("/admin/scavenge/{id}")).await;
+        if report["events_removed"].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        assert_eq!(report["result"], "running", "{report}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Every visible event of `$all`, as (position, stream, revision, id).
 async fn visible(server: &TestServer) -> Vec<(u64, String, u64, String)> {
     server
@@ -295,19 +315,9 @@ async fn a_scavenge_killed_midway_then_rerun_gives_the_same_visible_content() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_scavenge_stops_and_the_next_continues_where_it_stopped() {
     let server = Arc::new(TestServer::start());
-    populate(&server, 400, 100).await;
-    for s in 0..400 {
-        assert_eq!(delete(&server, &format!("/streams/s-{s:04}")).await, 204);
-    }
+    populate_and_delete_all(&server, 400, 100).await;
     let id = start_scavenge(&server, "").await;
-    loop {
-        let (_, report) = server.get(&format!("/admin/scavenge/{id}")).await;
-        if report["events_removed"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert_eq!(report["result"], "running", "{report}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_removing(&server, &id).await;
     let response = server
         .http
         .delete(server.url(&format!("/admin/scavenge/{id}")))
@@ -489,20 +499,10 @@ async fn stats_and_metrics_report_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_during_a_scavenge_cancels_it_cleanly_and_the_next_resumes() {
     let server = Arc::new(TestServer::start());
-    populate(&server, 300, 100).await;
-    for s in 0..300 {
-        assert_eq!(delete(&server, &format!("/streams/s-{s:04}")).await, 204);
-    }
+    populate_and_delete_all(&server, 300, 100).await;
     let mut server = Arc::into_inner(server).expect("owner");
     let id = start_scavenge(&server, "").await;
-    loop {
-        let (_, report) = server.get(&format!("/admin/scavenge/{id}")).await;
-        if report["events_removed"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert_eq!(report["result"], "running", "{report}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_removing(&server, &id).await;
     let started = Instant::now();
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
