@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use skald_client::{Client, ExpectedRevision, JobKind, JobReport, StreamInfo, StreamMetadata};
+use skald_client::{
+    Client, ExpectedRevision, JobKind, JobReport, JobResult, StreamInfo, StreamMetadata,
+};
 
 use crate::cli::{parse_expected, Connection};
 
@@ -175,15 +177,19 @@ pub async fn job(
             println!("  {name:<24} {value}");
         }
         for problem in &report.problems {
-            println!("  problem: {problem}");
+            let at = problem
+                .position
+                .map(|p| format!(" at {p}"))
+                .unwrap_or_default();
+            println!("  problem{at}: {}", problem.message);
         }
     }
-    match report.result.as_str() {
-        "completed" if report.counter("problems_found") > 0 => bail!(
+    match report.result {
+        JobResult::Completed if report.counter("problems_found") > 0 => bail!(
             "verify found {} problem(s)",
             report.counter("problems_found")
         ),
-        "completed" => Ok(()),
+        JobResult::Completed => Ok(()),
         other => bail!(
             "{} ended {other}{}",
             kind_word(kind),
@@ -195,7 +201,7 @@ pub async fn job(
 pub async fn stats(connection: Connection) -> anyhow::Result<()> {
     let stats = client(&connection)?.stats().await?;
     if connection.json {
-        println!("{stats}");
+        println!("{}", serde_json::to_string(&stats)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     }

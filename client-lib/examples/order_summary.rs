@@ -1,7 +1,8 @@
 //! `order_summary`: a read model of order totals in SQLite, exactly once.
 //!
-//! The projection writes its rows and its checkpoint in one SQLite transaction,
-//! so a crash between "apply" and "checkpoint" cannot count an event twice: the
+//! `apply` only prepares the changes of a batch; `commit`, which the runner calls
+//! once whatever the batch emitted is stored, writes them and the checkpoint in
+//! one SQLite transaction, so a crash anywhere cannot count an event twice: the
 //! checkpoint moves only with the rows it describes.
 //!
 //! Events: streams `order-<id>` with `OrderPlaced {"total": n}`,
@@ -17,10 +18,19 @@ use skald_client::projection::{Batch, BoxError, CheckpointStore, Emitter, Filter
 /// The read model: one row per order, plus the checkpoint.
 pub struct OrderSummary {
     db: Arc<Mutex<Connection>>,
+    /// The changes of the batch `apply` prepared and `commit` writes.
+    pending: Vec<Change>,
 }
 
-/// Reads the checkpoint that `OrderSummary::apply` writes; saving is a no-op
-/// because `apply` already saved it in the same transaction as the rows.
+/// One change to an order's row.
+enum Change {
+    Placed { order: String, total: i64 },
+    ItemAdded { order: String, amount: i64 },
+    Cancelled { order: String },
+}
+
+/// Reads the checkpoint that `OrderSummary::commit` writes; saving is a no-op
+/// because `commit` already saved it in the same transaction as the rows.
 pub struct SqliteCheckpoint {
     db: Arc<Mutex<Connection>>,
 }
@@ -43,6 +53,7 @@ impl OrderSummary {
         Ok((
             Self {
                 db: Arc::clone(&db),
+                pending: Vec::new(),
             },
             SqliteCheckpoint { db },
         ))
@@ -75,40 +86,53 @@ impl Projection for OrderSummary {
     }
 
     async fn apply(&mut self, batch: Batch<'_>, _emit: &mut Emitter) -> Result<(), BoxError> {
+        // Only prepares: a batch the runner replays (after a crash before
+        // `commit`) starts over from nothing.
+        self.pending.clear();
+        for event in batch.events {
+            let order = event.stream.trim_start_matches("order-").to_owned();
+            let number = |field: &str| event.data[field].as_i64().unwrap_or(0);
+            self.pending.push(match event.event_type.as_str() {
+                "OrderPlaced" => Change::Placed {
+                    order,
+                    total: number("total"),
+                },
+                "ItemAdded" => Change::ItemAdded {
+                    order,
+                    amount: number("amount"),
+                },
+                "OrderCancelled" => Change::Cancelled { order },
+                _ => continue,
+            });
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, position: u64) -> Result<(), BoxError> {
         let mut db = self.db.lock().map_err(|_| "poisoned")?;
         let tx = db.transaction()?;
-        for event in batch.events {
-            let order = event.stream.trim_start_matches("order-");
-            match event.event_type.as_str() {
-                "OrderPlaced" => {
-                    let total = event.data["total"].as_i64().unwrap_or(0);
-                    tx.execute(
-                        "INSERT INTO orders (order_id, total, items, cancelled) VALUES (?1, ?2, 0, 0)
-                         ON CONFLICT(order_id) DO UPDATE SET total = total + ?2",
-                        params![order, total],
-                    )?;
-                }
-                "ItemAdded" => {
-                    let amount = event.data["amount"].as_i64().unwrap_or(0);
-                    tx.execute(
-                        "UPDATE orders SET total = total + ?2, items = items + 1 WHERE order_id = ?1",
-                        params![order, amount],
-                    )?;
-                }
-                "OrderCancelled" => {
-                    tx.execute(
-                        "UPDATE orders SET cancelled = 1 WHERE order_id = ?1",
-                        params![order],
-                    )?;
-                }
-                _ => {}
-            }
+        for change in self.pending.drain(..) {
+            match change {
+                Change::Placed { order, total } => tx.execute(
+                    "INSERT INTO orders (order_id, total, items, cancelled) VALUES (?1, ?2, 0, 0)
+                     ON CONFLICT(order_id) DO UPDATE SET total = total + ?2",
+                    params![order, total],
+                )?,
+                Change::ItemAdded { order, amount } => tx.execute(
+                    "UPDATE orders SET total = total + ?2, items = items + 1 WHERE order_id = ?1",
+                    params![order, amount],
+                )?,
+                Change::Cancelled { order } => tx.execute(
+                    "UPDATE orders SET cancelled = 1 WHERE order_id = ?1",
+                    params![order],
+                )?,
+            };
         }
         // The checkpoint moves in the same transaction as the rows.
         tx.execute(
             "INSERT INTO checkpoints (name, position) VALUES (?1, ?2)
              ON CONFLICT(name) DO UPDATE SET position = ?2",
-            params![NAME, batch.position as i64],
+            params![NAME, position as i64],
         )?;
         tx.commit()?;
         Ok(())
@@ -135,7 +159,7 @@ impl CheckpointStore for SqliteCheckpoint {
     }
 
     async fn save(&mut self, _projection: &str, _position: u64) -> Result<(), BoxError> {
-        Ok(()) // written by `apply`, in the rows' transaction
+        Ok(()) // written by `commit`, in the rows' transaction
     }
 
     async fn clear(&mut self, projection: &str) -> Result<(), BoxError> {

@@ -185,7 +185,7 @@ impl Client {
             events: events.into_iter().map(EventData::into_wire).collect(),
         };
         let body = serde_json::to_vec(&request).map_err(Error::Serialize)?;
-        let url = self.url(&["streams", stream]);
+        let url = self.url(&["streams", stream])?;
         // Only failures where the request may not have arrived: resending the same
         // ids is then safe, because the server recognises a stored batch.
         self.with_retries(
@@ -216,7 +216,7 @@ impl Client {
         stream: &str,
         options: &ReadOptions,
     ) -> Result<StreamPage, Error> {
-        let url = self.url(&["streams", stream]);
+        let url = self.url(&["streams", stream])?;
         let query = options.stream_query();
         self.with_retries(Error::is_retryable, || {
             self.send_json(self.get(url.clone()).query(&query))
@@ -233,7 +233,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn read_all_page(&self, options: &ReadOptions) -> Result<AllPage, Error> {
-        let url = self.url(&["all"]);
+        let url = self.url(&["all"])?;
         let query = options.all_query();
         self.with_retries(Error::is_retryable, || {
             self.send_json(self.get(url.clone()).query(&query))
@@ -288,7 +288,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn info(&self) -> Result<ServerInfo, Error> {
-        let url = self.url(&["info"]);
+        let url = self.url(&["info"])?;
         self.with_retries(Error::is_retryable, || {
             self.send_json(self.get(url.clone()))
         })
@@ -309,7 +309,7 @@ impl Client {
             // A long-poll that answers as soon as anything at or past `position` commits.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let wait_ms = left.as_millis().min(60_000) as u64;
-            let url = self.url(&["all"]);
+            let url = self.url(&["all"])?;
             let query = [
                 ("from", position.to_string()),
                 ("limit", "1".into()),
@@ -329,13 +329,23 @@ impl Client {
         }
     }
 
-    pub(crate) fn url(&self, segments: &[&str]) -> Url {
+    /// The URL of `segments` under the base URL, each segment percent-encoded.
+    /// `.` and `..` are refused: URL normalisation would drop them (even encoded
+    /// as `%2E`), so the request would reach another resource; the server refuses
+    /// such stream names too.
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        if let Some(dot) = segments.iter().find(|s| matches!(**s, "." | "..")) {
+            return Err(Error::BadRequest {
+                code: "invalid_stream_name".into(),
+                message: format!("stream name must not be '.' or '..', got '{dot}'"),
+            });
+        }
         let mut url = self.inner.base.clone();
         url.path_segments_mut()
             .expect("checked in build")
             .pop_if_empty()
             .extend(segments);
-        url
+        Ok(url)
     }
 
     fn get(&self, url: Url) -> reqwest::RequestBuilder {

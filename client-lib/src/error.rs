@@ -134,33 +134,43 @@ impl Error {
     /// Builds the error for a non-success answer from its status and JSON body.
     #[cfg(feature = "http")]
     pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
-        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-        let code = json["error"].as_str().unwrap_or("").to_owned();
-        let message = json["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-        match (status, code.as_str()) {
-            (409, "wrong_expected_revision") => Self::WrongExpectedRevision {
-                expected: serde_json::from_value(json["expected"].clone())
-                    .unwrap_or(ExpectedRevision::Any),
-                actual: json["actual"].as_u64(),
-            },
-            (409, "duplicate_event_id") => Self::DuplicateEventId { message },
-            (404, "stream_not_found" | "event_not_found") => Self::StreamNotFound { message },
-            (410, _) => Self::StreamDeleted { message },
-            (413, _) => Self::TooLarge {
+        use skald_proto::{ErrorBody, ErrorDetails};
+        // A body that is not an error body (a proxy's page) still gives a readable error.
+        let parsed: ErrorBody = serde_json::from_slice(body)
+            .unwrap_or_else(|_| ErrorBody::new("", String::from_utf8_lossy(body).into_owned()));
+        let ErrorBody {
+            error: code,
+            message,
+            details,
+        } = parsed;
+        match (status, code.as_str(), details) {
+            (409, _, ErrorDetails::WrongExpectedRevision { expected, actual }) => {
+                Self::WrongExpectedRevision { expected, actual }
+            }
+            (409, "duplicate_event_id", _) => Self::DuplicateEventId { message },
+            (404, "stream_not_found" | "event_not_found", _) => Self::StreamNotFound { message },
+            (410, _, _) => Self::StreamDeleted { message },
+            (413, _, details) => Self::TooLarge {
                 message,
-                limit: json["limit"].as_u64(),
+                limit: match details {
+                    ErrorDetails::TooLarge { limit } => Some(limit),
+                    _ => None,
+                },
             },
-            (401 | 403, _) => Self::Unauthorized { message },
-            (500..=599, _) => Self::Server {
+            (401 | 403, _, _) => Self::Unauthorized { message },
+            (500..=599, _, _) => Self::Server {
                 status,
                 code,
                 message,
             },
             _ => Self::BadRequest { code, message },
         }
+    }
+}
+
+impl From<skald_proto::DecodeError> for Error {
+    fn from(e: skald_proto::DecodeError) -> Self {
+        Self::Decode(e.0)
     }
 }
 
@@ -193,6 +203,14 @@ mod tests {
             Error::WrongExpectedRevision {
                 expected: ExpectedRevision::NoStream,
                 actual: Some(4)
+            }
+        ));
+        let too_large = br#"{"error":"payload_too_large","message":"m","limit":1024}"#;
+        assert!(matches!(
+            Error::from_response(413, too_large),
+            Error::TooLarge {
+                limit: Some(1024),
+                ..
             }
         ));
         // A body that is not JSON (a proxy's error page) still gives a readable error.

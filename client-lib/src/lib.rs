@@ -43,13 +43,19 @@ mod types;
 pub mod wire;
 
 #[cfg(feature = "http")]
-pub use admin::{JobKind, JobReport, StreamCatalogPage, StreamInfo, StreamMetadata};
+pub use admin::JobKind;
 #[cfg(feature = "http")]
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 #[cfg(feature = "http")]
 pub use read::{Direction, ReadOptions};
+pub use skald_proto::{
+    AllPage, AppendResult, CatalogPage, ExpectedRevision, JobReport, JobResult, RecordedEvent,
+    ServerInfo, Stats, StreamInfo, StreamMetadata, StreamPage,
+};
 #[cfg(feature = "http")]
 pub use subscribe::{SubscribeOptions, SubscriptionMessage};
 pub use types::EventData;
-pub use wire::{AllPage, AppendResult, ExpectedRevision, RecordedEvent, ServerInfo, StreamPage};
+
+/// A page of the stream catalog (the name this crate used before `skald-proto`).
+pub type StreamCatalogPage = CatalogPage;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use serde_json::Value;
+use skald_proto::SubscriptionLine;
 
 use crate::client::{transport, MAX_BACKOFF};
 use crate::{Client, Error, RecordedEvent};
@@ -237,10 +237,10 @@ impl Subscription {
                 if let Some(every) = self.options.checkpoint_every {
                     query.push(("checkpoint_every", every.to_string()));
                 }
-                (self.client.url(&["subscriptions", "all"]), query)
+                (self.client.url(&["subscriptions", "all"])?, query)
             }
             Target::Stream(stream) => (
-                self.client.url(&["subscriptions", "streams", stream]),
+                self.client.url(&["subscriptions", "streams", stream])?,
                 Vec::new(),
             ),
         };
@@ -298,13 +298,10 @@ impl Subscription {
 
     /// Parses one line; `Ok(None)` for heartbeats and lines to skip.
     fn parse(&mut self, line: &[u8]) -> Result<Option<SubscriptionMessage>, Error> {
-        let value: Value = serde_json::from_slice(line)
+        let line: SubscriptionLine = serde_json::from_slice(line)
             .map_err(|e| Error::Decode(format!("subscription line: {e}")))?;
-        let place = |v: &Value| v["position"].as_u64().or_else(|| v["revision"].as_u64());
-        let message = match value["type"].as_str() {
-            Some("event") => {
-                let event: RecordedEvent = serde_json::from_value(value["event"].clone())
-                    .map_err(|e| Error::Decode(format!("subscription event: {e}")))?;
+        let message = match line {
+            SubscriptionLine::Event { event } => {
                 let at = match self.target {
                     Target::All => event.position,
                     Target::Stream(_) => event.revision,
@@ -312,29 +309,30 @@ impl Subscription {
                 self.resume = Start::At(at + 1);
                 SubscriptionMessage::Event(event)
             }
-            Some("caught_up") => {
-                let position = place(&value);
+            SubscriptionLine::CaughtUp(place) => {
+                let position = place.value();
                 if self.resume == Start::End {
                     self.resume = Start::At(position.map_or(0, |p| p + 1));
                 }
                 SubscriptionMessage::CaughtUp { position }
             }
-            Some("fell_behind") => SubscriptionMessage::FellBehind {
-                position: place(&value).unwrap_or(0),
+            SubscriptionLine::FellBehind(place) => SubscriptionMessage::FellBehind {
+                position: place.value().unwrap_or(0),
             },
-            Some("checkpoint") => {
-                let position = place(&value)
+            SubscriptionLine::Checkpoint(place) => {
+                let position = place
+                    .value()
                     .ok_or_else(|| Error::Decode("checkpoint without position".into()))?;
                 self.resume = Start::At(position + 1);
                 SubscriptionMessage::Checkpoint { position }
             }
-            Some("error") => {
+            SubscriptionLine::Error { error, message } => {
                 return Err(Error::SubscriptionEnded {
-                    code: value["error"].as_str().unwrap_or("").to_owned(),
-                    message: value["message"].as_str().unwrap_or("").to_owned(),
+                    code: error,
+                    message,
                 })
             }
-            _ => return Ok(None),
+            SubscriptionLine::Heartbeat => return Ok(None),
         };
         Ok(Some(message))
     }

@@ -4,9 +4,9 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-#[cfg(feature = "http")]
-use crate::wire::NewEvent;
 use crate::Error;
+#[cfg(feature = "http")]
+use skald_proto::NewEvent;
 
 /// An event to append.
 ///

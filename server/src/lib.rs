@@ -25,3 +25,27 @@ pub mod subscriptions;
 
 pub use config::{Config, ServeArgs};
 pub use server::{Server, ServerError};
+
+/// Shared by the crate's property tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A proptest configuration of `cases` cases whose seed is `SKALD_TEST_SEED`
+    /// when set (to replay a run), else random; printed either way.
+    pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+        use proptest::test_runner::{Config, RngSeed};
+        let seed = std::env::var("SKALD_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("proptest seed {seed} (replay with SKALD_TEST_SEED={seed})");
+        Config {
+            cases,
+            rng_seed: RngSeed::Fixed(seed),
+            ..Config::default()
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! The domain types every layer shares: validated names, expected revisions,
-//! events to append and events as recorded. Validation happens once, in the
-//! constructors here; everything below the HTTP layer trusts these types.
+//! events to append and events as recorded, read requests and their pages,
+//! stream states with their visibility rules, catalog entries, job kinds.
+//! Validation happens once, in the constructors here; everything below the
+//! HTTP layer trusts these types. (Their bytes on disk are storage's business.)
 
 use std::fmt;
 use uuid::Uuid;
@@ -23,9 +25,14 @@ pub enum NameError {
     ControlCharacter,
     #[error("must not start with '$' (reserved for system streams)")]
     Reserved,
+    /// `.` and `..` are path segments that URL normalisation removes, so no
+    /// HTTP client could address such a stream.
+    #[error("must not be '.' or '..' (URLs cannot address them)")]
+    DotSegment,
 }
 
-/// A user stream name: 1..=256 bytes of UTF-8, no control characters, not starting with `$`.
+/// A user stream name: 1..=256 bytes of UTF-8, no control characters, not starting
+/// with `$`, and not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamName(String);
 
@@ -35,6 +42,9 @@ impl StreamName {
         check_text(raw, MAX_STREAM_NAME_BYTES)?;
         if raw.starts_with('$') {
             return Err(NameError::Reserved);
+        }
+        if raw == "." || raw == ".." {
+            return Err(NameError::DotSegment);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -78,7 +88,7 @@ fn check_text(raw: &str, max: usize) -> Result<(), NameError> {
 
 /// What the appender believes about the stream's last revision (the wire type
 /// is the domain type: one definition, with its rule `admits`).
-pub use skald_client::wire::ExpectedRevision;
+pub use skald_proto::ExpectedRevision;
 
 /// Formats a stream's last revision for messages: the number, or "none" for no stream.
 pub fn display_revision(revision: Option<u64>) -> String {
@@ -110,6 +120,29 @@ pub struct RecordedEvent {
     pub recorded_at_micros: u64,
 }
 
+/// The kinds of maintenance jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Scavenge,
+    Verify,
+}
+
+impl JobKind {
+    /// Its name in routes, logs and error codes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scavenge => "scavenge",
+            Self::Verify => "verify",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -120,6 +153,161 @@ pub struct AppendOutcome {
     /// `true` when the request repeated an append that was already stored and
     /// nothing was written.
     pub idempotent_replay: bool,
+}
+
+/// Which way a read walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Forward,
+    Backward,
+}
+
+/// What a read of one stream found.
+#[derive(Debug, Clone)]
+pub enum StreamRead<T> {
+    Found(T),
+    /// Never written, or soft-deleted and not written since.
+    NotFound,
+    /// Hard-deleted.
+    Tombstoned,
+}
+
+/// A page of one stream.
+#[derive(Debug, Clone)]
+pub struct StreamSlice {
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts; `None` when this read reached the end in its direction.
+    pub next_revision: Option<u64>,
+    pub last_revision: u64,
+}
+
+/// Server-side filter of `$all` reads; `None` fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllFilter {
+    pub stream_prefix: Option<String>,
+    pub type_prefix: Option<String>,
+}
+
+impl AllFilter {
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.stream_prefix
+            .as_deref()
+            .is_none_or(|p| event.stream.as_str().starts_with(p))
+            && self
+                .type_prefix
+                .as_deref()
+                .is_none_or(|p| event.event_type.starts_with(p))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stream_prefix.is_none() && self.type_prefix.is_none()
+    }
+}
+
+/// A page of `$all`.
+#[derive(Debug, Clone)]
+pub struct AllSlice {
+    pub events: Vec<RecordedEvent>,
+    /// Where to continue, past every event examined (filtered-out ones too).
+    /// `None` only for a backward read that reached position 0.
+    pub next_position: Option<u64>,
+    /// The last committed position when the read ran; `None` for an empty store.
+    pub head_position: Option<u64>,
+}
+
+/// A stream in the catalog: its state and the first visible revision still stored.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub name: StreamName,
+    pub state: StreamState,
+    /// `None`: no visible event is stored.
+    pub first_stored_revision: Option<u64>,
+}
+
+/// A stream's limits; events past them are hidden from every read at once and
+/// removed by the next scavenge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMetadata {
+    /// Keep only the newest this many events.
+    pub max_count: Option<u64>,
+    /// Keep only events younger than this.
+    pub max_age_secs: Option<u64>,
+    /// Hide every revision below this one.
+    pub truncate_before: Option<u64>,
+    /// The user's own JSON object, stored as given.
+    pub custom: Option<String>,
+}
+
+/// The state of one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamState {
+    /// Revision of the last event ever appended; `None` before the first append.
+    pub last_revision: Option<u64>,
+    /// Soft delete: revisions below this are deleted (0: never deleted).
+    pub deleted_before: u64,
+    /// Hard delete: the stream is gone for good and its name cannot be reused.
+    pub tombstoned: bool,
+    /// When the state was first written, µs since the epoch.
+    pub created_at_micros: u64,
+    /// When the last append committed, µs since the epoch (0: never).
+    pub last_appended_micros: u64,
+    /// Bytes of the stream's stored records (scavenged ones subtracted).
+    pub bytes: u64,
+    pub metadata: StreamMetadata,
+}
+
+impl StreamState {
+    /// Whether the stream can be read: not tombstoned, and appended to since its
+    /// last soft delete.
+    pub fn exists(&self) -> bool {
+        !self.tombstoned
+            && self
+                .last_revision
+                .is_some_and(|last| last >= self.deleted_before)
+    }
+
+    /// The last revision as expected-revision checks see it: `None` when the
+    /// stream does not exist (never written, or soft-deleted since).
+    pub fn current_revision(&self) -> Option<u64> {
+        if self.exists() {
+            self.last_revision
+        } else {
+            None
+        }
+    }
+
+    /// The revision the next append gets: numbering continues after a soft delete.
+    pub fn next_revision(&self) -> u64 {
+        self.last_revision.map_or(0, |last| last + 1)
+    }
+
+    /// The first revision not hidden by deletion, `truncate_before` or `max_count`
+    /// (`max_age` is checked per event, see `is_visible`).
+    pub fn first_visible_revision(&self) -> u64 {
+        let by_count = match (self.metadata.max_count, self.last_revision) {
+            (Some(max), Some(last)) => (last + 1).saturating_sub(max),
+            _ => 0,
+        };
+        self.deleted_before
+            .max(self.metadata.truncate_before.unwrap_or(0))
+            .max(by_count)
+    }
+
+    /// Whether the event at `revision`, recorded at `recorded_at_micros`, is
+    /// visible at `now_micros`.
+    pub fn is_visible(&self, revision: u64, recorded_at_micros: u64, now_micros: u64) -> bool {
+        !self.tombstoned
+            && revision >= self.first_visible_revision()
+            && self.metadata.max_age_secs.is_none_or(|age| {
+                recorded_at_micros.saturating_add(age.saturating_mul(1_000_000)) > now_micros
+            })
+    }
+
+    /// Whether any rule may hide events of this stream.
+    pub fn hides_anything(&self) -> bool {
+        self.tombstoned || self.first_visible_revision() > 0 || self.metadata.max_age_secs.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +322,9 @@ mod tests {
         assert_eq!(StreamName::parse("$all"), Err(NameError::Reserved));
         assert_eq!(StreamName::parse("a\nb"), Err(NameError::ControlCharacter));
         assert_eq!(StreamName::parse("a\0b"), Err(NameError::ControlCharacter));
+        assert_eq!(StreamName::parse("."), Err(NameError::DotSegment));
+        assert_eq!(StreamName::parse(".."), Err(NameError::DotSegment));
+        assert!(StreamName::parse("...").is_ok() && StreamName::parse(".a").is_ok());
         assert!(StreamName::parse(&"x".repeat(256)).is_ok());
         assert_eq!(
             StreamName::parse(&"x".repeat(257)),

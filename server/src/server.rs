@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::maintenance::Jobs;
+use crate::maintenance::{Jobs, Maintenance};
+use crate::model::JobKind;
 use crate::service::Service;
-use crate::storage::keys;
 use crate::storage::{StorageError, Store};
 
 /// Why the server could not start or stopped abnormally.
@@ -45,7 +45,7 @@ impl Server {
         let path = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
             .await
-            .map_err(|e| StorageError::Engine(format!("open task failed: {e}")))?
+            .map_err(|e| StorageError::Internal(format!("open task failed: {e}")))?
             .map_err(|source| ServerError::Open {
                 path: config.data_dir.display().to_string(),
                 source,
@@ -87,11 +87,9 @@ impl Server {
             writer_thread,
             shutdown,
         } = self;
-        let maintenance = Arc::new(crate::http::admin::Maintenance {
-            scavenges: Arc::new(
-                Jobs::load("scavenge", keys::META_SCAVENGE_HISTORY, &service).await,
-            ),
-            verifies: Arc::new(Jobs::load("verify", keys::META_VERIFY_HISTORY, &service).await),
+        let maintenance = Arc::new(Maintenance {
+            scavenges: Arc::new(Jobs::load(JobKind::Scavenge, &service).await),
+            verifies: Arc::new(Jobs::load(JobKind::Verify, &service).await),
         });
         let app = crate::http::router(Arc::clone(&service), &config, maintenance);
         let graceful = {
@@ -118,6 +116,18 @@ impl Server {
             }
         };
         served.map_err(ServerError::Serve)?;
+        // Maintenance jobs, subscriptions and long-polls end on `shutdown`; wait
+        // for them (bounded), so none still runs during the final flush.
+        service.tasks().close();
+        if tokio::time::timeout(config.shutdown_timeout, service.tasks().wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = service.tasks().len(),
+                "background tasks did not stop in time; flushing anyway"
+            );
+        }
         service.flush().await?;
         drop(service);
         // The writer drains its queue and exits once the last handle is gone; requests

@@ -9,17 +9,21 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::model::{AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName};
-use crate::storage::scan::{HiddenPage, VerifyPage};
+use crate::model::{
+    AllFilter, AllSlice, AppendOutcome, CatalogEntry, Direction, ExpectedRevision, JobKind,
+    NewEvent, RecordedEvent, StreamMetadata, StreamName, StreamRead, StreamSlice, StreamState,
+};
+use crate::storage::scan::{CompactionSlice, HiddenPage, VerifyCursor, VerifyPage};
 use crate::storage::writer::{
-    self, AppendError, CommitInfo, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
+    self, CommitInfo, HiddenEvent, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
 };
-use crate::storage::{
-    AllFilter, AllSlice, Direction, EngineStats, StorageError, Store, StreamMetadata, StreamRead,
-    StreamSlice, StreamState,
-};
+use crate::storage::{EngineStats, Store};
+/// The errors of the layers below, as the service hands them out.
+pub use crate::storage::{StorageError, WriteError};
 
 /// Most events one `$all` read examines, filtered-out ones included, before it
 /// answers with what it found, so a narrow filter cannot pin a reader thread.
@@ -52,6 +56,10 @@ pub struct Service {
     writer: WriterHandle,
     head: watch::Receiver<Commit>,
     shutdown: CancellationToken,
+    /// Every task and long-lived response the service starts (maintenance jobs,
+    /// subscriptions, long-polls): `Server::serve` closes it and waits for it
+    /// before the final flush.
+    tasks: TaskTracker,
 }
 
 /// Most stream names a commit notification lists; past that it says "any".
@@ -119,6 +127,7 @@ impl Service {
                 writer,
                 head,
                 shutdown,
+                tasks: TaskTracker::new(),
             }),
             thread,
         ))
@@ -146,6 +155,27 @@ impl Service {
         &self.shutdown
     }
 
+    /// Runs `task` in the background as one of the service's tasks, which
+    /// shutdown waits for.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Counts the caller (a long-lived response) among the service's tasks
+    /// until the token is dropped.
+    pub fn track(&self) -> TaskTrackerToken {
+        self.tasks.token()
+    }
+
+    /// The service's tasks (shutdown closes and awaits them).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.store.path()
@@ -157,16 +187,12 @@ impl Service {
     }
 
     /// Sends one request through the single writer and waits for its answer.
-    pub async fn write(
-        &self,
-        stream: StreamName,
-        op: WriteOp,
-    ) -> Result<WriteOutcome, AppendError> {
+    pub async fn write(&self, stream: StreamName, op: WriteOp) -> Result<WriteOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .submit(WriteRequest { stream, op, reply })
-            .map_err(|_| AppendError::WriterStopped)?;
-        answer.await.map_err(|_| AppendError::WriterStopped)?
+            .map_err(|_| WriteError::WriterStopped)?;
+        answer.await.map_err(|_| WriteError::WriterStopped)?
     }
 
     /// Appends `events` to `stream` through the single writer.
@@ -175,7 +201,7 @@ impl Service {
         stream: StreamName,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, AppendError> {
+    ) -> Result<AppendOutcome, WriteError> {
         match self
             .write(stream, WriteOp::Append { expected, events })
             .await?
@@ -191,7 +217,7 @@ impl Service {
         stream: StreamName,
         expected: ExpectedRevision,
         hard: bool,
-    ) -> Result<(), AppendError> {
+    ) -> Result<(), WriteError> {
         self.write(stream, WriteOp::Delete { expected, hard })
             .await
             .map(|_| ())
@@ -202,7 +228,7 @@ impl Service {
         &self,
         stream: StreamName,
         metadata: StreamMetadata,
-    ) -> Result<StreamState, AppendError> {
+    ) -> Result<StreamState, WriteError> {
         match self.write(stream, WriteOp::SetMetadata(metadata)).await? {
             WriteOutcome::MetadataSet(state) => Ok(state),
             other => unreachable_outcome(&other),
@@ -306,6 +332,7 @@ impl Service {
             return false;
         }
         let _waiting = GaugeGuard::new(&self.metrics.long_polls);
+        let _task = self.track();
         tokio::select! {
             changed = head.changed() => changed.is_ok(),
             () = tokio::time::sleep_until(deadline) => false,
@@ -373,13 +400,23 @@ impl Service {
             .await
     }
 
-    /// The first revision still stored for `stream` at or after `from`.
-    pub async fn first_stored_revision(
+    /// A page of the stream catalog, in one blocking task.
+    pub async fn catalog_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<CatalogEntry>, StorageError> {
+        self.blocking(move |store| store.catalog_page(prefix.as_deref(), after.as_deref(), limit))
+            .await
+    }
+
+    /// One stream's catalog entry, `None` when nothing was ever written for it.
+    pub async fn catalog_entry(
         &self,
         stream: StreamName,
-        from: u64,
-    ) -> Result<Option<u64>, StorageError> {
-        self.blocking(move |store| store.first_stored_revision(&stream, from))
+    ) -> Result<Option<CatalogEntry>, StorageError> {
+        self.blocking(move |store| store.catalog_entry(&stream))
             .await
     }
 
@@ -397,24 +434,34 @@ impl Service {
     }
 
     /// Verifies event records from `from`.
-    pub async fn verify_events(&self, from: u64, max: usize) -> Result<VerifyPage, StorageError> {
-        self.blocking(move |store| store.verify_events(from, max))
+    pub async fn verify_events(
+        &self,
+        from: VerifyCursor,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
+        self.blocking(move |store| store.verify_events(&from, max))
             .await
     }
 
-    /// Verifies stream index entries from raw key `from`.
+    /// Verifies stream index entries from `from`.
     pub async fn verify_index(
         &self,
-        from: Vec<u8>,
+        from: VerifyCursor,
         max: usize,
     ) -> Result<VerifyPage, StorageError> {
         self.blocking(move |store| store.verify_index(&from, max))
             .await
     }
 
-    /// Compacts the whole store.
-    pub async fn compact(&self) -> Result<(), StorageError> {
-        self.blocking(Store::compact_all).await
+    /// The store cut into ranges to compact one at a time.
+    pub async fn compaction_plan(&self) -> Result<Vec<CompactionSlice>, StorageError> {
+        self.blocking(Store::compaction_plan).await
+    }
+
+    /// Compacts one range of the plan.
+    pub async fn compact_slice(&self, slice: CompactionSlice) -> Result<(), StorageError> {
+        self.blocking(move |store| store.compact_slice(&slice))
+            .await
     }
 
     /// Bytes of the data directory on disk.
@@ -432,19 +479,47 @@ impl Service {
             .flatten()
     }
 
-    /// Reads a `meta` value.
-    pub async fn meta(&self, key: &'static [u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.blocking(move |store| store.meta(key)).await
+    /// The stream after which an interrupted scavenge resumes.
+    pub async fn scavenge_resume_point(&self) -> Result<Option<String>, StorageError> {
+        self.blocking(Store::scavenge_resume_point).await
     }
 
-    /// Writes or deletes a `meta` value (maintenance bookkeeping only).
-    pub async fn set_meta(
+    /// Records (or with `None` clears) where the next scavenge resumes.
+    pub async fn set_scavenge_resume_point(
         &self,
-        key: &'static [u8],
-        value: Option<Vec<u8>>,
+        after: Option<String>,
     ) -> Result<(), StorageError> {
-        self.blocking(move |store| store.set_meta(key, value.as_deref()))
+        self.blocking(move |store| store.set_scavenge_resume_point(after.as_deref()))
             .await
+    }
+
+    /// The stored history of `kind` jobs (JSON, as the job module wrote it).
+    pub async fn job_history(&self, kind: JobKind) -> Result<Option<Vec<u8>>, StorageError> {
+        self.blocking(move |store| store.job_history(kind)).await
+    }
+
+    /// Replaces the stored history of `kind` jobs.
+    pub async fn set_job_history(&self, kind: JobKind, json: Vec<u8>) -> Result<(), StorageError> {
+        self.blocking(move |store| store.set_job_history(kind, &json))
+            .await
+    }
+
+    /// Removes `events` (found hidden by `hidden_events`) through the writer,
+    /// which re-checks each against the stream's state; returns how many events
+    /// and bytes went.
+    pub async fn remove_hidden(
+        &self,
+        stream: StreamName,
+        events: Vec<HiddenEvent>,
+        now_micros: u64,
+    ) -> Result<(u64, u64), WriteError> {
+        match self
+            .write(stream, WriteOp::Remove { events, now_micros })
+            .await?
+        {
+            WriteOutcome::Removed { events, bytes } => Ok((events, bytes)),
+            other => unreachable_outcome(&other),
+        }
     }
 
     /// Events removed by scavenging, ever.
@@ -459,7 +534,7 @@ impl Service {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || read(&store))
             .await
-            .map_err(|e| StorageError::Engine(format!("read task failed: {e}")))?
+            .map_err(|e| StorageError::Internal(format!("read task failed: {e}")))?
     }
 
     /// Flushes the store's memtables (shutdown).
@@ -471,8 +546,8 @@ impl Service {
 /// How long a long-poll may wait at most.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-fn unreachable_outcome<T>(outcome: &WriteOutcome) -> Result<T, AppendError> {
-    Err(AppendError::Storage(StorageError::Engine(format!(
+fn unreachable_outcome<T>(outcome: &WriteOutcome) -> Result<T, WriteError> {
+    Err(WriteError::Storage(StorageError::Internal(format!(
         "the writer answered with {outcome:?}"
     ))))
 }

@@ -121,7 +121,7 @@ async fn append_read_read_all_and_tail() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("tail");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.wait_for_gauge("live_subscriptions", 1).await;
     let (status, _) = server
         .append("live-1", serde_json::json!("any"), &["Live"])
         .await;

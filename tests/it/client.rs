@@ -282,7 +282,7 @@ async fn wait_for_position_returns_once_the_head_reaches_it() {
         let client = client.clone();
         tokio::spawn(async move { client.wait_for_position(2, Duration::from_secs(20)).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     client
         .append("w", ExpectedRevision::Any, [event("A", 0), event("B", 1)])
         .await

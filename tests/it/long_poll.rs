@@ -19,7 +19,7 @@ async fn a_waiting_all_read_returns_the_event_appended_while_it_waits() {
             (result, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     assert!(
         !waiter.is_finished(),
         "the read answered before any event existed"
@@ -69,10 +69,10 @@ async fn a_filtered_wait_ignores_events_that_do_not_match() {
         let server = Arc::clone(&server);
         tokio::spawn(async move { server.get("/all?stream_prefix=wanted-&wait_ms=20000").await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     server.append("other-1", json!("any"), &["Noise"]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiter.is_finished(), "a non-matching event ended the wait");
+    // The answer below holds only `wanted-1`: had `other-1` ended the wait, it
+    // would be an empty page.
     server.append("wanted-1", json!("any"), &["Signal"]).await;
     let (status, page) = waiter.await.expect("waiter");
     assert_eq!(status, 200);
@@ -89,10 +89,9 @@ async fn a_stream_wait_sees_the_stream_being_created_and_extended() {
         let server = Arc::clone(&server);
         tokio::spawn(async move { server.get("/streams/later?wait_ms=20000").await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     server.append("unrelated", json!("any"), &["X"]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!creation.is_finished());
+    // Had `unrelated` ended the wait, the answer would be a 404.
     server.append("later", json!("no_stream"), &["First"]).await;
     let (status, page) = creation.await.expect("waiter");
     assert_eq!(status, 200, "{page}");
@@ -102,7 +101,7 @@ async fn a_stream_wait_sees_the_stream_being_created_and_extended() {
         let server = Arc::clone(&server);
         tokio::spawn(async move { server.get("/streams/later?from=1&wait_ms=20000").await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     server.append("later", json!(0), &["Second"]).await;
     let (_, page) = next.await.expect("waiter");
     assert_eq!(page["events"][0]["revision"], 1);
@@ -122,7 +121,9 @@ async fn many_waiters_all_receive_one_append() {
             server.get("/all?from=0&wait_ms=30000").await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server
+        .wait_for_gauge("long_polls_waiting", WAITERS as u64)
+        .await;
     assert!(
         waiters.iter().all(|w| !w.is_finished()),
         "a waiter answered before the append"
@@ -142,7 +143,7 @@ async fn shutdown_ends_long_polls_and_exits_zero() {
     let http = server.http.clone();
     let waiter =
         tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_gauge("long_polls_waiting", 1).await;
     let started = Instant::now();
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await

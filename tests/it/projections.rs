@@ -94,8 +94,8 @@ async fn recount(client: &Client) -> Vec<(String, i64, i64, bool)> {
 }
 
 /// A checkpoint store that "crashes" (fails before saving) at random saves: the
-/// runner stops right after `apply` committed, before the checkpoint is recorded,
-/// the window in which an at-least-once read model would count twice.
+/// runner stops right after `commit`, before the checkpoint store is saved, the
+/// window in which an at-least-once read model would count twice.
 struct CrashBeforeSave<S> {
     inner: S,
     rng: Rng,
@@ -108,7 +108,7 @@ impl<S: CheckpointStore> CheckpointStore for CrashBeforeSave<S> {
 
     async fn save(&mut self, projection: &str, position: u64) -> Result<(), BoxError> {
         if self.rng.next(4) == 0 {
-            return Err("simulated crash between apply and checkpoint".into());
+            return Err("simulated crash between commit and checkpoint".into());
         }
         self.inner.save(projection, position).await
     }
@@ -127,12 +127,7 @@ fn small_batches() -> RunnerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_summary_is_exactly_once_across_crashes_and_rebuilds_to_the_same_model() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64
-        | 1;
-    eprintln!("order_summary crash test seed {seed}");
+    let seed = crate::support::seed("order_summary crash test");
     let mut rng = Rng(seed);
     let mut server = TestServer::start();
     let dir = tempfile::tempdir().expect("dir");
@@ -190,7 +185,7 @@ async fn order_summary_is_exactly_once_across_crashes_and_rebuilds_to_the_same_m
     {
         simulated += 1;
     }
-    eprintln!("{simulated} crashes between apply and checkpoint during one replay");
+    eprintln!("{simulated} crashes between commit and checkpoint during one replay");
     assert!(simulated > 10, "the crash window was not exercised");
 
     // Restart the projection one last time and let it catch up.
@@ -226,7 +221,7 @@ async fn order_summary_is_exactly_once_across_crashes_and_rebuilds_to_the_same_m
 async fn emitted_events_get_deterministic_ids_and_a_replay_emits_nothing_twice() {
     let server = TestServer::start();
     let client = server.client();
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng(crate::support::seed("emitted ids"));
     write_orders(&client, &mut rng, 60).await;
     let checkpoints = MemoryCheckpointStore::default();
     let mut runner = ProjectionRunner::new(
@@ -296,7 +291,7 @@ async fn recount_sources(client: &Client) -> usize {
 async fn a_running_projection_survives_a_server_restart() {
     let mut server = TestServer::start();
     let client = server.client();
-    let mut rng = Rng(0xfeed);
+    let mut rng = Rng(crate::support::seed("projection across a restart"));
     write_orders(&client, &mut rng, 50).await;
     let dir = tempfile::tempdir().expect("dir");
     let (projection, checkpoints) =
@@ -349,4 +344,143 @@ async fn a_running_projection_survives_a_server_restart() {
         runner.projection().rows().expect("rows"),
         recount(&client).await
     );
+}
+
+/// The durable side of an exactly-once read model that also emits: positions it
+/// applied and its checkpoint, changed together by `commit` (one "transaction").
+#[derive(Default)]
+struct Durable {
+    applied: Vec<u64>,
+    checkpoint: Option<u64>,
+}
+
+/// Mirrors every `src-*` event as one emitted event on its output stream and
+/// records the source position in the durable model.
+struct Mirror {
+    name: String,
+    output: String,
+    durable: std::sync::Arc<std::sync::Mutex<Durable>>,
+    pending: Vec<u64>,
+}
+
+impl skald_client::projection::Projection for Mirror {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn filter(&self) -> skald_client::projection::Filter {
+        skald_client::projection::Filter {
+            stream_prefix: Some("src-".into()),
+            event_types: Vec::new(),
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        batch: skald_client::projection::Batch<'_>,
+        emit: &mut skald_client::projection::Emitter,
+    ) -> Result<(), BoxError> {
+        self.pending.clear();
+        for event in batch.events {
+            self.pending.push(event.position);
+            let mirrored = EventData::json("Mirrored", &json!({"source": event.position}))?;
+            emit.emit(event, self.output.clone(), mirrored);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, position: u64) -> Result<(), BoxError> {
+        let mut durable = self.durable.lock().map_err(|_| "poisoned")?;
+        durable.applied.append(&mut self.pending);
+        durable.checkpoint = Some(position);
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        *self.durable.lock().map_err(|_| "poisoned")? = Durable::default();
+        Ok(())
+    }
+}
+
+/// Reads the checkpoint `Mirror::commit` keeps; saving is part of `commit`.
+struct MirrorCheckpoint(std::sync::Arc<std::sync::Mutex<Durable>>);
+
+impl CheckpointStore for MirrorCheckpoint {
+    async fn load(&mut self, _: &str) -> Result<Option<u64>, BoxError> {
+        Ok(self.0.lock().map_err(|_| "poisoned")?.checkpoint)
+    }
+
+    async fn save(&mut self, _: &str, _: u64) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn clear(&mut self, _: &str) -> Result<(), BoxError> {
+        self.0.lock().map_err(|_| "poisoned")?.checkpoint = None;
+        Ok(())
+    }
+}
+
+/// A crash at every step of a batch (after apply, after one emitted append,
+/// after all of them, after commit) loses no emitted event and applies nothing
+/// twice: after a restart from the durable state, the read model holds every
+/// source event once and the output stream one mirrored event per source event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_of_a_batch_loses_no_emitted_event() {
+    use skald_client::projection::fault::CrashPoint;
+    let server = TestServer::start();
+    let client = server.client();
+    let mut sources = Vec::new();
+    for i in 0..4 {
+        let events = (0..6).map(|n| EventData::json("Placed", &json!({"n": n})).expect("json"));
+        let appended = client
+            .append(&format!("src-{i}"), ExpectedRevision::Any, events)
+            .await
+            .expect("append");
+        sources.extend(appended.first_position..=appended.last_position);
+    }
+    let options = || RunnerOptions {
+        batch_size: 5,
+        linger: Duration::from_millis(2),
+    };
+    for point in [
+        CrashPoint::AfterApply,
+        CrashPoint::AfterOneEmitted,
+        CrashPoint::AfterEmit,
+        CrashPoint::AfterCommit,
+    ] {
+        let name = format!("mirror-{point:?}");
+        let output = format!("out-{point:?}");
+        let durable = std::sync::Arc::default();
+        let process = || Mirror {
+            name: name.clone(),
+            output: output.clone(),
+            durable: std::sync::Arc::clone(&durable),
+            pending: Vec::new(),
+        };
+        // The second batch crashes at `point`; a new process (nothing kept in
+        // memory) restarts from what is durable.
+        let store = MirrorCheckpoint(std::sync::Arc::clone(&durable));
+        let crashed = ProjectionRunner::new(client.clone(), process(), store)
+            .with_options(options())
+            .crash_at(point, 2)
+            .run_until_caught_up(CancellationToken::new())
+            .await;
+        assert!(crashed.is_err(), "{point:?}: the crash was not reached");
+        let store = MirrorCheckpoint(std::sync::Arc::clone(&durable));
+        ProjectionRunner::new(client.clone(), process(), store)
+            .with_options(options())
+            .run_until_caught_up(CancellationToken::new())
+            .await
+            .expect("the restarted runner catches up");
+
+        let applied = durable.lock().expect("lock").applied.clone();
+        assert_eq!(applied, sources, "{point:?}: read model");
+        let mirrored: Vec<u64> = client
+            .read_stream(&output, ReadOptions::default())
+            .map_ok(|e| e.data["source"].as_u64().expect("source"))
+            .try_collect()
+            .await
+            .expect("read the output stream");
+        assert_eq!(mirrored, sources, "{point:?}: emitted events");
+    }
 }

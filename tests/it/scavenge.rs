@@ -525,3 +525,130 @@ async fn shutdown_during_a_scavenge_cancels_it_cleanly_and_the_next_resumes() {
     let (_, stats) = server.get("/admin/stats").await;
     assert_eq!(stats["event_count"], 0, "{stats}");
 }
+
+/// Appends `events` events to `stream` in appends of 1000, then soft-deletes it.
+async fn fill_and_delete(server: &TestServer, stream: &str, events: usize) {
+    for chunk in (0..events).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "Filled", "data": {"i": i}}))
+            .collect();
+        let (status, body) = server
+            .post(&format!("/streams/{stream}"), &json!({"events": batch}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(delete(server, &format!("/streams/{stream}")).await, 204);
+}
+
+/// Polls scavenge `id` until it has removed more than `removed` events while
+/// still running, then cancels it and returns its final report.
+async fn cancel_after_removing(server: &TestServer, id: &str, removed: u64) -> Value {
+    let path = format!("/admin/scavenge/{id}");
+    loop {
+        let (_, report) = server.get(&path).await;
+        assert_eq!(report["result"], "running", "finished too early: {report}");
+        if report["events_removed"].as_u64().unwrap_or(0) > removed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(delete(server, &path).await, 202);
+    let report = wait_job(server, &path).await;
+    assert_eq!(report["result"], "cancelled", "{report}");
+    report
+}
+
+/// A scavenge cancelled in the middle of a stream (more hidden events than one
+/// removal chunk) takes that stream up again next time instead of skipping its
+/// rest, and a cancel inside the last stream does not go on to compact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scavenge_cancelled_inside_a_stream_takes_that_stream_up_again() {
+    let server = TestServer::start();
+    // 12 removal chunks (and pauses) per stream: a wide window to cancel in.
+    let per_stream = 12 * skald_server::maintenance::scavenge::CHUNK;
+    fill_and_delete(&server, "big-a", per_stream).await;
+    fill_and_delete(&server, "big-b", per_stream).await;
+    let per_stream = per_stream as u64;
+
+    // Cancelled inside big-a.
+    let id = start_scavenge(&server, "").await;
+    let first = cancel_after_removing(&server, &id, 0).await;
+    let removed_first = first["events_removed"].as_u64().expect("removed");
+    assert!(removed_first < per_stream, "not inside big-a: {first}");
+
+    // Cancelled inside big-b, the last stream: it must stop, not compact.
+    let id = start_scavenge(&server, "").await;
+    let left_in_a = per_stream - removed_first;
+    let second = cancel_after_removing(&server, &id, left_in_a).await;
+    let removed_second = second["events_removed"].as_u64().expect("removed");
+    assert!(
+        removed_second > left_in_a && removed_second < left_in_a + per_stream,
+        "not inside big-b: {second}"
+    );
+    assert_eq!(
+        second.get("disk_bytes_after"),
+        None,
+        "a cancelled scavenge went on to compact: {second}"
+    );
+    assert_eq!(second.get("compaction_ranges_done"), None, "{second}");
+
+    // The third run resumes after big-a (finished) and completes big-b.
+    let id = start_scavenge(&server, "").await;
+    let third = wait_job(&server, &format!("/admin/scavenge/{id}")).await;
+    assert_eq!(
+        (third["result"].clone(), third["resumed"].clone()),
+        (json!("completed"), json!(1)),
+        "{third}"
+    );
+    let total = removed_first + removed_second + third["events_removed"].as_u64().expect("n");
+    assert_eq!(total, 2 * per_stream, "{first}\n{second}\n{third}");
+
+    // Nothing hidden is left anywhere.
+    let mut server = server;
+    server.kill();
+    let store = skald_server::storage::Store::open(server.data_dir()).expect("open");
+    let counts: std::collections::HashMap<_, _> =
+        store.count_keys().expect("count").into_iter().collect();
+    assert_eq!(counts["events"], 0, "{counts:?}");
+    assert_eq!(counts["stream_index"], 0, "{counts:?}");
+    assert_eq!(counts["event_ids"], 0, "{counts:?}");
+}
+
+/// A shutdown while a scavenge compacts (each compaction range made slow by
+/// the test build's fault injection: 96 ranges of at least 500 ms) stops
+/// between ranges and exits well within the shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_during_the_compaction_phase_stops_between_ranges() {
+    let mut server = TestServer::start_with_env(
+        &["--shutdown-timeout-secs", "10"],
+        &[("SKALD_FAULT_COMPACTION_DELAY_MS", "500")],
+    );
+    fill_and_delete(&server, "small", 100).await;
+    let id = start_scavenge(&server, "").await;
+    let path = format!("/admin/scavenge/{id}");
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, report) = server.get(&path).await;
+        assert_eq!(report["result"], "running", "{report}");
+        if report["phase"] == "compacting" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never compacted: {report}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let status = server.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    server.restart();
+    let (_, history) = server.get("/admin/scavenges").await;
+    let last = &history["scavenges"][0];
+    assert_eq!(last["result"], "cancelled", "{history}");
+    let (done, ranges) = (
+        last["compaction_ranges_done"].as_u64().expect("done"),
+        last["compaction_ranges"].as_u64().expect("ranges"),
+    );
+    assert!(done < ranges, "{last}");
+}

@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// The seed of a randomized test: `SKALD_TEST_SEED` when set (to replay a run),
+/// else a fresh one; printed either way, so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("SKALD_TEST_SEED") {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("SKALD_TEST_SEED must be a u64, got {text:?}")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64,
+    } | 1; // xorshift needs a non-zero state
+    eprintln!("{test}: seed {seed} (replay with SKALD_TEST_SEED={seed})");
+    seed
+}
+
 /// A running server; killed (SIGKILL) on drop.
 pub struct TestServer {
     child: Option<Child>,
@@ -16,6 +32,7 @@ pub struct TestServer {
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestServer {
@@ -26,6 +43,12 @@ impl TestServer {
 
     /// A server with extra `serve` flags.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// A server with extra `serve` flags and environment variables (the test
+    /// build's fault-injection knobs among them).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         let extra_args = args.iter().map(|a| a.to_string()).collect();
@@ -36,6 +59,10 @@ impl TestServer {
             data_dir,
             _temp: Some(temp),
             extra_args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.launch();
         server
@@ -56,6 +83,7 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -157,6 +185,25 @@ impl TestServer {
     }
 
     /// GETs `path`; returns status and JSON.
+    /// Polls `GET /admin/stats` until the gauge `field` (e.g. `long_polls_waiting`,
+    /// `live_subscriptions`) reaches `at_least`: a request has reached the server
+    /// and is waiting, whatever the machine's speed. Panics after 60 s.
+    pub async fn wait_for_gauge(&self, field: &str, at_least: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, stats) = self.get("/admin/stats").await;
+            assert_eq!(status, 200, "{stats}");
+            if stats[field].as_u64().is_some_and(|n| n >= at_least) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{field} never reached {at_least}: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("request");
         status_json(response).await

@@ -267,7 +267,7 @@ async fn chunked_post(server: &TestServer, path: &str, chunk: &str) -> String {
 async fn mangled_requests_never_get_a_server_error() {
     let server = TestServer::start();
     let valid = br#"{"expected_revision":"any","events":[{"id":"01900000-0000-7000-8000-0000000000ff","type":"OrderPlaced","data":{"total":12.5,"items":["a","b"]},"metadata":{"user":"ann"}}]}"#;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut state = crate::support::seed("mangled requests");
     let mut next = |below: usize| {
         state ^= state << 13;
         state ^= state >> 7;
@@ -364,4 +364,86 @@ async fn a_body_that_never_finishes_times_out_with_408() {
     );
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(server.get("/all").await.1["head_position"], Value::Null);
+}
+
+/// Sends one complete HTTP/1.1 request over a raw socket (no URL normalisation,
+/// unlike any URL-based client) and returns the status and JSON body.
+async fn raw_request(server: &TestServer, method: &str, path: &str, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        socket.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// `.` and `..` cannot be addressed through a URL (normalisation drops them,
+/// encoded or not), so the server refuses them as names and the client refuses
+/// to send them instead of silently reaching another resource.
+#[tokio::test]
+async fn dot_segment_stream_names_are_refused_by_server_and_client() {
+    let server = TestServer::start();
+    let body = one_event().to_string();
+    for path in ["/streams/%2E", "/streams/%2E%2E", "/streams/%2e"] {
+        let (status, answer) = raw_request(&server, "POST", path, &body).await;
+        assert_error(status, &answer, 400, "invalid_stream_name");
+        let (status, answer) = raw_request(&server, "GET", path, "").await;
+        assert_error(status, &answer, 400, "invalid_stream_name");
+    }
+    assert!(server.read_all_events().await.is_empty(), "nothing stored");
+
+    let client = server.client();
+    for name in [".", ".."] {
+        let event = skald_client::EventData::json("T", &json!({})).expect("event");
+        let err = client
+            .append(name, skald_client::ExpectedRevision::Any, [event])
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, skald_client::Error::BadRequest { code, .. } if code == "invalid_stream_name"),
+            "{err:?}"
+        );
+        let err = client
+            .read_stream_page(name, &skald_client::ReadOptions::default())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, skald_client::Error::BadRequest { .. }),
+            "{err:?}"
+        );
+    }
+    // Names that merely contain dots are ordinary.
+    for name in ["...", ".hidden", "a..b"] {
+        let event = skald_client::EventData::json("T", &json!({})).expect("event");
+        client
+            .append(name, skald_client::ExpectedRevision::Any, [event])
+            .await
+            .expect("appended");
+        let page = client
+            .read_stream_page(name, &skald_client::ReadOptions::default())
+            .await
+            .expect("read back");
+        assert_eq!(page.events.len(), 1, "{name}");
+    }
 }

@@ -11,7 +11,7 @@ use super::BoxError;
 ///
 /// For exactly-once read models, keep the checkpoint in the read model's own
 /// database and write it in the same transaction as the rows, inside
-/// [`Projection::apply`](super::Projection::apply); then give the runner a store
+/// [`Projection::commit`](super::Projection::commit); then give the runner a store
 /// whose `load` reads it from there and whose `save` does nothing (the
 /// `order_summary` example does this with SQLite).
 ///
@@ -148,23 +148,70 @@ impl CheckpointStore for FileCheckpointStore {
             writeln!(file, "{position}")?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()?;
+            sync_dir(&dir)?;
             Ok(())
         })
         .await?
     }
 
+    /// Removes the file and syncs the directory, so that a crash after a rebuild
+    /// cannot bring the old checkpoint back beside a reset read model.
     async fn clear(&mut self, projection: &str) -> Result<(), BoxError> {
-        match tokio::fs::remove_file(self.path(projection)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        let (path, dir) = (self.path(projection), self.dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+            match std::fs::remove_file(&path) {
+                Ok(()) => sync_dir(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        })
+        .await?
     }
+}
+
+/// Makes a rename or removal in `dir` durable (the directory's entry list is
+/// data of its own, which `fsync` on the directory writes out).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    tests::SYNCED_DIRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_owned());
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every directory `sync_dir` synced, so tests can check that a change of a
+    /// directory's entries was made durable (tests run in parallel: each looks
+    /// for its own temporary directory only).
+    pub(super) static SYNCED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn syncs_of(dir: &Path) -> usize {
+        SYNCED_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|d| d.as_path() == dir)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn save_and_clear_sync_the_directory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = FileCheckpointStore::new(dir.path()).expect("store");
+        store.save("p", 7).await.expect("save");
+        assert_eq!(syncs_of(dir.path()), 1, "the rename is made durable");
+        store.clear("p").await.expect("clear");
+        assert_eq!(syncs_of(dir.path()), 2, "the removal is made durable");
+        assert_eq!(store.load("p").await.expect("load"), None);
+        store.clear("p").await.expect("clearing nothing is fine");
+        assert_eq!(syncs_of(dir.path()), 2, "nothing removed, nothing to sync");
+    }
 
     #[tokio::test]
     async fn the_file_store_round_trips_replaces_and_clears() {

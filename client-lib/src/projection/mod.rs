@@ -1,6 +1,23 @@
 //! Projections: user read models fed from `$all`, one batch at a time, in global
 //! order, from a single task, with checkpoints, restartable and rebuildable.
 //!
+//! Each batch goes through four steps, in this order:
+//!
+//! 1. [`Projection::apply`] prepares the read model's changes and may emit
+//!    derived events; nothing of it needs to be durable yet.
+//! 2. The runner appends the emitted events. Their ids are deterministic (the
+//!    projection's name, the source position and a rank), so appending them
+//!    again after a crash is answered with the original result, not stored twice.
+//! 3. [`Projection::commit`] makes the changes durable with the batch's
+//!    checkpoint (exactly-once read models: in one transaction).
+//! 4. The runner saves the checkpoint in its [`CheckpointStore`] (a no-op store
+//!    for read models that keep it themselves in step 3).
+//!
+//! A crash before step 3 replays the batch: the read model never saw it, and the
+//! emitted events are appended again idempotently. A crash after step 3 resumes
+//! after the batch, whose emitted events are already stored. No crash point
+//! loses an emitted event or applies a batch twice to an exactly-once model.
+//!
 //! ```no_run
 //! use skald_client::projection::{Batch, BoxError, Emitter, MemoryCheckpointStore, Projection, ProjectionRunner};
 //! use skald_client::Client;
@@ -26,6 +43,7 @@
 //! ```
 
 mod checkpoint;
+pub mod fault;
 
 use std::future::Future;
 use std::time::Duration;
@@ -139,12 +157,24 @@ pub trait Projection: Send {
         Filter::default()
     }
 
-    /// Applies a batch. Called from one task only, batches in order.
+    /// Prepares a batch: the read model's changes and the events it emits. Called
+    /// from one task only, batches in order. Do not make the changes durable
+    /// together with `batch.position` here: the emitted events are not stored
+    /// yet; do that in [`commit`](Projection::commit). (A projection whose
+    /// checkpoint lives in the runner's [`CheckpointStore`] may simply apply.)
     fn apply(
         &mut self,
         batch: Batch<'_>,
         emit: &mut Emitter,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Makes the last applied batch durable, with `position` as the checkpoint,
+    /// once the events it emitted are stored. Exactly-once read models commit
+    /// their transaction here. Does nothing by default.
+    fn commit(&mut self, position: u64) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = position;
+        async { Ok(()) }
+    }
 
     /// Drops the read model's state, for a rebuild from position 0.
     fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
@@ -276,6 +306,8 @@ pub struct ProjectionRunner<P, S> {
     store: S,
     options: RunnerOptions,
     status: watch::Sender<RunnerStatus>,
+    #[cfg(feature = "fault-injection")]
+    crash: Option<(fault::CrashPoint, u32)>,
 }
 
 impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
@@ -292,7 +324,33 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
             store,
             options: RunnerOptions::default(),
             status,
+            #[cfg(feature = "fault-injection")]
+            crash: None,
         }
+    }
+
+    /// Makes the runner fail (as if the process died there) the `nth` time
+    /// (from 1) it reaches `point`: tests of crash safety.
+    #[cfg(feature = "fault-injection")]
+    pub fn crash_at(mut self, point: fault::CrashPoint, nth: u32) -> Self {
+        self.crash = Some((point, nth));
+        self
+    }
+
+    fn crash_point(&mut self, _reached: fault::CrashPoint) -> Result<(), RunnerError> {
+        #[cfg(feature = "fault-injection")]
+        if let Some((point, nth)) = &mut self.crash {
+            if *point == _reached {
+                *nth = nth.saturating_sub(1);
+                if *nth == 0 {
+                    self.crash = None;
+                    return Err(RunnerError::Projection(
+                        format!("injected crash {_reached:?}").into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the default options.
@@ -433,7 +491,8 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
         result
     }
 
-    /// Applies the batch, appends what it emitted, then records the checkpoint.
+    /// Applies the batch, appends what it emitted, commits it, then records the
+    /// checkpoint (the order the module documentation explains).
     async fn flush(
         &mut self,
         name: &str,
@@ -458,7 +517,14 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
             )
             .await
             .map_err(RunnerError::Projection)?;
+        self.crash_point(fault::CrashPoint::AfterApply)?;
         self.append_emitted(name, emitter, stop).await?;
+        self.crash_point(fault::CrashPoint::AfterEmit)?;
+        self.projection
+            .commit(position)
+            .await
+            .map_err(RunnerError::Projection)?;
+        self.crash_point(fault::CrashPoint::AfterCommit)?;
         self.store
             .save(name, position)
             .await
@@ -469,7 +535,7 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
     }
 
     async fn append_emitted(
-        &self,
+        &mut self,
         name: &str,
         emitter: Emitter,
         stop: &CancellationToken,
@@ -504,7 +570,10 @@ impl<P: Projection, S: CheckpointStore> ProjectionRunner<P, S> {
                     .append(&stream, ExpectedRevision::Any, events.clone())
                     .await
                 {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        self.crash_point(fault::CrashPoint::AfterOneEmitted)?;
+                        break;
+                    }
                     Err(e) if e.is_retryable() && !stop.is_cancelled() => {
                         tracing::warn!(error = %e, "emitting failed; retrying");
                         tokio::time::sleep(backoff).await;

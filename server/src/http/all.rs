@@ -9,8 +9,8 @@ use super::extract::QueryParams;
 use super::streams::{wait_param, DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 use super::wire::{events_json, AllPage};
 use super::{parse_direction, AppState};
+use crate::model::AllFilter;
 use crate::service::AllQuery;
-use crate::storage::AllFilter;
 
 pub async fn read(
     State(state): State<AppState>,

@@ -3,13 +3,11 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use skald_proto::{ErrorBody, ErrorDetails};
 use uuid::Uuid;
 
-use super::wire::expected_revision_json;
 use crate::model::{display_revision, ExpectedRevision, StreamName};
-use crate::storage::writer::AppendError;
-use crate::storage::StorageError;
+use crate::service::{StorageError, WriteError};
 
 /// Every error the HTTP API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +46,10 @@ pub enum ApiError {
     CorruptEvent { position: u64, detail: String },
     #[error("storage error: {0}")]
     Storage(String),
+    /// A fault of the server itself (a panicked handler, a failed task); the
+    /// details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -75,35 +77,44 @@ impl ApiError {
             Self::DuplicateEventId { .. } => (StatusCode::CONFLICT, "duplicate_event_id"),
             Self::CorruptEvent { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_event"),
             Self::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 
-    fn details(&self, body: &mut Map<String, Value>) {
+    fn details(&self) -> ErrorDetails {
         match self {
-            Self::TooLarge { limit, .. } => {
-                body.insert("limit".into(), json!(limit));
-            }
-            Self::StreamNotFound(stream) | Self::StreamDeleted(stream) => {
-                body.insert("stream".into(), json!(stream.as_str()));
-            }
-            Self::EventNotFound { stream, revision } => {
-                body.insert("stream".into(), json!(stream.as_str()));
-                body.insert("revision".into(), json!(revision));
-            }
+            Self::TooLarge { limit, .. } => ErrorDetails::TooLarge {
+                limit: *limit as u64,
+            },
+            Self::StreamNotFound(stream) | Self::StreamDeleted(stream) => ErrorDetails::Stream {
+                stream: stream.as_str().to_owned(),
+            },
+            Self::EventNotFound { stream, revision } => ErrorDetails::Event {
+                stream: stream.as_str().to_owned(),
+                revision: *revision,
+            },
             Self::WrongExpectedRevision { expected, actual } => {
-                body.insert("expected".into(), expected_revision_json(*expected));
-                body.insert("actual".into(), json!(actual));
+                ErrorDetails::WrongExpectedRevision {
+                    expected: *expected,
+                    actual: *actual,
+                }
             }
-            Self::DuplicateEventId { id, position } => {
-                body.insert("id".into(), json!(id));
-                body.insert("position".into(), json!(position));
-            }
-            Self::CorruptEvent { position, .. } => {
-                body.insert("position".into(), json!(position));
-            }
-            _ => {}
+            Self::DuplicateEventId { id, position } => ErrorDetails::DuplicateEventId {
+                id: *id,
+                position: *position,
+            },
+            Self::CorruptEvent { position, .. } => ErrorDetails::Corrupt {
+                position: *position,
+            },
+            _ => ErrorDetails::None {},
         }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> ErrorBody {
+        let (_, code) = self.status_and_code();
+        ErrorBody::new(code, self.to_string()).with(self.details())
     }
 }
 
@@ -113,11 +124,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, code, "request failed");
         }
-        let mut body = Map::new();
-        body.insert("error".into(), json!(code));
-        body.insert("message".into(), json!(self.to_string()));
-        self.details(&mut body);
-        (status, axum::Json(Value::Object(body))).into_response()
+        (status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -128,24 +135,25 @@ impl From<StorageError> for ApiError {
                 position,
                 detail: source.to_string(),
             },
+            StorageError::Internal(detail) => Self::Internal(detail),
             other => Self::Storage(other.to_string()),
         }
     }
 }
 
-impl From<AppendError> for ApiError {
-    fn from(e: AppendError) -> Self {
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
         match e {
-            AppendError::WrongExpectedRevision { expected, actual } => {
+            WriteError::WrongExpectedRevision { expected, actual } => {
                 Self::WrongExpectedRevision { expected, actual }
             }
-            AppendError::DuplicateEventId { id, position } => {
+            WriteError::DuplicateEventId { id, position } => {
                 Self::DuplicateEventId { id, position }
             }
-            AppendError::StreamDeleted(stream) => Self::StreamDeleted(stream),
-            AppendError::StreamNotFound(stream) => Self::StreamNotFound(stream),
-            AppendError::Storage(e) => e.into(),
-            AppendError::WriterStopped => Self::Unavailable(e.to_string()),
+            WriteError::StreamDeleted(stream) => Self::StreamDeleted(stream),
+            WriteError::StreamNotFound(stream) => Self::StreamNotFound(stream),
+            WriteError::Storage(e) => e.into(),
+            WriteError::WriterStopped => Self::Unavailable(e.to_string()),
         }
     }
 }

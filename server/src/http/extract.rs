@@ -108,6 +108,19 @@ impl QueryParams {
     }
 
     /// A number in `min..=max`, or `default` when absent.
+    /// `true` or `false`; `None` when absent.
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.take_str(name).as_deref() {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{name} must be true or false, got '{other}'"),
+            )),
+        }
+    }
+
     pub fn take_bounded(
         &mut self,
         name: &str,

@@ -1,14 +1,17 @@
 //! The HTTP API: routes, one module per resource, and the shared state.
 //! `error` is the only place where errors become statuses.
 
-pub mod admin;
 mod all;
+mod catalog;
 pub mod error;
 mod extract;
+mod jobs;
+mod stats;
 mod stream_admin;
 mod streams;
 mod subscriptions;
 mod system;
+mod track;
 pub mod wire;
 
 use std::sync::Arc;
@@ -18,8 +21,10 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::Config;
+use crate::maintenance::Maintenance;
+use crate::model::Direction;
+use crate::model::JobKind;
 use crate::service::Service;
-use crate::storage::Direction;
 use error::ApiError;
 
 /// Request-size limits from the configuration.
@@ -35,15 +40,11 @@ pub struct Limits {
 pub struct AppState {
     pub service: Arc<Service>,
     pub limits: Limits,
-    pub maintenance: Arc<admin::Maintenance>,
+    pub maintenance: Arc<Maintenance>,
 }
 
 /// Builds the router.
-pub fn router(
-    service: Arc<Service>,
-    config: &Config,
-    maintenance: Arc<admin::Maintenance>,
-) -> Router {
+pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenance>) -> Router {
     let limits = Limits {
         max_append_bytes: config.max_append_bytes,
         max_event_bytes: config.max_event_bytes,
@@ -67,31 +68,19 @@ pub fn router(
             "/subscriptions/streams/{stream}",
             get(subscriptions::stream),
         )
-        .route("/admin/scavenge", post(admin::start_scavenge))
-        .route("/admin/scavenge/current", get(admin::current_scavenge))
-        .route(
-            "/admin/scavenge/{id}",
-            get(admin::get_scavenge).delete(admin::cancel_scavenge),
-        )
-        .route("/admin/scavenges", get(admin::list_scavenges))
-        .route("/admin/verify", post(admin::start_verify))
-        .route("/admin/verify/current", get(admin::current_verify))
-        .route(
-            "/admin/verify/{id}",
-            get(admin::get_verify).delete(admin::cancel_verify),
-        )
-        .route("/admin/verifies", get(admin::list_verifies))
-        .route("/admin/streams", get(admin::list_streams))
-        .route("/admin/streams/{stream}", get(admin::get_stream))
-        .route("/admin/stats", get(admin::stats))
-        .route("/metrics", get(admin::metrics))
+        .merge(job_routes(JobKind::Scavenge, "scavenge", "scavenges"))
+        .merge(job_routes(JobKind::Verify, "verify", "verifies"))
+        .route("/admin/streams", get(catalog::list))
+        .route("/admin/streams/{stream}", get(catalog::get))
+        .route("/admin/stats", get(stats::stats))
+        .route("/metrics", get(stats::metrics))
         .route("/health/live", get(system::live))
         .route("/info", get(system::info))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(service.metrics()),
-            admin::track,
+            track::track,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .with_state(AppState {
@@ -101,9 +90,43 @@ pub fn router(
         })
 }
 
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+/// A panicking handler answers 500 `internal_error`; the panic message goes to
+/// the log, not to the client.
+/// `POST /admin/{one}`, `GET /admin/{one}/current`, `GET|DELETE
+/// /admin/{one}/{id}` and `GET /admin/{many}` for one kind of job.
+fn job_routes(kind: JobKind, one: &str, many: &str) -> Router<AppState> {
+    use axum::extract::rejection::PathRejection;
+    use axum::extract::{Path, RawQuery, State};
+    type Id = Result<Path<String>, PathRejection>;
+    Router::new()
+        .route(
+            &format!("/admin/{one}"),
+            post(move |s: State<AppState>, q: RawQuery| jobs::start(kind, s, q)),
+        )
+        .route(
+            &format!("/admin/{one}/current"),
+            get(move |s: State<AppState>| jobs::current(kind, s)),
+        )
+        .route(
+            &format!("/admin/{one}/{{id}}"),
+            get(move |s: State<AppState>, id: Id| jobs::get(kind, s, id))
+                .delete(move |s: State<AppState>, id: Id| jobs::cancel(kind, s, id)),
+        )
+        .route(
+            &format!("/admin/{many}"),
+            get(move |s: State<AppState>| jobs::list(kind, s)),
+        )
+}
+
+fn on_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    ApiError::Storage("internal error: the request handler panicked".into()).into_response()
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned());
+    tracing::error!(panic = %detail, "a request handler panicked");
+    ApiError::Internal("the request handler panicked".into()).into_response()
 }
 
 /// `direction=forward|backward`, forward when absent.
@@ -115,5 +138,31 @@ fn parse_direction(raw: Option<String>) -> Result<Direction, ApiError> {
             "invalid_query",
             format!("query parameter 'direction' must be 'forward' or 'backward', got '{other}'"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_error() {
+        for payload in [
+            Box::new("boom") as Box<dyn std::any::Any + Send>,
+            Box::new(String::from("boom")),
+            Box::new(42u8),
+        ] {
+            let response = on_panic(payload);
+            assert_eq!(response.status(), 500);
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(json["error"], "internal_error");
+            assert!(
+                !json["message"].as_str().unwrap_or("").contains("boom"),
+                "the panic message stays in the log: {json}"
+            );
+        }
     }
 }

@@ -7,15 +7,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
 use super::streams::stream_name;
+use super::wire::{metadata_answer, MetadataBody};
 use super::AppState;
 use crate::model::ExpectedRevision;
-use crate::storage::{StreamMetadata, StreamState};
+use crate::model::{StreamMetadata, StreamState};
 
 pub async fn delete(
     State(state): State<AppState>,
@@ -30,60 +29,11 @@ pub async fn delete(
             .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
         None => ExpectedRevision::Any,
     };
-    let hard = match params.take_str("hard").as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("hard must be true or false, got '{other}'"),
-            ))
-        }
-    };
+    let hard = params.take_bool("hard")?.unwrap_or(false);
     params.finish()?;
     state.service.delete(stream.clone(), expected, hard).await?;
     tracing::info!(stream = %stream, hard, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Body of `PUT /streams/{stream}/metadata`; absent fields are unset.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetadataBody {
-    #[serde(default)]
-    max_count: Option<u64>,
-    #[serde(default)]
-    max_age_secs: Option<u64>,
-    #[serde(default)]
-    truncate_before: Option<u64>,
-    #[serde(default)]
-    custom: Option<Box<RawValue>>,
-}
-
-/// A stream's metadata as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct MetadataJson<'a> {
-    pub stream: &'a str,
-    pub max_count: Option<u64>,
-    pub max_age_secs: Option<u64>,
-    pub truncate_before: Option<u64>,
-    pub custom: Option<Box<RawValue>>,
-}
-
-impl<'a> MetadataJson<'a> {
-    pub fn new(stream: &'a str, metadata: &StreamMetadata) -> Self {
-        Self {
-            stream,
-            max_count: metadata.max_count,
-            max_age_secs: metadata.max_age_secs,
-            truncate_before: metadata.truncate_before,
-            // Stored only after being parsed as a JSON object.
-            custom: metadata
-                .custom
-                .clone()
-                .and_then(|c| RawValue::from_string(c).ok()),
-        }
-    }
 }
 
 pub async fn get_metadata(
@@ -99,7 +49,7 @@ pub async fn get_metadata(
     if current.tombstoned {
         return Err(ApiError::StreamDeleted(stream));
     }
-    Ok(Json(MetadataJson::new(stream.as_str(), &current.metadata)).into_response())
+    Ok(Json(metadata_answer(stream.as_str(), &current.metadata)).into_response())
 }
 
 pub async fn put_metadata(
@@ -141,5 +91,5 @@ pub async fn put_metadata(
     };
     let updated: StreamState = state.service.set_metadata(stream.clone(), metadata).await?;
     tracing::info!(stream = %stream, "stream metadata set");
-    Ok(Json(MetadataJson::new(stream.as_str(), &updated.metadata)).into_response())
+    Ok(Json(metadata_answer(stream.as_str(), &updated.metadata)).into_response())
 }

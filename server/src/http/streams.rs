@@ -14,8 +14,8 @@ use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, events_json, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{check_event_type, NewEvent, StreamName, MAX_EVENTS_PER_APPEND};
+use crate::model::{Direction, StreamRead};
 use crate::service::{StreamQuery, MAX_WAIT};
-use crate::storage::{Direction, StreamRead};
 
 /// Most events one read returns.
 pub const MAX_READ_LIMIT: u64 = 4096;

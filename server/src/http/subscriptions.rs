@@ -12,14 +12,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::json;
+use skald_proto::Place;
 
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::parse_stream;
-use super::wire::{event_json, EventJson};
+use super::wire::{event_json, SubscriptionLine};
 use super::AppState;
-use crate::storage::AllFilter;
+use crate::model::AllFilter;
 use crate::subscriptions::{self, Message, Options, Start, Target};
 
 /// Default and bounds of `heartbeat_ms`.
@@ -154,18 +154,17 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     })
 }
 
-#[derive(serde::Serialize)]
-struct EventLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    event: &'a EventJson,
-}
-
 /// One message as bytes, and whether it is the last one. Stream subscriptions
 /// count in revisions (`"revision"`, SSE ids), `$all` in positions.
 fn encode(message: Message, sse: bool, by_revision: bool) -> (Bytes, bool) {
-    let place = if by_revision { "revision" } else { "position" };
-    let (kind, id, line, last) = match message {
+    let place = |value: Option<u64>| {
+        if by_revision {
+            Place::Revision(value)
+        } else {
+            Place::Position(value)
+        }
+    };
+    let (line, id) = match message {
         Message::Event(event) => {
             let id = if by_revision {
                 event.revision
@@ -173,61 +172,123 @@ fn encode(message: Message, sse: bool, by_revision: bool) -> (Bytes, bool) {
                 event.position
             };
             match event_json(event) {
-                Ok(event) => {
-                    let line = serde_json::to_string(&EventLine {
-                        kind: "event",
-                        event: &event,
-                    })
-                    .expect("events serialize to JSON");
-                    ("event", Some(id), line, false)
-                }
+                Ok(event) => (SubscriptionLine::Event { event }, Some(id)),
                 Err(e) => {
-                    let body = json!({"type": "error", "error": "corrupt_event", "message": e.to_string()});
-                    ("error", None, body.to_string(), true)
+                    let body = e.body();
+                    let line = SubscriptionLine::Error {
+                        error: body.error,
+                        message: body.message,
+                    };
+                    (line, None)
                 }
             }
         }
-        Message::CaughtUp { position } => (
-            "caught_up",
-            None,
-            control("caught_up", place, position),
-            false,
-        ),
-        Message::FellBehind { position } => (
-            "fell_behind",
-            None,
-            control("fell_behind", place, Some(position)),
-            false,
-        ),
-        Message::Checkpoint { position } => {
-            let line = control("checkpoint", place, Some(position));
-            ("checkpoint", Some(position), line, false)
+        Message::CaughtUp { position } => (SubscriptionLine::CaughtUp(place(position)), None),
+        Message::FellBehind { position } => {
+            (SubscriptionLine::FellBehind(place(Some(position))), None)
         }
-        Message::Heartbeat => (
-            "heartbeat",
-            None,
-            r#"{"type":"heartbeat"}"#.to_owned(),
-            false,
+        Message::Checkpoint { position } => (
+            SubscriptionLine::Checkpoint(place(Some(position))),
+            Some(position),
         ),
-        Message::Error { code, message } => {
-            let line = format!(
-                r#"{{"type":"error","error":{},"message":{}}}"#,
-                json!(code),
-                json!(message)
-            );
-            ("error", None, line, true)
-        }
+        Message::Heartbeat => (SubscriptionLine::Heartbeat, None),
+        Message::Error { code, message } => (
+            SubscriptionLine::Error {
+                error: code.to_owned(),
+                message,
+            },
+            None,
+        ),
     };
+    let last = matches!(line, SubscriptionLine::Error { .. });
+    let json = serde_json::to_string(&line).expect("subscription lines serialize to JSON");
     let bytes = if sse {
+        let kind = match &line {
+            SubscriptionLine::Event { .. } => "event",
+            SubscriptionLine::CaughtUp(_) => "caught_up",
+            SubscriptionLine::FellBehind(_) => "fell_behind",
+            SubscriptionLine::Checkpoint(_) => "checkpoint",
+            SubscriptionLine::Heartbeat => "heartbeat",
+            SubscriptionLine::Error { .. } => "error",
+        };
         let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
-        format!("event: {kind}\n{id}data: {line}\n\n")
+        format!("event: {kind}\n{id}data: {json}\n\n")
     } else {
-        format!("{line}\n")
+        format!("{json}\n")
     };
     (Bytes::from(bytes), last)
 }
 
-/// A control line with `type` first: `{"type":"caught_up","position":17}`.
-fn control(kind: &str, place: &str, value: Option<u64>) -> String {
-    format!(r#"{{"type":"{kind}","{place}":{}}}"#, json!(value))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RecordedEvent;
+
+    /// What the server writes for each message, the client's type reads back.
+    #[test]
+    fn every_line_round_trips_into_the_client_type() {
+        let event = RecordedEvent {
+            position: 7,
+            stream: crate::model::StreamName::parse("s").expect("name"),
+            revision: 2,
+            id: uuid::Uuid::from_u128(9),
+            event_type: "T".into(),
+            data: r#"{"a":[1,2]}"#.into(),
+            metadata: Some(r#"{"m":true}"#.into()),
+            recorded_at_micros: 1_700_000_000_000_000,
+        };
+        let cases: Vec<(Message, bool, skald_proto::SubscriptionLine)> = vec![
+            (
+                Message::Heartbeat,
+                false,
+                skald_proto::SubscriptionLine::Heartbeat,
+            ),
+            (
+                Message::CaughtUp { position: None },
+                false,
+                skald_proto::SubscriptionLine::CaughtUp(Place::Position(None)),
+            ),
+            (
+                Message::FellBehind { position: 3 },
+                true,
+                skald_proto::SubscriptionLine::FellBehind(Place::Revision(Some(3))),
+            ),
+            (
+                Message::Checkpoint { position: 41 },
+                false,
+                skald_proto::SubscriptionLine::Checkpoint(Place::Position(Some(41))),
+            ),
+            (
+                Message::Error {
+                    code: "shutting_down",
+                    message: "bye".into(),
+                },
+                false,
+                skald_proto::SubscriptionLine::Error {
+                    error: "shutting_down".into(),
+                    message: "bye".into(),
+                },
+            ),
+        ];
+        for (message, by_revision, want) in cases {
+            let (bytes, _) = encode(message, false, by_revision);
+            let got: skald_proto::SubscriptionLine =
+                serde_json::from_slice(&bytes).expect("the client reads the line");
+            assert_eq!(got, want);
+        }
+        let (bytes, last) = encode(Message::Event(event), false, false);
+        assert!(!last);
+        match serde_json::from_slice(&bytes).expect("an event line") {
+            skald_proto::SubscriptionLine::<serde_json::Value>::Event { event } => {
+                assert_eq!(
+                    (event.position, event.revision, event.stream.as_str()),
+                    (7, 2, "s")
+                );
+                assert_eq!(event.data, serde_json::json!({"a": [1, 2]}));
+                assert_eq!(event.metadata, Some(serde_json::json!({"m": true})));
+                assert_eq!(event.recorded_at, "2023-11-14T22:13:20.000000Z");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

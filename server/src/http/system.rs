@@ -2,18 +2,20 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use skald_proto::{Health, ServerInfo};
 
 use super::AppState;
 
-pub async fn live() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+pub async fn live() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
-pub async fn info(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "data_dir": state.service.data_dir().display().to_string(),
-        "head_position": state.service.head_position(),
-    }))
+pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        data_dir: state.service.data_dir().display().to_string(),
+        head_position: state.service.head_position(),
+    })
 }

@@ -1,15 +1,16 @@
 //! The JSON shapes of requests and responses (see `docs/api.md`): the types of
-//! `skald_client::wire`, defined once for server and client, with event payloads
-//! as `Box<RawValue>` so stored JSON goes out without being parsed into a tree.
+//! `skald-proto`, defined once for server and client, with payloads as
+//! `Box<RawValue>` so stored JSON goes out without being parsed into a tree;
+//! and the conversions from domain types into them.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
-use serde_json::Value;
-use skald_client::wire;
+use skald_proto as wire;
 
 use super::error::ApiError;
-use crate::model::{AppendOutcome, ExpectedRevision, RecordedEvent};
+use crate::model::StreamMetadata;
+use crate::model::{AppendOutcome, RecordedEvent};
 
 /// Body of `POST /streams/{stream}`.
 pub type AppendBody = wire::AppendRequest<Box<RawValue>>;
@@ -21,10 +22,30 @@ pub type EventJson = wire::RecordedEvent<Box<RawValue>>;
 pub type StreamPage = wire::StreamPage<Box<RawValue>>;
 /// Answer of `GET /all`.
 pub type AllPage = wire::AllPage<Box<RawValue>>;
+/// Body of `PUT /streams/{stream}/metadata`.
+pub type MetadataBody = wire::StreamMetadata<Box<RawValue>>;
+/// Answer of `GET`/`PUT /streams/{stream}/metadata`.
+pub type MetadataAnswer = wire::StreamMetadataAnswer<Box<RawValue>>;
+/// A catalog entry.
+pub type StreamInfo = wire::StreamInfo<Box<RawValue>>;
+/// A page of the catalog.
+pub type CatalogPage = wire::CatalogPage<Box<RawValue>>;
+/// One line of a subscription.
+pub type SubscriptionLine = wire::SubscriptionLine<Box<RawValue>>;
 
-/// `expected_revision` as JSON: `"any"`, `"no_stream"`, `"stream_exists"` or a number.
-pub fn expected_revision_json(expected: ExpectedRevision) -> Value {
-    serde_json::to_value(expected).unwrap_or(Value::Null)
+/// A stream's metadata as the API shows it.
+pub fn metadata_answer(stream: &str, metadata: &StreamMetadata) -> MetadataAnswer {
+    MetadataAnswer {
+        stream: stream.to_owned(),
+        max_count: metadata.max_count,
+        max_age_secs: metadata.max_age_secs,
+        truncate_before: metadata.truncate_before,
+        // Stored only after being parsed as a JSON object.
+        custom: metadata
+            .custom
+            .clone()
+            .and_then(|c| RawValue::from_string(c).ok()),
+    }
 }
 
 /// Answer of a successful append.
@@ -67,4 +88,310 @@ pub fn event_json(e: RecordedEvent) -> Result<EventJson, ApiError> {
 /// Converts stored events for a response.
 pub fn events_json(events: Vec<RecordedEvent>) -> Result<Vec<EventJson>, ApiError> {
     events.into_iter().map(event_json).collect()
+}
+
+/// A time in µs since the Unix epoch as RFC 3339 text; `None` for 0 (never).
+pub fn time_text(micros: u64) -> Option<String> {
+    (micros > 0).then(|| {
+        let at = UNIX_EPOCH + Duration::from_micros(micros);
+        humantime::format_rfc3339_micros(at).to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every wire type: what the server writes (payloads as `Box<RawValue>`), the
+    //! client's type (payloads as `serde_json::Value`) reads back the same; and
+    //! what the client sends, the server parses.
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+    use serde_json::{json, Value};
+    use skald_proto::{
+        AppendResult, EngineStats, ErrorBody, ErrorDetails, Health, JobReport, JobResult,
+        JobStarted, Problem, ScavengeHistory, ServerInfo, Stats, VerifyHistory,
+    };
+
+    use super::*;
+    use crate::http::error::ApiError;
+    use crate::model::{ExpectedRevision, StreamName};
+
+    /// Serializes `sent` and reads it as `T`.
+    fn read_as<T: DeserializeOwned>(sent: &impl Serialize) -> T {
+        let text = serde_json::to_string(sent).expect("serialize");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    fn stored_event() -> RecordedEvent {
+        RecordedEvent {
+            position: 12,
+            stream: StreamName::parse("order-1").expect("name"),
+            revision: 3,
+            id: uuid::Uuid::from_u128(0xabc),
+            event_type: "OrderPlaced".into(),
+            data: r#"{"total": 30, "items": ["a"]}"#.into(),
+            metadata: None,
+            recorded_at_micros: 1_000_001,
+        }
+    }
+
+    #[test]
+    fn events_and_pages() {
+        let event = event_json(stored_event()).expect("event");
+        let client: skald_proto::RecordedEvent = read_as(&event);
+        assert_eq!(
+            (
+                client.position,
+                client.revision,
+                client.stream.as_str(),
+                client.event_type.as_str()
+            ),
+            (12, 3, "order-1", "OrderPlaced")
+        );
+        assert_eq!(client.data, json!({"total": 30, "items": ["a"]}));
+        assert_eq!(
+            (client.metadata, client.recorded_at.as_str()),
+            (None, "1970-01-01T00:00:01.000001Z")
+        );
+        assert_eq!(client.id, uuid::Uuid::from_u128(0xabc));
+
+        let page = StreamPage {
+            stream: "order-1".into(),
+            events: vec![event_json(stored_event()).expect("event")],
+            next_revision: Some(4),
+            last_revision: 9,
+        };
+        let client: skald_proto::StreamPage = read_as(&page);
+        assert_eq!(
+            (
+                client.events.len(),
+                client.next_revision,
+                client.last_revision
+            ),
+            (1, Some(4), 9)
+        );
+        let page = AllPage {
+            events: vec![event_json(stored_event()).expect("event")],
+            next_position: None,
+            head_position: Some(12),
+        };
+        let client: skald_proto::AllPage = read_as(&page);
+        assert_eq!(
+            (
+                client.events.len(),
+                client.next_position,
+                client.head_position
+            ),
+            (1, None, Some(12))
+        );
+        let outcome = AppendOutcome {
+            first_revision: 0,
+            last_revision: 1,
+            first_position: 5,
+            last_position: 6,
+            idempotent_replay: false,
+        };
+        let result = append_result("s", &outcome);
+        assert_eq!(read_as::<AppendResult>(&result), result);
+    }
+
+    #[test]
+    fn requests_the_client_sends_the_server_parses() {
+        let request = skald_proto::AppendRequest {
+            expected_revision: ExpectedRevision::Exact(4),
+            events: vec![skald_proto::NewEvent {
+                id: Some(uuid::Uuid::from_u128(1)),
+                event_type: "T".into(),
+                data: json!({"a": 1}),
+                metadata: Some(json!({"m": "x"})),
+            }],
+        };
+        let parsed: AppendBody = read_as(&request);
+        assert_eq!(parsed.expected_revision, ExpectedRevision::Exact(4));
+        assert_eq!(parsed.events[0].data.get(), r#"{"a":1}"#);
+        assert_eq!(
+            parsed.events[0].metadata.as_ref().map(|m| m.get()),
+            Some(r#"{"m":"x"}"#)
+        );
+        let metadata = skald_proto::StreamMetadata::<Value> {
+            max_count: Some(3),
+            custom: Some(json!({"owner": "ann"})),
+            ..Default::default()
+        };
+        let parsed: MetadataBody = read_as(&metadata);
+        assert_eq!((parsed.max_count, parsed.max_age_secs), (Some(3), None));
+        assert_eq!(
+            parsed.custom.map(|c| c.get().to_owned()).as_deref(),
+            Some(r#"{"owner":"ann"}"#)
+        );
+    }
+
+    #[test]
+    fn metadata_and_the_catalog() {
+        let metadata = StreamMetadata {
+            max_count: Some(10),
+            max_age_secs: None,
+            truncate_before: Some(2),
+            custom: Some(r#"{"k":[1]}"#.into()),
+        };
+        let answer = metadata_answer("s", &metadata);
+        let client: skald_proto::StreamMetadataAnswer = read_as(&answer);
+        assert_eq!(client.stream, "s");
+        let client = client.into_metadata();
+        assert_eq!(
+            (client.max_count, client.truncate_before),
+            (Some(10), Some(2))
+        );
+        assert_eq!(client.custom, Some(json!({"k": [1]})));
+        let page = CatalogPage {
+            streams: vec![StreamInfo {
+                stream: "s".into(),
+                first_revision: Some(2),
+                last_revision: Some(9),
+                event_count: 8,
+                bytes: 800,
+                created_at: time_text(1),
+                last_appended_at: None,
+                deleted: false,
+                tombstoned: false,
+                metadata: metadata_answer("s", &metadata),
+            }],
+            next_after: Some("s".into()),
+        };
+        let client: skald_proto::CatalogPage = read_as(&page);
+        assert_eq!(client.next_after.as_deref(), Some("s"));
+        assert_eq!(client.streams[0].event_count, 8);
+        assert_eq!(
+            client.streams[0].created_at.as_deref(),
+            Some("1970-01-01T00:00:00.000001Z")
+        );
+        assert_eq!(client.streams[0].metadata.custom, Some(json!({"k": [1]})));
+    }
+
+    #[test]
+    fn jobs_stats_and_info() {
+        let report = JobReport {
+            id: "j".into(),
+            dry_run: true,
+            phase: "done".into(),
+            result: JobResult::Completed,
+            error: None,
+            started_at: "2026-11-26T15:00:00Z".into(),
+            finished_at: Some("2026-11-26T15:00:01Z".into()),
+            counters: [("events_removed".to_owned(), 7)].into(),
+            problems: vec![Problem {
+                position: Some(3),
+                message: "bad".into(),
+            }],
+        };
+        assert_eq!(read_as::<JobReport>(&report), report);
+        let history = ScavengeHistory {
+            scavenges: vec![report.clone()],
+        };
+        assert_eq!(read_as::<ScavengeHistory>(&history), history);
+        let history = VerifyHistory {
+            verifies: vec![report.clone()],
+        };
+        assert_eq!(read_as::<VerifyHistory>(&history), history);
+        let started = JobStarted { id: "j".into() };
+        assert_eq!(read_as::<JobStarted>(&started), started);
+        let stats = Stats {
+            head_position: Some(4),
+            stream_count_estimate: None,
+            event_count: 5,
+            events_removed_by_scavenging: 0,
+            disk_bytes: 1 << 20,
+            rocksdb: EngineStats::default(),
+            append_rate_per_sec_1m: 1.5,
+            read_rate_per_sec_1m: 0.0,
+            live_subscriptions: 2,
+            long_polls_waiting: 1,
+            scavenge: Some(report),
+        };
+        assert_eq!(read_as::<Stats>(&stats), stats);
+        let info = ServerInfo {
+            version: "1".into(),
+            data_dir: "d".into(),
+            head_position: None,
+        };
+        assert_eq!(read_as::<ServerInfo>(&info), info);
+        let health = Health {
+            status: "ok".into(),
+        };
+        assert_eq!(read_as::<Health>(&health), health);
+    }
+
+    #[test]
+    fn every_error_body_reads_back_with_its_details() {
+        let stream = || StreamName::parse("s").expect("name");
+        let cases = [
+            (
+                ApiError::WrongExpectedRevision {
+                    expected: ExpectedRevision::NoStream,
+                    actual: None,
+                },
+                ErrorDetails::WrongExpectedRevision {
+                    expected: ExpectedRevision::NoStream,
+                    actual: None,
+                },
+            ),
+            (
+                ApiError::DuplicateEventId {
+                    id: uuid::Uuid::from_u128(5),
+                    position: 9,
+                },
+                ErrorDetails::DuplicateEventId {
+                    id: uuid::Uuid::from_u128(5),
+                    position: 9,
+                },
+            ),
+            (
+                ApiError::EventNotFound {
+                    stream: stream(),
+                    revision: 4,
+                },
+                ErrorDetails::Event {
+                    stream: "s".into(),
+                    revision: 4,
+                },
+            ),
+            (
+                ApiError::StreamNotFound(stream()),
+                ErrorDetails::Stream { stream: "s".into() },
+            ),
+            (
+                ApiError::TooLarge {
+                    code: "payload_too_large",
+                    message: "m".into(),
+                    limit: 1024,
+                },
+                ErrorDetails::TooLarge { limit: 1024 },
+            ),
+            (
+                ApiError::CorruptEvent {
+                    position: 3,
+                    detail: "crc".into(),
+                },
+                ErrorDetails::Corrupt { position: 3 },
+            ),
+            (ApiError::MethodNotAllowed, ErrorDetails::None {}),
+        ];
+        for (error, details) in cases {
+            let body = error.body();
+            let text = serde_json::to_string(&body).expect("serialize");
+            let read: ErrorBody = serde_json::from_str(&text).expect("parse");
+            assert_eq!(read, body, "{text}");
+            assert_eq!(read.details, details, "{text}");
+        }
+        // A wrong expected revision on a missing stream says so: `"actual": null`.
+        let text = serde_json::to_string(
+            &ApiError::WrongExpectedRevision {
+                expected: ExpectedRevision::Exact(0),
+                actual: None,
+            }
+            .body(),
+        )
+        .expect("serialize");
+        assert!(text.contains(r#""actual":null"#), "{text}");
+    }
 }

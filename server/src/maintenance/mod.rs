@@ -8,46 +8,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use skald_proto::{JobReport, JobResult};
 use tokio_util::sync::CancellationToken;
 
+use crate::model::JobKind;
 use crate::service::Service;
 
 /// How many finished jobs of each kind are kept.
 pub const HISTORY: usize = 20;
-
-/// How a job ended, or that it has not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobResult {
-    Running,
-    Completed,
-    Cancelled,
-    Failed,
-}
-
-/// A problem a job found (verify).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProblemJson {
-    pub position: Option<u64>,
-    pub message: String,
-}
-
-/// What a job reports, live and when finished.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobReport {
-    pub id: String,
-    pub dry_run: bool,
-    pub phase: String,
-    pub result: JobResult,
-    pub error: Option<String>,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    #[serde(flatten)]
-    pub counters: BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<ProblemJson>,
-}
 
 /// A running job: its report and its cancellation.
 pub struct Job {
@@ -85,15 +53,20 @@ impl Job {
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
+
+    /// Completes when the job is cancelled (by a request or by shutdown).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
 }
 
 /// Why a job request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("a {kind} is already running ({id})")]
-    AlreadyRunning { kind: &'static str, id: String },
+    AlreadyRunning { kind: JobKind, id: String },
     #[error("no {kind} with id {id}")]
-    NotFound { kind: &'static str, id: String },
+    NotFound { kind: JobKind, id: String },
 }
 
 /// Registers a job in `jobs` and runs `work` for it in the background; the
@@ -110,7 +83,8 @@ where
 {
     let job = jobs.start(dry_run, service.shutdown_token())?;
     let running = Arc::clone(&job);
-    tokio::spawn(async move {
+    let tasks = Arc::clone(&service);
+    tasks.spawn(async move {
         let outcome = work(Arc::clone(&service), Arc::clone(&running)).await;
         let (result, error) = match outcome {
             Ok(()) if running.is_cancelled() => (JobResult::Cancelled, None),
@@ -122,24 +96,38 @@ where
     Ok(job)
 }
 
+/// The jobs of both kinds, as the HTTP layer reaches them.
+pub struct Maintenance {
+    pub scavenges: Arc<Jobs>,
+    pub verifies: Arc<Jobs>,
+}
+
+impl Maintenance {
+    /// The jobs of `kind`.
+    pub fn jobs(&self, kind: JobKind) -> &Arc<Jobs> {
+        match kind {
+            JobKind::Scavenge => &self.scavenges,
+            JobKind::Verify => &self.verifies,
+        }
+    }
+}
+
 /// The jobs of one kind.
 pub struct Jobs {
-    kind: &'static str,
-    history_key: &'static [u8],
+    kind: JobKind,
     current: Mutex<Option<Arc<Job>>>,
     history: Mutex<VecDeque<JobReport>>,
 }
 
 impl Jobs {
-    /// Jobs of `kind`, with the history persisted under `history_key` in `service`'s store.
-    pub async fn load(kind: &'static str, history_key: &'static [u8], service: &Service) -> Self {
-        let stored = service.meta(history_key).await.ok().flatten();
+    /// Jobs of `kind`, with the history persisted in `service`'s store.
+    pub async fn load(kind: JobKind, service: &Service) -> Self {
+        let stored = service.job_history(kind).await.ok().flatten();
         let history = stored
             .and_then(|bytes| serde_json::from_slice::<VecDeque<JobReport>>(&bytes).ok())
             .unwrap_or_default();
         Self {
             kind,
-            history_key,
             current: Mutex::new(None),
             history: Mutex::new(history),
         }
@@ -188,15 +176,15 @@ impl Jobs {
             r.phase = "done".into();
         });
         let report = job.report();
-        tracing::info!(kind = self.kind, id = %report.id, ?result, counters = ?report.counters, "job finished");
+        tracing::info!(kind = %self.kind, id = %report.id, ?result, counters = ?report.counters, "job finished");
         let serialized = {
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
             history.push_front(report);
             history.truncate(HISTORY);
             serde_json::to_vec(&*history).unwrap_or_default()
         };
-        if let Err(e) = service.set_meta(self.history_key, Some(serialized)).await {
-            tracing::warn!(error = %e, kind = self.kind, "cannot persist the job history");
+        if let Err(e) = service.set_job_history(self.kind, serialized).await {
+            tracing::warn!(error = %e, kind = %self.kind, "cannot persist the job history");
         }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }

@@ -9,16 +9,16 @@
 //! if limits change under it. Each chunk is one atomic batch: a crash leaves
 //! the store consistent, and the next scavenge finishes the job. Between chunks
 //! it pauses, so appends keep most of the writer. A cancelled scavenge records
-//! the last stream it finished; the next one continues after it.
+//! the last stream it finished; the next one continues after it (so a stream
+//! left half-done is taken up again from its start). The final compaction goes
+//! range by range and stops between ranges when cancelled.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Job, Jobs};
 use crate::service::Service;
-use crate::storage::keys;
 use crate::storage::now_micros;
-use crate::storage::writer::{WriteOp, WriteOutcome};
 
 /// Hidden events removed per writer request.
 pub const CHUNK: usize = 500;
@@ -38,23 +38,27 @@ pub fn start(
     })
 }
 
+/// Whether a stream (or the compaction) was finished or left when the job was
+/// cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Finished,
+    Cancelled,
+}
+
 async fn run(service: &Service, job: &Job, dry_run: bool) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     job.set("disk_bytes_before", service.disk_bytes().await);
     let resume = if dry_run {
         None
     } else {
-        service
-            .meta(keys::META_SCAVENGE_RESUME)
-            .await
-            .map_err(|e| err(&e))?
+        service.scavenge_resume_point().await.map_err(|e| err(&e))?
     };
-    let mut after = resume.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    // The last stream finished; the next run starts after it.
+    let mut after = resume;
     if let Some(after) = &after {
         tracing::info!(after = %after, "scavenge resumes after an interrupted one");
-        job.update(|r| {
-            r.counters.insert("resumed".into(), 1);
-        });
+        job.set("resumed", 1);
     }
     job.update(|r| r.phase = "scanning".into());
     for name in [
@@ -75,27 +79,25 @@ async fn run(service: &Service, job: &Job, dry_run: bool) -> Result<(), String> 
         }
         for (stream, state) in page {
             if job.is_cancelled() {
-                if !dry_run {
-                    let resume = after.as_deref().map(str::as_bytes).map(<[u8]>::to_vec);
-                    service
-                        .set_meta(keys::META_SCAVENGE_RESUME, resume)
-                        .await
-                        .map_err(|e| err(&e))?;
-                }
-                return Ok(());
+                return stop(service, after, dry_run).await;
             }
             job.add("streams_scanned", 1);
-            if state.hides_anything() {
-                scavenge_stream(service, job, &stream, &state, dry_run).await?;
+            if state.hides_anything()
+                && scavenge_stream(service, job, &stream, &state, dry_run).await? == Step::Cancelled
+            {
+                // This stream is not finished: the next run starts with it again.
+                return stop(service, after, dry_run).await;
             }
             after = Some(stream.as_str().to_owned());
         }
     }
     if !dry_run {
         job.update(|r| r.phase = "compacting".into());
-        service.compact().await.map_err(|e| err(&e))?;
+        if compact(service, job).await? == Step::Cancelled {
+            return stop(service, after, dry_run).await;
+        }
         service
-            .set_meta(keys::META_SCAVENGE_RESUME, None)
+            .set_scavenge_resume_point(None)
             .await
             .map_err(|e| err(&e))?;
     }
@@ -103,18 +105,50 @@ async fn run(service: &Service, job: &Job, dry_run: bool) -> Result<(), String> 
     Ok(())
 }
 
+/// Records where the next run resumes (after the last finished stream) and ends
+/// a cancelled run.
+async fn stop(service: &Service, after: Option<String>, dry_run: bool) -> Result<(), String> {
+    if !dry_run {
+        service
+            .set_scavenge_resume_point(after)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Compacts the store range by range, stopping between ranges when cancelled;
+/// a cancel during a range stops waiting for it (the range finishes in the
+/// background, which is safe at any point: compaction is crash-safe).
+async fn compact(service: &Service, job: &Job) -> Result<Step, String> {
+    let plan = service.compaction_plan().await.map_err(|e| e.to_string())?;
+    job.set("compaction_ranges", plan.len() as u64);
+    job.set("compaction_ranges_done", 0);
+    for slice in plan {
+        if job.is_cancelled() {
+            return Ok(Step::Cancelled);
+        }
+        tokio::select! {
+            done = service.compact_slice(slice) => done.map_err(|e| e.to_string())?,
+            () = job.cancelled() => return Ok(Step::Cancelled),
+        }
+        job.add("compaction_ranges_done", 1);
+    }
+    Ok(Step::Finished)
+}
+
 async fn scavenge_stream(
     service: &Service,
     job: &Job,
     stream: &crate::model::StreamName,
-    state: &crate::storage::StreamState,
+    state: &crate::model::StreamState,
     dry_run: bool,
-) -> Result<(), String> {
+) -> Result<Step, String> {
     let now = now_micros();
     let mut from = 0;
     loop {
         if job.is_cancelled() {
-            return Ok(());
+            return Ok(Step::Cancelled);
         }
         let page = service
             .hidden_events(stream.clone(), state.clone(), from, now, CHUNK)
@@ -122,32 +156,23 @@ async fn scavenge_stream(
             .map_err(|e| e.to_string())?;
         job.add("events_scanned", page.scanned);
         if page.events.is_empty() {
-            return Ok(());
+            return Ok(Step::Finished);
         }
         if dry_run {
             job.add("events_removed", page.events.len() as u64);
             job.add("bytes_reclaimed", page.events.iter().map(|e| e.bytes).sum());
         } else {
-            let op = WriteOp::Remove {
-                events: page.events,
-                now_micros: now,
-            };
-            match service
-                .write(stream.clone(), op)
+            let (events, bytes) = service
+                .remove_hidden(stream.clone(), page.events, now)
                 .await
-                .map_err(|e| e.to_string())?
-            {
-                WriteOutcome::Removed { events, bytes } => {
-                    job.add("events_removed", events);
-                    job.add("bytes_reclaimed", bytes);
-                }
-                other => return Err(format!("unexpected writer answer {other:?}")),
-            }
+                .map_err(|e| e.to_string())?;
+            job.add("events_removed", events);
+            job.add("bytes_reclaimed", bytes);
             tokio::time::sleep(PAUSE).await;
         }
         match page.next_revision {
             Some(next) => from = next,
-            None => return Ok(()),
+            None => return Ok(Step::Finished),
         }
     }
 }

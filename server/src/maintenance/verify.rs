@@ -1,10 +1,14 @@
 //! Verify: reads every stored event and checks its CRC, and that the stream
 //! index and the id index agree with the events; reports problems by position.
+//! Each step reads one snapshot, so it may run beside a scavenge: events the
+//! scavenger removes between steps are simply not seen by the later steps.
 
 use std::sync::Arc;
 
-use super::{Job, Jobs, ProblemJson};
+use super::{Job, Jobs};
 use crate::service::Service;
+use crate::storage::scan::VerifyCursor;
+use skald_proto::Problem;
 
 /// Records checked per step.
 const STEP: usize = 10_000;
@@ -23,7 +27,7 @@ fn record(job: &Job, problems: Vec<crate::storage::scan::Problem>) {
     job.update(|r| {
         for p in problems {
             if r.problems.len() < MAX_LISTED {
-                r.problems.push(ProblemJson {
+                r.problems.push(Problem {
                     position: p.position,
                     message: p.message,
                 });
@@ -37,24 +41,21 @@ async fn run(service: &Service, job: &Job) -> Result<(), String> {
         job.set(name, 0);
     }
     job.update(|r| r.phase = "events".into());
-    let mut from = Some(0u64);
-    while let Some(position) = from {
+    let mut from = Some(VerifyCursor::start());
+    while let Some(cursor) = from {
         if job.is_cancelled() {
             return Ok(());
         }
         let page = service
-            .verify_events(position, STEP)
+            .verify_events(cursor, STEP)
             .await
             .map_err(|e| e.to_string())?;
         job.add("events_checked", page.checked);
-        from = page
-            .next
-            .as_deref()
-            .and_then(crate::storage::keys::decode_position);
+        from = page.next;
         record(job, page.problems);
     }
     job.update(|r| r.phase = "index".into());
-    let mut from = Some(Vec::new());
+    let mut from = Some(VerifyCursor::start());
     while let Some(key) = from {
         if job.is_cancelled() {
             return Ok(());

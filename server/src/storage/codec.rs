@@ -203,6 +203,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::testing::proptest_config(256))]
         #[test]
         fn records_round_trip(event in arb_event()) {
             let bytes = encode_event(&event);

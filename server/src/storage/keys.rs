@@ -37,6 +37,13 @@ pub const META_SCAVENGE_RESUME: &[u8] = b"scavenge_resume_after";
 pub const META_SCAVENGE_HISTORY: &[u8] = b"scavenge_history";
 /// `CF_META` key of the verify history (JSON).
 pub const META_VERIFY_HISTORY: &[u8] = b"verify_history";
+/// The `CF_META` key of the history of `kind` jobs.
+pub fn job_history_key(kind: crate::model::JobKind) -> &'static [u8] {
+    match kind {
+        crate::model::JobKind::Scavenge => META_SCAVENGE_HISTORY,
+        crate::model::JobKind::Verify => META_VERIFY_HISTORY,
+    }
+}
 /// `CF_META` key of the on-disk layout version (one byte).
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The layout version this code writes and reads.
@@ -73,12 +80,24 @@ pub fn decode_stream_index_revision(key: &[u8]) -> Option<u64> {
     decode_position(&key[tail..])
 }
 
+/// Splits a `CF_STREAM_INDEX` key into its stream name and revision; `None` when
+/// it is not `name, 0x00, revision` with a UTF-8 name.
+pub fn decode_stream_index_key(key: &[u8]) -> Option<(&str, u64)> {
+    let separator = key.len().checked_sub(9)?;
+    if key[separator] != 0 {
+        return None;
+    }
+    let stream = std::str::from_utf8(&key[..separator]).ok()?;
+    Some((stream, decode_stream_index_revision(key)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(crate::testing::proptest_config(256))]
         #[test]
         fn position_keys_sort_numerically(a: u64, b: u64) {
             prop_assert_eq!(a.cmp(&b), position_key(a).cmp(&position_key(b)));
@@ -92,6 +111,13 @@ mod tests {
             let expected = s1.as_bytes().cmp(s2.as_bytes()).then(r1.cmp(&r2));
             prop_assert_eq!(expected, stream_index_key(&s1, r1).cmp(&stream_index_key(&s2, r2)));
             prop_assert_eq!(decode_stream_index_revision(&stream_index_key(&s1, r1)), Some(r1));
+            let key = stream_index_key(&s1, r1);
+            prop_assert_eq!(decode_stream_index_key(&key), Some((s1.as_str(), r1)));
+        }
+
+        #[test]
+        fn malformed_index_keys_do_not_decode(bytes in proptest::collection::vec(any::<u8>(), 0..9)) {
+            prop_assert_eq!(decode_stream_index_key(&bytes), None);
         }
 
         #[test]

@@ -1,20 +1,23 @@
 //! The store: the only module that touches RocksDB. It exposes a synchronous API
-//! (`Store` for reads, `writer` for appends); callers run it off the async runtime.
+//! (`Store` for reads, `writer` for appends); callers run it off the async
+//! runtime, through `service`. Key layouts and `meta` keys never leave it.
 
+// Sealed: the rest of the crate reaches storage through `service`; only the
+// record codec (benchmarked), `Store::open` and the test-only `fault` hooks are
+// public.
 pub mod codec;
-pub mod keys;
+pub(crate) mod keys;
 mod read;
-pub mod scan;
-pub mod stream_state;
-pub mod writer;
+pub(crate) mod scan;
+pub(crate) mod stream_state;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
 pub use codec::CodecError;
-pub use read::{AllFilter, AllSlice, Direction, StreamRead, StreamSlice};
-pub use stream_state::{StreamMetadata, StreamState};
+pub use writer::WriteError;
 
 /// Now, in µs since the Unix epoch (the unit of `recorded_at`).
 pub fn now_micros() -> u64 {
@@ -26,8 +29,14 @@ pub fn now_micros() -> u64 {
 /// An error of the storage engine or of the data it holds.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// RocksDB refused or failed an operation.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// A fault of Skald itself rather than of the data or the engine: a task
+    /// that panicked or was cancelled, a thread that could not start, an answer
+    /// the protocol between layers does not allow.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("corrupt event at position {position}: {source}")]
     CorruptEvent { position: u64, source: CodecError },
     #[error("corrupt index entry: {0}")]
@@ -207,6 +216,17 @@ impl Store {
 pub mod fault {
     use super::{keys, StorageError, Store};
     use std::path::Path;
+
+    /// Makes every compaction range take at least `SKALD_FAULT_COMPACTION_DELAY_MS`
+    /// (when set), so a test can act while a scavenge is compacting.
+    pub(super) fn compaction_delay() {
+        let delay = std::env::var("SKALD_FAULT_COMPACTION_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok());
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
 
     /// Flips one bit inside the data of the record at `position`, in a store that
     /// no server has open.

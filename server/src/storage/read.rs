@@ -7,7 +7,9 @@ use rocksdb::{SnapshotWithThreadMode, DB};
 
 use super::stream_state::{self, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
-use crate::model::{RecordedEvent, StreamName};
+use crate::model::{
+    AllFilter, AllSlice, Direction, RecordedEvent, StreamName, StreamRead, StreamSlice,
+};
 
 /// A page stops once its events' data and metadata reach this many bytes (it
 /// always holds at least one event), so `limit=4096` of 1 MiB events cannot
@@ -20,68 +22,7 @@ fn event_bytes(event: &RecordedEvent) -> usize {
     event.data.len() + event.metadata.as_ref().map_or(0, String::len)
 }
 
-/// Which way a read walks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Direction {
-    #[default]
-    Forward,
-    Backward,
-}
-
-/// What a read of one stream found.
-#[derive(Debug, Clone)]
-pub enum StreamRead<T> {
-    Found(T),
-    /// Never written, or soft-deleted and not written since.
-    NotFound,
-    /// Hard-deleted.
-    Tombstoned,
-}
-
-/// A page of one stream.
-#[derive(Debug, Clone)]
-pub struct StreamSlice {
-    pub events: Vec<RecordedEvent>,
-    /// Where the next page starts; `None` when this read reached the end in its direction.
-    pub next_revision: Option<u64>,
-    pub last_revision: u64,
-}
-
-/// Server-side filter of `$all` reads; `None` fields match everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllFilter {
-    pub stream_prefix: Option<String>,
-    pub type_prefix: Option<String>,
-}
-
-impl AllFilter {
-    pub fn matches(&self, event: &RecordedEvent) -> bool {
-        self.stream_prefix
-            .as_deref()
-            .is_none_or(|p| event.stream.as_str().starts_with(p))
-            && self
-                .type_prefix
-                .as_deref()
-                .is_none_or(|p| event.event_type.starts_with(p))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stream_prefix.is_none() && self.type_prefix.is_none()
-    }
-}
-
-/// A page of `$all`.
-#[derive(Debug, Clone)]
-pub struct AllSlice {
-    pub events: Vec<RecordedEvent>,
-    /// Where to continue, past every event examined (filtered-out ones too).
-    /// `None` only for a backward read that reached position 0.
-    pub next_position: Option<u64>,
-    /// The last committed position when the read ran; `None` for an empty store.
-    pub head_position: Option<u64>,
-}
-
-type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+pub(super) type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
 
 impl Store {
     /// The state of `stream`, `None` when nothing was ever written for it.

@@ -4,11 +4,11 @@
 
 use rocksdb::{CompactOptions, Direction as RocksDirection, IteratorMode};
 
-use super::read::decode_state;
+use super::read::{decode_state, Snapshot};
 use super::stream_state::StreamState;
 use super::writer::HiddenEvent;
 use super::{codec, keys, StorageError, Store};
-use crate::model::StreamName;
+use crate::model::{CatalogEntry, JobKind, StreamName};
 
 /// One page of hidden events of a stream.
 #[derive(Debug, Default)]
@@ -20,6 +20,15 @@ pub struct HiddenPage {
     pub next_revision: Option<u64>,
 }
 
+/// One key range of one column family, compacted in one call (see
+/// `Store::compaction_plan`); opaque outside storage.
+#[derive(Debug, Clone)]
+pub struct CompactionSlice {
+    cf: &'static str,
+    start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+}
+
 /// A problem `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -28,13 +37,25 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Where a verify pass continues: opaque outside storage (a key of the column
+/// family the pass walks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyCursor(Vec<u8>);
+
+impl VerifyCursor {
+    /// The start of a pass.
+    pub fn start() -> Self {
+        Self::default()
+    }
+}
+
 /// One step of a verify pass.
 #[derive(Debug, Default)]
 pub struct VerifyPage {
     pub checked: u64,
     pub problems: Vec<Problem>,
-    /// Where to continue (a position for events, a raw key for the index); `None` when done.
-    pub next: Option<Vec<u8>>,
+    /// Where to continue; `None` when the pass is done.
+    pub next: Option<VerifyCursor>,
 }
 
 impl Store {
@@ -68,6 +89,45 @@ impl Store {
             out.push((StreamName::from_stored(name), state));
         }
         Ok(out)
+    }
+
+    /// A page of the stream catalog: up to `limit` streams in name order after
+    /// `after` under `prefix`, each with its first stored visible revision, all
+    /// from one call (one blocking task per page, not one per stream).
+    pub fn catalog_page(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CatalogEntry>, StorageError> {
+        self.streams_page(prefix, after, limit)?
+            .into_iter()
+            .map(|(name, state)| self.catalog_entry_of(name, state))
+            .collect()
+    }
+
+    /// One stream's catalog entry, `None` when nothing was ever written for it.
+    pub fn catalog_entry(&self, stream: &StreamName) -> Result<Option<CatalogEntry>, StorageError> {
+        self.stream_state(stream)?
+            .map(|state| self.catalog_entry_of(stream.clone(), state))
+            .transpose()
+    }
+
+    fn catalog_entry_of(
+        &self,
+        name: StreamName,
+        state: StreamState,
+    ) -> Result<CatalogEntry, StorageError> {
+        let first_stored_revision = if state.exists() {
+            self.first_stored_revision(&name, state.first_visible_revision())?
+        } else {
+            None
+        };
+        Ok(CatalogEntry {
+            name,
+            state,
+            first_stored_revision,
+        })
     }
 
     /// The first revision still stored for `stream` at or after `from` (its
@@ -142,12 +202,27 @@ impl Store {
         Ok(page)
     }
 
-    /// Checks up to `max` event records from position `from`: CRC, and that the
-    /// stream index and the id index point back at each.
-    pub fn verify_events(&self, from: u64, max: usize) -> Result<VerifyPage, StorageError> {
+    /// Checks up to `max` event records from `from`: CRC, and that the stream
+    /// index and the id index point back at each. Everything a page compares is
+    /// read from one snapshot, so a scavenge removing events meanwhile cannot
+    /// make a consistent store look corrupt.
+    pub fn verify_events(
+        &self,
+        from: &VerifyCursor,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
+        self.verify_events_at(&self.db.snapshot(), from, max)
+    }
+
+    fn verify_events_at(
+        &self,
+        snapshot: &Snapshot<'_>,
+        from: &VerifyCursor,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
         let mut page = VerifyPage::default();
-        let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_EVENTS));
-        it.seek(keys::position_key(from));
+        let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_EVENTS));
+        it.seek(&from.0);
         while let Some((key, value)) = it.item() {
             let Some(position) = keys::decode_position(key) else {
                 page.problems.push(Problem {
@@ -158,7 +233,7 @@ impl Store {
                 continue;
             };
             if page.checked as usize == max {
-                page.next = Some(key.to_vec());
+                page.next = Some(VerifyCursor(key.to_vec()));
                 break;
             }
             page.checked += 1;
@@ -169,7 +244,7 @@ impl Store {
                 }),
                 Ok(event) => {
                     let index_key = keys::stream_index_key(event.stream.as_str(), event.revision);
-                    let indexed = self.db.get_cf(self.cf(keys::CF_STREAM_INDEX), index_key)?;
+                    let indexed = snapshot.get_cf(self.cf(keys::CF_STREAM_INDEX), index_key)?;
                     if indexed.as_deref().and_then(keys::decode_position) != Some(position) {
                         page.problems.push(Problem {
                             position: Some(position),
@@ -179,9 +254,8 @@ impl Store {
                             ),
                         });
                     }
-                    let by_id = self
-                        .db
-                        .get_cf(self.cf(keys::CF_EVENT_IDS), event.id.as_bytes())?;
+                    let by_id =
+                        snapshot.get_cf(self.cf(keys::CF_EVENT_IDS), event.id.as_bytes())?;
                     if by_id.as_deref().and_then(keys::decode_position) != Some(position) {
                         page.problems.push(Problem {
                             position: Some(position),
@@ -199,30 +273,36 @@ impl Store {
         Ok(page)
     }
 
-    /// Checks up to `max` stream index entries from raw key `from`: each must
-    /// point at a stored event of that stream and revision.
-    pub fn verify_index(&self, from: &[u8], max: usize) -> Result<VerifyPage, StorageError> {
+    /// Checks up to `max` stream index entries from `from`: each must point at a
+    /// stored event of that stream and revision. One snapshot per page, as above.
+    pub fn verify_index(
+        &self,
+        from: &VerifyCursor,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
+        self.verify_index_at(&self.db.snapshot(), from, max)
+    }
+
+    fn verify_index_at(
+        &self,
+        snapshot: &Snapshot<'_>,
+        from: &VerifyCursor,
+        max: usize,
+    ) -> Result<VerifyPage, StorageError> {
         let mut page = VerifyPage::default();
-        let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-        it.seek(from);
+        let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+        it.seek(&from.0);
         while let Some((key, value)) = it.item() {
             if page.checked as usize == max {
-                page.next = Some(key.to_vec());
+                page.next = Some(VerifyCursor(key.to_vec()));
                 break;
             }
             page.checked += 1;
             let position = keys::decode_position(value);
-            let revision = keys::decode_stream_index_revision(key);
-            let stream = key
-                .len()
-                .checked_sub(9)
-                .map(|n| String::from_utf8_lossy(&key[..n]).into_owned());
-            let problem = match (position, revision, stream) {
-                (Some(position), Some(revision), Some(stream)) => {
-                    match self
-                        .db
-                        .get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?
-                    {
+            let entry = keys::decode_stream_index_key(key);
+            let problem = match (position, entry) {
+                (Some(position), Some((stream, revision))) => {
+                    match snapshot.get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))? {
                         None => Some((
                             Some(position),
                             format!("index entry {stream}@{revision} points at a missing event"),
@@ -251,16 +331,51 @@ impl Store {
         Ok(page)
     }
 
-    /// Compacts every column family over its whole range, so space freed by
-    /// deletions is given back to the file system.
-    pub fn compact_all(&self) -> Result<(), StorageError> {
+    /// The whole store cut into key ranges to compact one at a time, so that a
+    /// cancelled scavenge (or a shutdown) stops between two of them instead of
+    /// after a whole-store compaction: `$all` in 32 position ranges, the other
+    /// column families in 16 ranges of their first key byte.
+    pub fn compaction_plan(&self) -> Result<Vec<CompactionSlice>, StorageError> {
+        const EVENT_SLICES: u64 = 32;
+        const BYTE_SLICES: u16 = 16;
+        let next = self.next_position()?;
+        let step = next.div_ceil(EVENT_SLICES).max(1);
+        let mut plan: Vec<CompactionSlice> = (0..EVENT_SLICES)
+            .map(|i| CompactionSlice {
+                cf: keys::CF_EVENTS,
+                start: (i > 0).then(|| keys::position_key(i * step).to_vec()),
+                end: (i + 1 < EVENT_SLICES).then(|| keys::position_key((i + 1) * step).to_vec()),
+            })
+            .collect();
+        let width = 256 / BYTE_SLICES;
+        for cf in keys::ALL_CFS
+            .into_iter()
+            .filter(|cf| *cf != keys::CF_EVENTS)
+        {
+            plan.extend((0..BYTE_SLICES).map(|i| CompactionSlice {
+                cf,
+                start: (i > 0).then(|| vec![(i * width) as u8]),
+                end: (i + 1 < BYTE_SLICES).then(|| vec![((i + 1) * width) as u8]),
+            }));
+        }
+        Ok(plan)
+    }
+
+    /// Compacts one range of the plan (bottommost level included, so space freed
+    /// by deletions goes back to the file system).
+    pub fn compact_slice(&self, slice: &CompactionSlice) -> Result<(), StorageError> {
         let mut opts = CompactOptions::default();
         opts.set_exclusive_manual_compaction(false);
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in keys::ALL_CFS {
-            self.db
-                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
-        }
+        // Files this compaction wrote are not rewritten again.
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+        #[cfg(feature = "fault-injection")]
+        super::fault::compaction_delay();
+        self.db.compact_range_cf_opt(
+            self.cf(slice.cf),
+            slice.start.as_deref(),
+            slice.end.as_deref(),
+            &opts,
+        );
         Ok(())
     }
 
@@ -292,20 +407,128 @@ impl Store {
         total
     }
 
-    /// Reads a `meta` value.
-    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    /// The stream after which an interrupted scavenge resumes, if one was interrupted.
+    pub fn scavenge_resume_point(&self) -> Result<Option<String>, StorageError> {
+        let stored = self.meta(keys::META_SCAVENGE_RESUME)?;
+        stored
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|_| {
+                    StorageError::CorruptIndex("the scavenge resume point is not UTF-8".into())
+                })
+            })
+            .transpose()
+    }
+
+    /// Records where the next scavenge resumes (`None`: from the start).
+    pub fn set_scavenge_resume_point(&self, after: Option<&str>) -> Result<(), StorageError> {
+        self.set_meta(keys::META_SCAVENGE_RESUME, after.map(str::as_bytes))
+    }
+
+    /// The stored history of `kind` jobs, as its owner serialized it.
+    pub fn job_history(&self, kind: JobKind) -> Result<Option<Vec<u8>>, StorageError> {
+        self.meta(keys::job_history_key(kind))
+    }
+
+    /// Replaces the stored history of `kind` jobs.
+    pub fn set_job_history(&self, kind: JobKind, json: &[u8]) -> Result<(), StorageError> {
+        self.set_meta(keys::job_history_key(kind), Some(json))
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.db.get_cf(self.cf(keys::CF_META), key)?)
     }
 
-    /// Writes (or with `None` deletes) a `meta` value of maintenance bookkeeping
-    /// (scavenge resume point, history). Not part of the event log, so it does not
-    /// go through the writer.
-    pub fn set_meta(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StorageError> {
+    /// Maintenance bookkeeping is not part of the event log, so it does not go
+    /// through the writer (and is synced by the next group commit's WAL sync
+    /// or flush; losing the last update in a crash only repeats work).
+    fn set_meta(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StorageError> {
         let cf = self.cf(keys::CF_META);
         match value {
             Some(value) => self.db.put_cf(cf, key, value)?,
             None => self.db.delete_cf(cf, key)?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::model::{ExpectedRevision, NewEvent};
+    use crate::storage::writer::{self, WriteOp, WriteOutcome, WriteRequest, WriterHandle};
+
+    fn write(writer: &WriterHandle, stream: &StreamName, op: WriteOp) -> WriteOutcome {
+        let (reply, answer) = oneshot::channel();
+        assert!(writer
+            .submit(WriteRequest {
+                stream: stream.clone(),
+                op,
+                reply
+            })
+            .is_ok());
+        answer
+            .blocking_recv()
+            .expect("answered")
+            .expect("write accepted")
+    }
+
+    /// A verify page reads everything it compares from one snapshot: events a
+    /// scavenge removes after the snapshot was taken (event, index entry and id
+    /// together) are not reported as a broken index.
+    #[test]
+    fn verify_reads_one_snapshot_while_a_scavenge_removes_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
+        let stream = StreamName::parse("s").expect("valid");
+        let events = (1..=3u128)
+            .map(|n| NewEvent {
+                id: Uuid::from_u128(n),
+                event_type: "T".into(),
+                data: "{}".into(),
+                metadata: None,
+            })
+            .collect();
+        let expected = ExpectedRevision::Any;
+        write(&writer, &stream, WriteOp::Append { expected, events });
+        let hard = false;
+        write(&writer, &stream, WriteOp::Delete { expected, hard });
+        let state = store.stream_state(&stream).expect("state").expect("exists");
+        let now = crate::storage::now_micros();
+        let hidden = store
+            .hidden_events(&stream, &state, 0, now, 100)
+            .expect("hidden");
+        assert_eq!(hidden.events.len(), 3);
+
+        let snapshot = store.db.snapshot();
+        let removal = WriteOp::Remove {
+            events: hidden.events,
+            now_micros: now,
+        };
+        let removed = write(&writer, &stream, removal);
+        assert!(matches!(removed, WriteOutcome::Removed { events: 3, .. }));
+
+        let start = VerifyCursor::start();
+        let events = store
+            .verify_events_at(&snapshot, &start, 100)
+            .expect("verify events");
+        assert_eq!(events.checked, 3, "the snapshot still holds the events");
+        assert_eq!(events.problems, Vec::new());
+        let index = store
+            .verify_index_at(&snapshot, &start, 100)
+            .expect("verify index");
+        assert_eq!(index.checked, 3);
+        assert_eq!(index.problems, Vec::new());
+        // And the live store is consistent too, with nothing left.
+        let live = store.verify_events(&start, 100).expect("verify");
+        assert_eq!((live.checked, live.problems.len()), (0, 0));
+        drop(snapshot);
+        drop(writer);
+        thread.join().expect("writer exits");
     }
 }

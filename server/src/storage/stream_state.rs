@@ -1,5 +1,5 @@
-//! What the store keeps per stream: its last revision, deletion, limits
-//! (metadata) and statistics, the visibility rules they imply, and their bytes.
+//! The bytes of what the store keeps per stream (`model::StreamState`: its last
+//! revision, deletion, limits and statistics; the visibility rules live there).
 //!
 //! Layout (version 2, big-endian): `version u8 | flags u8 | last_revision u64 |
 //! deleted_before u64 | created_at µs u64 | last_appended_at µs u64 | bytes u64 |
@@ -7,6 +7,7 @@
 //! Version 1 (`version u8 | last_revision u64`) is still read.
 
 use super::codec::{CodecError, Reader};
+pub use crate::model::{StreamMetadata, StreamState};
 
 const VERSION: u8 = 2;
 const HAS_LAST: u8 = 1;
@@ -15,91 +16,6 @@ const HAS_MAX_COUNT: u8 = 1 << 2;
 const HAS_MAX_AGE: u8 = 1 << 3;
 const HAS_TRUNCATE: u8 = 1 << 4;
 const HAS_CUSTOM: u8 = 1 << 5;
-
-/// A stream's limits; events past them are hidden from every read at once and
-/// removed by the next scavenge.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamMetadata {
-    /// Keep only the newest this many events.
-    pub max_count: Option<u64>,
-    /// Keep only events younger than this.
-    pub max_age_secs: Option<u64>,
-    /// Hide every revision below this one.
-    pub truncate_before: Option<u64>,
-    /// The user's own JSON object, stored as given.
-    pub custom: Option<String>,
-}
-
-/// The state of one stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamState {
-    /// Revision of the last event ever appended; `None` before the first append.
-    pub last_revision: Option<u64>,
-    /// Soft delete: revisions below this are deleted (0: never deleted).
-    pub deleted_before: u64,
-    /// Hard delete: the stream is gone for good and its name cannot be reused.
-    pub tombstoned: bool,
-    /// When the state was first written, µs since the epoch.
-    pub created_at_micros: u64,
-    /// When the last append committed, µs since the epoch (0: never).
-    pub last_appended_micros: u64,
-    /// Bytes of the stream's stored records (scavenged ones subtracted).
-    pub bytes: u64,
-    pub metadata: StreamMetadata,
-}
-
-impl StreamState {
-    /// Whether the stream can be read: not tombstoned, and appended to since its
-    /// last soft delete.
-    pub fn exists(&self) -> bool {
-        !self.tombstoned
-            && self
-                .last_revision
-                .is_some_and(|last| last >= self.deleted_before)
-    }
-
-    /// The last revision as expected-revision checks see it: `None` when the
-    /// stream does not exist (never written, or soft-deleted since).
-    pub fn current_revision(&self) -> Option<u64> {
-        if self.exists() {
-            self.last_revision
-        } else {
-            None
-        }
-    }
-
-    /// The revision the next append gets: numbering continues after a soft delete.
-    pub fn next_revision(&self) -> u64 {
-        self.last_revision.map_or(0, |last| last + 1)
-    }
-
-    /// The first revision not hidden by deletion, `truncate_before` or `max_count`
-    /// (`max_age` is checked per event, see `is_visible`).
-    pub fn first_visible_revision(&self) -> u64 {
-        let by_count = match (self.metadata.max_count, self.last_revision) {
-            (Some(max), Some(last)) => (last + 1).saturating_sub(max),
-            _ => 0,
-        };
-        self.deleted_before
-            .max(self.metadata.truncate_before.unwrap_or(0))
-            .max(by_count)
-    }
-
-    /// Whether the event at `revision`, recorded at `recorded_at_micros`, is
-    /// visible at `now_micros`.
-    pub fn is_visible(&self, revision: u64, recorded_at_micros: u64, now_micros: u64) -> bool {
-        !self.tombstoned
-            && revision >= self.first_visible_revision()
-            && self.metadata.max_age_secs.is_none_or(|age| {
-                recorded_at_micros.saturating_add(age.saturating_mul(1_000_000)) > now_micros
-            })
-    }
-
-    /// Whether any rule may hide events of this stream.
-    pub fn hides_anything(&self) -> bool {
-        self.tombstoned || self.first_visible_revision() > 0 || self.metadata.max_age_secs.is_some()
-    }
-}
 
 /// Encodes a stream state.
 pub fn encode(state: &StreamState) -> Vec<u8> {
@@ -232,6 +148,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::testing::proptest_config(256))]
         #[test]
         fn states_round_trip(state in arb_state()) {
             prop_assert_eq!(decode(&encode(&state)), Ok(state));

@@ -29,7 +29,7 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum AppendError {
+pub enum WriteError {
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
     WrongExpectedRevision {
         expected: ExpectedRevision,
@@ -96,7 +96,7 @@ pub enum WriteOutcome {
 pub struct WriteRequest {
     pub stream: StreamName,
     pub op: WriteOp,
-    pub reply: oneshot::Sender<Result<WriteOutcome, AppendError>>,
+    pub reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
 impl WriteRequest {
@@ -160,11 +160,13 @@ pub fn spawn(
         removed_events,
         on_commit,
         failed: false,
+        #[cfg(test)]
+        fail_next_write: false,
     };
     let thread = std::thread::Builder::new()
         .name("skald-writer".into())
         .spawn(move || writer.run(receiver))
-        .map_err(|e| StorageError::Engine(format!("cannot start the writer thread: {e}")))?;
+        .map_err(|e| StorageError::Internal(format!("cannot start the writer thread: {e}")))?;
     Ok((WriterHandle { queue }, thread))
 }
 
@@ -177,6 +179,9 @@ struct Writer<F> {
     /// Set after a failed write: the engine's state is then unknown, so the writer
     /// refuses further writes instead of guessing (fail-stop).
     failed: bool,
+    /// Tests: the next group that writes fails as if RocksDB refused the batch.
+    #[cfg(test)]
+    fail_next_write: bool,
 }
 
 /// What an earlier request of the same group wrote for an event id.
@@ -192,6 +197,9 @@ struct PendingId {
 struct GroupOverlay {
     states: HashMap<StreamName, StreamState>,
     ids: HashMap<Uuid, PendingId>,
+    /// Ids whose events an earlier removal of the group deleted: forgotten, as
+    /// they will be once the group is written (the store still has them).
+    removed_ids: std::collections::HashSet<Uuid>,
     removed_events: u64,
 }
 
@@ -204,7 +212,7 @@ struct GroupBatch {
     bytes: u64,
 }
 
-type Reply = oneshot::Sender<Result<WriteOutcome, AppendError>>;
+type Reply = oneshot::Sender<Result<WriteOutcome, WriteError>>;
 
 impl<F: FnMut(CommitInfo)> Writer<F> {
     fn run(mut self, mut receiver: mpsc::UnboundedReceiver<WriteRequest>) {
@@ -228,7 +236,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
         if self.failed {
             for request in group {
-                let _ = request.reply.send(Err(AppendError::WriterStopped));
+                let _ = request.reply.send(Err(WriteError::WriterStopped));
             }
             return;
         }
@@ -243,7 +251,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             events: 0,
             bytes: 0,
         };
-        let mut answered: Vec<(Reply, Result<WriteOutcome, AppendError>)> = Vec::new();
+        let mut answered: Vec<(Reply, Result<WriteOutcome, WriteError>)> = Vec::new();
         let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
         let requests = group.len();
         let mut touched = Vec::new();
@@ -271,7 +279,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             let started = std::time::Instant::now();
-            match self.store.db.write_opt(out.batch, &opts) {
+            match self.write_batch(out.batch, &opts) {
                 Ok(()) => {
                     self.next_position = out.next_position;
                     self.removed_events = overlay.removed_events;
@@ -290,16 +298,16 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 Err(e) => {
                     tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
                     self.failed = true;
-                    let message = e.into_string();
+                    let message = e.to_string();
                     for (reply, _) in written {
                         let err = StorageError::Engine(message.clone());
-                        let _ = reply.send(Err(AppendError::Storage(err)));
+                        let _ = reply.send(Err(WriteError::Storage(err)));
                     }
                     // A replay may have matched ids of this failed group: acknowledge none.
                     for (_, result) in &mut answered {
                         if result.is_ok() {
                             *result =
-                                Err(AppendError::Storage(StorageError::Engine(message.clone())));
+                                Err(WriteError::Storage(StorageError::Engine(message.clone())));
                         }
                     }
                 }
@@ -310,12 +318,20 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         }
     }
 
+    fn write_batch(&mut self, batch: WriteBatch, opts: &WriteOptions) -> Result<(), StorageError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_write) {
+            return Err(StorageError::Engine("injected write failure".into()));
+        }
+        Ok(self.store.db.write_opt(batch, opts)?)
+    }
+
     /// The stream's state as of this point of the group.
     fn state(
         &self,
         stream: &StreamName,
         overlay: &GroupOverlay,
-    ) -> Result<Option<StreamState>, AppendError> {
+    ) -> Result<Option<StreamState>, WriteError> {
         match overlay.states.get(stream) {
             Some(state) => Ok(Some(state.clone())),
             None => Ok(self.store.stream_state(stream)?),
@@ -343,13 +359,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         request: &WriteRequest,
         overlay: &mut GroupOverlay,
         out: &mut GroupBatch,
-    ) -> Result<WriteOutcome, AppendError> {
+    ) -> Result<WriteOutcome, WriteError> {
         let stream = &request.stream;
         let state = self.state(stream, overlay)?;
         // A tombstone refuses everything but the scavenger's removals.
         let removing = matches!(request.op, WriteOp::Remove { .. });
         if !removing && state.as_ref().is_some_and(|s| s.tombstoned) {
-            return Err(AppendError::StreamDeleted(stream.clone()));
+            return Err(WriteError::StreamDeleted(stream.clone()));
         }
         let mut state = state.unwrap_or(StreamState {
             created_at_micros: out.now_micros,
@@ -362,7 +378,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 }
                 let actual = state.current_revision();
                 if !expected.admits(actual) {
-                    return Err(AppendError::WrongExpectedRevision {
+                    return Err(WriteError::WrongExpectedRevision {
                         expected: *expected,
                         actual,
                     });
@@ -374,10 +390,10 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             WriteOp::Delete { expected, hard } => {
                 let actual = state.current_revision();
                 if !*hard && actual.is_none() {
-                    return Err(AppendError::StreamNotFound(stream.clone()));
+                    return Err(WriteError::StreamNotFound(stream.clone()));
                 }
                 if !expected.admits(actual) {
-                    return Err(AppendError::WrongExpectedRevision {
+                    return Err(WriteError::WrongExpectedRevision {
                         expected: *expected,
                         actual,
                     });
@@ -408,6 +424,8 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     );
                     out.batch
                         .delete_cf(self.store.cf(keys::CF_EVENT_IDS), hidden.id.as_bytes());
+                    overlay.ids.remove(&hidden.id);
+                    overlay.removed_ids.insert(hidden.id);
                     removed += 1;
                     bytes += hidden.bytes;
                 }
@@ -498,11 +516,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         stream: &StreamName,
         events: &[NewEvent],
         overlay: &GroupOverlay,
-    ) -> Result<Option<AppendOutcome>, AppendError> {
+    ) -> Result<Option<AppendOutcome>, WriteError> {
         let mut found = Vec::new();
         for event in events {
             if let Some(pending) = overlay.ids.get(&event.id) {
                 found.push((event.id, pending.clone()));
+            } else if overlay.removed_ids.contains(&event.id) {
+                continue;
             } else if let Some(position) = self.store.event_id_position(&event.id)? {
                 let stored = self.store.read_position(position)?;
                 found.push((
@@ -524,7 +544,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 .zip(0u64..)
                 .all(|((_, f), i)| f.stream == *stream && f.revision == first.revision + i);
         if !is_replay {
-            return Err(AppendError::DuplicateEventId {
+            return Err(WriteError::DuplicateEventId {
                 id: *first_id,
                 position: first.position,
             });
@@ -551,12 +571,15 @@ fn writes(outcome: &WriteOutcome) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! The writer against a model of the concurrency rules: random requests, cut
-    //! into random groups, must get the model's answers, and the store must hold
-    //! exactly the model's log afterwards.
+    //! The writer against a model of its rules: random appends (new, retried,
+    //! mixed), deletes (soft and hard), metadata changes and scavenge removals,
+    //! cut into random groups, with an injected failed write, must get the
+    //! model's answers, and the store must hold exactly the model's log and
+    //! stream states afterwards. Drives `commit_group` directly: no thread, no
+    //! timing.
 
     use super::*;
-    use crate::storage::{AllFilter, Direction};
+    use crate::model::{AllFilter, Direction};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -575,34 +598,120 @@ mod tests {
         MixOldAndNew {
             earlier: usize,
         },
+        Delete {
+            stream: u8,
+            hard: bool,
+            expected: u8,
+            exact: u64,
+        },
+        SetMaxCount {
+            stream: u8,
+            max_count: Option<u64>,
+        },
+        /// A removal request listing every stored event of the stream, visible
+        /// ones included: the writer must remove only the hidden ones.
+        Remove {
+            stream: u8,
+        },
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u8..3, 0u8..4, 0u64..4, 1usize..4)
+            6 => (0u8..3, 0u8..4, 0u64..4, 1usize..4)
                 .prop_map(|(stream, expected, exact, count)| Op::New { stream, expected, exact, count }),
             1 => (any::<usize>(), proptest::option::of(0u8..3), any::<bool>())
                 .prop_map(|(earlier, other_stream, reverse)| Op::Retry { earlier, other_stream, reverse }),
             1 => any::<usize>().prop_map(|earlier| Op::MixOldAndNew { earlier }),
+            1 => (0u8..3, proptest::bool::weighted(0.2), 0u8..4, 0u64..6)
+                .prop_map(|(stream, hard, expected, exact)| Op::Delete { stream, hard, expected, exact }),
+            1 => (0u8..3, proptest::option::of(1u64..4))
+                .prop_map(|(stream, max_count)| Op::SetMaxCount { stream, max_count }),
+            2 => (0u8..3).prop_map(|stream| Op::Remove { stream }),
         ]
     }
 
-    #[derive(Debug, PartialEq)]
-    enum Answer {
-        Ok(AppendOutcome),
-        Wrong { actual: Option<u64> },
-        Duplicate,
+    fn expectation(kind: u8, exact: u64) -> ExpectedRevision {
+        match kind {
+            0 => ExpectedRevision::Any,
+            1 => ExpectedRevision::NoStream,
+            2 => ExpectedRevision::StreamExists,
+            _ => ExpectedRevision::Exact(exact),
+        }
     }
 
-    #[derive(Default)]
+    #[derive(Debug, Clone, PartialEq)]
+    enum Answer {
+        Appended(AppendOutcome),
+        Wrong {
+            actual: Option<u64>,
+        },
+        Duplicate,
+        StreamDeleted,
+        NotFound,
+        Deleted,
+        MetadataSet {
+            max_count: Option<u64>,
+        },
+        Removed(u64),
+        /// The group's write failed.
+        Failed,
+        /// A group after the failed one.
+        Stopped,
+    }
+
+    impl Answer {
+        /// Whether the writer added something to its batch for this answer.
+        fn writes(&self) -> bool {
+            match self {
+                Self::Appended(o) => !o.idempotent_replay,
+                Self::Removed(n) => *n > 0,
+                Self::Deleted | Self::MetadataSet { .. } => true,
+                _ => false,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct ModelStream {
+        last: Option<u64>,
+        deleted_before: u64,
+        tombstoned: bool,
+        max_count: Option<u64>,
+    }
+
+    impl ModelStream {
+        fn current(&self) -> Option<u64> {
+            let exists = !self.tombstoned && self.last.is_some_and(|l| l >= self.deleted_before);
+            self.last.filter(|_| exists)
+        }
+
+        fn visible(&self, revision: u64) -> bool {
+            let by_count = match (self.max_count, self.last) {
+                (Some(max), Some(last)) => (last + 1).saturating_sub(max),
+                _ => 0,
+            };
+            !self.tombstoned && revision >= self.deleted_before.max(by_count)
+        }
+    }
+
+    /// One stored event: (position, stream, revision, id).
+    type Stored = (u64, String, u64, Uuid);
+
+    #[derive(Debug, Clone, Default)]
     struct Model {
-        streams: HashMap<String, u64>,
+        streams: HashMap<String, ModelStream>,
         ids: HashMap<Uuid, (String, u64, u64)>,
-        log: Vec<(String, u64, Uuid)>,
+        /// Events stored (appended and not removed), by position.
+        log: std::collections::BTreeMap<u64, Stored>,
+        next_position: u64,
     }
 
     impl Model {
-        fn apply(&mut self, stream: &str, expected: ExpectedRevision, ids: &[Uuid]) -> Answer {
+        fn append(&mut self, stream: &str, expected: ExpectedRevision, ids: &[Uuid]) -> Answer {
+            let state = self.streams.get(stream).cloned().unwrap_or_default();
+            if state.tombstoned {
+                return Answer::StreamDeleted;
+            }
             let found: Vec<_> = ids
                 .iter()
                 .filter_map(|id| self.ids.get(id).cloned())
@@ -617,7 +726,7 @@ mod tests {
                     return Answer::Duplicate;
                 }
                 let (first, last) = (&found[0], &found[found.len() - 1]);
-                return Answer::Ok(AppendOutcome {
+                return Answer::Appended(AppendOutcome {
                     first_revision: first.1,
                     last_revision: last.1,
                     first_position: first.2,
@@ -625,29 +734,77 @@ mod tests {
                     idempotent_replay: true,
                 });
             }
-            let actual = self.streams.get(stream).copied();
+            let actual = state.current();
             if !expected.admits(actual) {
                 return Answer::Wrong { actual };
             }
-            let first_revision = actual.map_or(0, |r| r + 1);
-            let first_position = self.log.len() as u64;
+            let first_revision = state.last.map_or(0, |r| r + 1);
+            let first_position = self.next_position;
             for (i, id) in (0u64..).zip(ids) {
-                self.ids.insert(
-                    *id,
-                    (stream.to_owned(), first_revision + i, first_position + i),
-                );
-                self.log.push((stream.to_owned(), first_revision + i, *id));
+                let (revision, position) = (first_revision + i, first_position + i);
+                self.ids
+                    .insert(*id, (stream.to_owned(), revision, position));
+                self.log
+                    .insert(position, (position, stream.to_owned(), revision, *id));
             }
             let n = ids.len() as u64;
-            self.streams
-                .insert(stream.to_owned(), first_revision + n - 1);
-            Answer::Ok(AppendOutcome {
+            self.next_position += n;
+            self.streams.entry(stream.to_owned()).or_default().last = Some(first_revision + n - 1);
+            Answer::Appended(AppendOutcome {
                 first_revision,
                 last_revision: first_revision + n - 1,
                 first_position,
                 last_position: first_position + n - 1,
                 idempotent_replay: false,
             })
+        }
+
+        fn delete(&mut self, stream: &str, expected: ExpectedRevision, hard: bool) -> Answer {
+            let state = self.streams.entry(stream.to_owned()).or_default();
+            if state.tombstoned {
+                return Answer::StreamDeleted;
+            }
+            let actual = state.current();
+            if !hard && actual.is_none() {
+                return Answer::NotFound;
+            }
+            if !expected.admits(actual) {
+                return Answer::Wrong { actual };
+            }
+            state.deleted_before = state.last.map_or(0, |r| r + 1);
+            state.tombstoned = hard;
+            Answer::Deleted
+        }
+
+        fn set_max_count(&mut self, stream: &str, max_count: Option<u64>) -> Answer {
+            let state = self.streams.entry(stream.to_owned()).or_default();
+            if state.tombstoned {
+                return Answer::StreamDeleted;
+            }
+            state.max_count = max_count;
+            Answer::MetadataSet { max_count }
+        }
+
+        /// Every stored event of `stream`, as the removal request lists them.
+        fn stored_of(&self, stream: &str) -> Vec<Stored> {
+            self.log
+                .values()
+                .filter(|e| e.1 == stream)
+                .cloned()
+                .collect()
+        }
+
+        fn remove(&mut self, stream: &str, listed: &[Stored]) -> Answer {
+            let state = self.streams.get(stream).cloned().unwrap_or_default();
+            let mut removed = 0;
+            for (position, _, revision, id) in listed {
+                if !state.visible(*revision) {
+                    self.log.remove(position);
+                    self.ids.remove(id);
+                    removed += 1;
+                }
+            }
+            Answer::Removed(removed)
         }
     }
 
@@ -660,78 +817,186 @@ mod tests {
         }
     }
 
+    fn answer_of(result: Result<WriteOutcome, WriteError>) -> Answer {
+        match result {
+            Ok(WriteOutcome::Appended(outcome)) => Answer::Appended(outcome),
+            Ok(WriteOutcome::Deleted) => Answer::Deleted,
+            Ok(WriteOutcome::MetadataSet(state)) => Answer::MetadataSet {
+                max_count: state.metadata.max_count,
+            },
+            Ok(WriteOutcome::Removed { events, .. }) => Answer::Removed(events),
+            Err(WriteError::WrongExpectedRevision { actual, .. }) => Answer::Wrong { actual },
+            Err(WriteError::DuplicateEventId { .. }) => Answer::Duplicate,
+            Err(WriteError::StreamDeleted(_)) => Answer::StreamDeleted,
+            Err(WriteError::StreamNotFound(_)) => Answer::NotFound,
+            Err(WriteError::Storage(_)) => Answer::Failed,
+            Err(WriteError::WriterStopped) => Answer::Stopped,
+        }
+    }
+
+    /// The model's answers for one group, and the model after it: a group whose
+    /// write fails changes nothing, fails every request that wrote or replayed,
+    /// keeps the refusals, and stops the writer.
+    fn settle_group(
+        model: &mut Model,
+        before: Model,
+        wants: &mut [Answer],
+        failure_pending: &mut bool,
+        stopped: &mut bool,
+    ) {
+        if *stopped {
+            *model = before;
+            wants.iter_mut().for_each(|w| *w = Answer::Stopped);
+            return;
+        }
+        if *failure_pending && wants.iter().any(Answer::writes) {
+            *model = before;
+            for want in wants.iter_mut() {
+                if matches!(
+                    want,
+                    Answer::Appended(_)
+                        | Answer::Deleted
+                        | Answer::MetadataSet { .. }
+                        | Answer::Removed(_)
+                ) {
+                    *want = Answer::Failed;
+                }
+            }
+            *failure_pending = false;
+            *stopped = true;
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(crate::testing::proptest_config(96))]
         #[test]
-        fn the_writer_follows_the_concurrency_rules(
-            ops in proptest::collection::vec(arb_op(), 1..40),
-            cuts in proptest::collection::vec(any::<bool>(), 40),
+        fn the_writer_follows_its_rules(
+            ops in proptest::collection::vec(arb_op(), 1..48),
+            cuts in proptest::collection::vec(any::<bool>(), 48),
+            fail_at in proptest::option::weighted(0.3, 0usize..12),
         ) {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Arc::new(Store::open(dir.path()).expect("open"));
-            let mut writer =
-                Writer { store: Arc::clone(&store), next_position: 0, removed_events: 0, on_commit: |_| {}, failed: false };
+            let mut writer = Writer {
+                store: Arc::clone(&store), next_position: 0, removed_events: 0,
+                on_commit: |_| {}, failed: false, fail_next_write: false,
+            };
             let mut model = Model::default();
+            let mut group_start = model.clone();
             let mut sent: Vec<(String, Vec<Uuid>)> = Vec::new();
             let mut fresh = 0u128;
             let mut next_id = || { fresh += 1; Uuid::from_u128(fresh) };
-            let mut group = Vec::new();
-            let mut pending = Vec::new();
+            let (mut group, mut wants, mut answers) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut groups, mut failure_pending, mut stopped) = (0usize, false, false);
+            let mut results: Vec<(Answer, oneshot::Receiver<_>)> = Vec::new();
+            let count = ops.len();
             for (i, op) in ops.iter().enumerate() {
-                let (stream, expected, ids) = match op {
+                let request = match op {
                     Op::New { stream, expected, exact, count } => {
-                        let expected = match expected {
-                            0 => ExpectedRevision::Any,
-                            1 => ExpectedRevision::NoStream,
-                            2 => ExpectedRevision::StreamExists,
-                            _ => ExpectedRevision::Exact(*exact),
-                        };
-                        (format!("s{stream}"), expected, (0..*count).map(|_| next_id()).collect::<Vec<_>>())
+                        let stream = format!("s{stream}");
+                        let expected = expectation(*expected, *exact);
+                        let ids: Vec<_> = (0..*count).map(|_| next_id()).collect();
+                        let want = model.append(&stream, expected, &ids);
+                        sent.push((stream.clone(), ids.clone()));
+                        let events = ids.into_iter().map(new_event).collect();
+                        Some((stream, WriteOp::Append { expected, events }, want))
                     }
                     Op::Retry { earlier, other_stream, reverse } if !sent.is_empty() => {
                         let (stream, mut ids) = sent[earlier % sent.len()].clone();
                         if *reverse { ids.reverse(); }
                         let stream = other_stream.map_or(stream, |s| format!("s{s}"));
-                        (stream, ExpectedRevision::NoStream, ids)
+                        let expected = ExpectedRevision::NoStream;
+                        let want = model.append(&stream, expected, &ids);
+                        let events = ids.into_iter().map(new_event).collect();
+                        Some((stream, WriteOp::Append { expected, events }, want))
                     }
                     Op::MixOldAndNew { earlier } if !sent.is_empty() => {
                         let (stream, ids) = sent[earlier % sent.len()].clone();
-                        (stream, ExpectedRevision::Any, vec![ids[0], next_id()])
+                        let ids = vec![ids[0], next_id()];
+                        let expected = ExpectedRevision::Any;
+                        let want = model.append(&stream, expected, &ids);
+                        let events = ids.into_iter().map(new_event).collect();
+                        Some((stream, WriteOp::Append { expected, events }, want))
                     }
-                    _ => continue,
+                    Op::Delete { stream, hard, expected, exact } => {
+                        let stream = format!("s{stream}");
+                        let expected = expectation(*expected, *exact);
+                        let want = model.delete(&stream, expected, *hard);
+                        Some((stream, WriteOp::Delete { expected, hard: *hard }, want))
+                    }
+                    Op::SetMaxCount { stream, max_count } => {
+                        let stream = format!("s{stream}");
+                        let want = model.set_max_count(&stream, *max_count);
+                        let metadata = StreamMetadata { max_count: *max_count, ..StreamMetadata::default() };
+                        Some((stream, WriteOp::SetMetadata(metadata), want))
+                    }
+                    Op::Remove { stream } => {
+                        let stream = format!("s{stream}");
+                        let listed = model.stored_of(&stream);
+                        if listed.is_empty() {
+                            None
+                        } else {
+                        let want = model.remove(&stream, &listed);
+                        let events = listed.iter().map(|(position, _, revision, id)| HiddenEvent {
+                            position: *position, revision: *revision, id: *id,
+                            recorded_at_micros: 0, bytes: 1,
+                        }).collect();
+                        Some((stream, WriteOp::Remove { events, now_micros: now_micros() }, want))
+                        }
+                    }
+                    _ => None,
                 };
-                let want = model.apply(&stream, expected, &ids);
-                sent.push((stream.clone(), ids.clone()));
-                let (reply, answer) = oneshot::channel();
-                let events = ids.into_iter().map(new_event).collect();
-                let stream = StreamName::parse(&stream).expect("valid");
-                group.push(WriteRequest { stream, op: WriteOp::Append { expected, events }, reply });
-                pending.push((want, answer));
-                if cuts[i % cuts.len()] {
+                if let Some((stream, op, want)) = request {
+                    let (reply, answer) = oneshot::channel();
+                    let stream = StreamName::parse(&stream).expect("valid");
+                    group.push(WriteRequest { stream, op, reply });
+                    wants.push(want);
+                    answers.push(answer);
+                }
+                if !group.is_empty() && (cuts[i % cuts.len()] || i + 1 == count) {
+                    if fail_at == Some(groups) { failure_pending = true; }
+                    writer.fail_next_write = failure_pending;
+                    let before = std::mem::replace(&mut group_start, model.clone());
+                    settle_group(&mut model, before, &mut wants, &mut failure_pending, &mut stopped);
+                    group_start = model.clone();
                     writer.commit_group(std::mem::take(&mut group));
+                    results.extend(std::mem::take(&mut wants).into_iter().zip(answers.drain(..)));
+                    groups += 1;
                 }
             }
-            writer.commit_group(group);
-            for (want, mut answer) in pending {
-                let got = match answer.try_recv().expect("every request is answered") {
-                    Ok(WriteOutcome::Appended(outcome)) => Answer::Ok(outcome),
-                    Ok(other) => panic!("unexpected outcome {other:?}"),
-                    Err(AppendError::WrongExpectedRevision { actual, .. }) => Answer::Wrong { actual },
-                    Err(AppendError::DuplicateEventId { .. }) => Answer::Duplicate,
-                    Err(other) => panic!("unexpected error {other}"),
-                };
-                prop_assert_eq!(got, want);
+            for (index, (want, mut answer)) in results.into_iter().enumerate() {
+                let got = answer_of(answer.try_recv().expect("every request is answered"));
+                prop_assert_eq!(got, want, "request {}", index);
             }
+            // What is stored, raw (visible or not), is the model's log.
+            let mut stored = Vec::new();
+            let mut it = store.db.raw_iterator_cf(store.cf(keys::CF_EVENTS));
+            it.seek_to_first();
+            while let Some((key, value)) = it.item() {
+                let position = keys::decode_position(key).expect("8-byte key");
+                let e = codec::decode_event(position, value).expect("record");
+                stored.push((position, e.stream.to_string(), e.revision, e.id));
+                it.next();
+            }
+            prop_assert_eq!(stored, model.log.values().cloned().collect::<Vec<_>>());
+            prop_assert_eq!(store.next_position().expect("next"), model.next_position);
+            // Reads show exactly what the model says is visible.
             let all = store
                 .read_all(None, Direction::Forward, 4096, &AllFilter::default(), usize::MAX)
                 .expect("read all");
-            let stored: Vec<_> = all.events.iter().map(|e| (e.stream.to_string(), e.revision, e.id)).collect();
-            prop_assert_eq!(stored, model.log.clone());
-            prop_assert_eq!(store.next_position().expect("next"), model.log.len() as u64);
-            for (stream, last) in &model.streams {
+            let visible: Vec<_> = all.events.iter().map(|e| (e.position, e.stream.to_string(), e.revision, e.id)).collect();
+            let want_visible: Vec<_> = model.log.values()
+                .filter(|(_, s, r, _)| model.streams[s].visible(*r))
+                .cloned().collect();
+            prop_assert_eq!(visible, want_visible);
+            for (stream, m) in &model.streams {
                 let name = StreamName::parse(stream).expect("valid");
-                let state = store.stream_state(&name).expect("state").expect("exists");
-                prop_assert_eq!(state.last_revision, Some(*last));
+                let state = store.stream_state(&name).expect("state").unwrap_or_default();
+                prop_assert_eq!(
+                    (state.last_revision, state.deleted_before, state.tombstoned, state.metadata.max_count),
+                    (m.last, m.deleted_before, m.tombstoned, m.max_count),
+                    "stream {}", stream
+                );
             }
         }
     }

@@ -13,11 +13,13 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::metrics::GaugeGuard;
+use crate::model::{AllFilter, Direction, StreamRead};
 use crate::model::{RecordedEvent, StreamName};
+use crate::service::StorageError;
 use crate::service::{AllQuery, Commit, Service, StreamQuery};
-use crate::storage::{AllFilter, Direction, StorageError, StreamRead};
 
 /// Events read from storage per batch: the most a subscription holds in memory.
 pub const BATCH_EVENTS: usize = 256;
@@ -85,6 +87,8 @@ pub enum Message {
 pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = Message> + Send {
     let head = service.head_watch();
     let service_metrics = Arc::clone(service.metrics());
+    // Counted among the server's tasks until the subscription's body is dropped.
+    let service_task = service.track();
     let now = Instant::now();
     let cursor = match options.start {
         Start::At(at) => Some(at),
@@ -105,6 +109,7 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
         existed: false,
         seen_seq: 0,
         _live: GaugeGuard::new(&service_metrics.subscriptions),
+        _task: service_task,
     };
     futures::stream::unfold(state, |mut state| async move {
         let message = state.next().await?;
@@ -113,6 +118,7 @@ pub fn subscribe(service: Arc<Service>, options: Options) -> impl Stream<Item = 
 }
 
 struct Subscription {
+    _task: TaskTrackerToken,
     service: Arc<Service>,
     options: Options,
     head: watch::Receiver<Commit>,
