@@ -49,6 +49,23 @@ pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The layout version this code writes and reads.
 pub const LAYOUT_VERSION: u8 = 1;
 
+/// Key of a stream's state in `CF_STREAMS`: the name's bytes.
+pub fn stream_key(stream: &str) -> &[u8] {
+    stream.as_bytes()
+}
+
+/// The smallest `CF_STREAMS` key after `stream`'s (catalog paging).
+pub fn stream_key_after(stream: &str) -> Vec<u8> {
+    let mut key = stream.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// The stream name of a `CF_STREAMS` key; `None` when it is not UTF-8.
+pub fn decode_stream_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key).ok()
+}
+
 /// Key of an event in `CF_EVENTS`.
 pub fn position_key(position: u64) -> [u8; 8] {
     position.to_be_bytes()
@@ -113,6 +130,16 @@ mod tests {
             prop_assert_eq!(decode_stream_index_revision(&stream_index_key(&s1, r1)), Some(r1));
             let key = stream_index_key(&s1, r1);
             prop_assert_eq!(decode_stream_index_key(&key), Some((s1.as_str(), r1)));
+        }
+
+        #[test]
+        fn stream_keys_round_trip_and_page_in_name_order(a in "[a-z0-9-]{1,8}", b in "[a-z0-9-]{1,8}") {
+            prop_assert_eq!(decode_stream_key(stream_key(&a)), Some(a.as_str()));
+            // Every name after `a` sorts at or after the key after `a`; `a` itself before it.
+            prop_assert!(stream_key(&a) < stream_key_after(&a).as_slice());
+            if b > a {
+                prop_assert!(stream_key(&b) >= stream_key_after(&a).as_slice());
+            }
         }
 
         #[test]

@@ -27,7 +27,10 @@ pub(super) type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
 impl Store {
     /// The state of `stream`, `None` when nothing was ever written for it.
     pub fn stream_state(&self, stream: &StreamName) -> Result<Option<StreamState>, StorageError> {
-        match self.db.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? {
+        match self
+            .db
+            .get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
+        {
             Some(bytes) => Ok(Some(decode_state(stream.as_str(), &bytes)?)),
             None => Ok(None),
         }
@@ -56,7 +59,9 @@ impl Store {
         limit: usize,
     ) -> Result<StreamRead<StreamSlice>, StorageError> {
         let snapshot = self.db.snapshot();
-        let Some(state) = snapshot.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? else {
+        let Some(state) =
+            snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
+        else {
             return Ok(StreamRead::NotFound);
         };
         let state = decode_state(stream.as_str(), &state)?;
@@ -144,7 +149,9 @@ impl Store {
         revision: u64,
     ) -> Result<StreamRead<Option<RecordedEvent>>, StorageError> {
         let snapshot = self.db.snapshot();
-        let Some(state) = snapshot.get_cf(self.cf(keys::CF_STREAMS), stream.as_str())? else {
+        let Some(state) =
+            snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
+        else {
             return Ok(StreamRead::Found(None));
         };
         let state = decode_state(stream.as_str(), &state)?;
@@ -276,7 +283,7 @@ impl StateCache {
     ) -> Result<bool, StorageError> {
         let name = event.stream.as_str();
         if !self.0.contains_key(name) {
-            let state = match snapshot.get_cf(store.cf(keys::CF_STREAMS), name)? {
+            let state = match snapshot.get_cf(store.cf(keys::CF_STREAMS), keys::stream_key(name))? {
                 Some(bytes) => Some(decode_state(name, &bytes)?),
                 None => None,
             };

@@ -69,12 +69,8 @@ impl Store {
     ) -> Result<Vec<(StreamName, StreamState)>, StorageError> {
         let prefix = prefix.unwrap_or("");
         let start = match after {
-            Some(after) if after >= prefix => {
-                let mut key = after.as_bytes().to_vec();
-                key.push(0); // the smallest name greater than `after`
-                key
-            }
-            _ => prefix.as_bytes().to_vec(),
+            Some(after) if after >= prefix => keys::stream_key_after(after),
+            _ => keys::stream_key(prefix).to_vec(),
         };
         let mode = IteratorMode::From(&start, RocksDirection::Forward);
         let mut out = Vec::new();
@@ -83,10 +79,10 @@ impl Store {
             if !key.starts_with(prefix.as_bytes()) || out.len() == limit {
                 break;
             }
-            let name = String::from_utf8(key.to_vec())
-                .map_err(|_| StorageError::CorruptIndex("a stream name is not UTF-8".into()))?;
-            let state = decode_state(&name, &value)?;
-            out.push((StreamName::from_stored(name), state));
+            let name = keys::decode_stream_key(&key)
+                .ok_or_else(|| StorageError::CorruptIndex("a stream name is not UTF-8".into()))?;
+            let state = decode_state(name, &value)?;
+            out.push((StreamName::from_stored(name.to_owned()), state));
         }
         Ok(out)
     }

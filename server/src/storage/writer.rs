@@ -347,7 +347,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
     ) {
         out.batch.put_cf(
             self.store.cf(keys::CF_STREAMS),
-            stream.as_str(),
+            keys::stream_key(stream.as_str()),
             stream_state::encode(&state),
         );
         overlay.states.insert(stream.clone(), state);
