@@ -331,13 +331,4 @@ mod tests {
             Err(NameError::TooLong { len: 257, max: 256 })
         );
     }
-
-    #[test]
-    fn expected_revision_rules() {
-        use ExpectedRevision::*;
-        assert!(Any.admits(None) && Any.admits(Some(3)));
-        assert!(NoStream.admits(None) && !NoStream.admits(Some(0)));
-        assert!(!StreamExists.admits(None) && StreamExists.admits(Some(0)));
-        assert!(Exact(2).admits(Some(2)) && !Exact(2).admits(Some(1)) && !Exact(0).admits(None));
-    }
 }
