@@ -447,3 +447,58 @@ async fn dot_segment_stream_names_are_refused_by_server_and_client() {
         assert_eq!(page.events.len(), 1, "{name}");
     }
 }
+
+/// Made-up methods and unmatched paths fold into one `other` label each: no
+/// request can add a metrics series (each used to add one, for good).
+#[tokio::test]
+async fn request_metrics_labels_come_from_a_fixed_set() {
+    let server = TestServer::start();
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).expect("method");
+        let response = server
+            .http
+            .request(method, server.url("/streams/s"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405);
+        let response = server
+            .http
+            .get(server.url(&format!("/no/such/route/{i}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 404);
+    }
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let values = |label: &str| -> std::collections::BTreeSet<String> {
+        text.split(&format!("{label}=\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let methods = values("method");
+    let allowed = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
+    ];
+    assert!(
+        methods.iter().all(|m| allowed.contains(&m.as_str())),
+        "{methods:?}"
+    );
+    assert!(methods.contains("other"), "{methods:?}");
+    let routes = values("route");
+    assert!(routes.contains("other"), "{routes:?}");
+    assert!(
+        routes.iter().all(|r| !r.starts_with("/no/such")),
+        "{routes:?}"
+    );
+}
