@@ -14,6 +14,40 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 /// Most events in one append.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 
+/// Deepest nesting of arrays and objects accepted in event data, event metadata
+/// and custom stream metadata. Every reader must decode what was stored, and
+/// serde_json (the project's client among them) stops at 128 levels for a whole
+/// document, of which a page or a subscription line uses up to 3 around the
+/// event: 64 leaves room.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply arrays and objects nest in `json`, a valid JSON text (`0` for a
+/// scalar, `1` for `{}` or `[1]`).
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -313,6 +347,17 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("12"), 0);
+        assert_eq!(json_depth(r#""[[{""#), 0);
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+        assert_eq!(json_depth(r#"{"a":"x\"[[[\\","b":[[]]}"#), 3);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(&deep), 200);
+    }
 
     #[test]
     fn stream_names_are_validated() {

@@ -231,3 +231,76 @@ async fn admin_subcommands_manage_streams_and_run_jobs() {
         "{out:?}"
     );
 }
+
+/// JSON nested `depth` levels: `{"n":{"n":...{}...}}`.
+fn nested(depth: usize) -> serde_json::Value {
+    (1..depth).fold(
+        serde_json::json!({}),
+        |inner, _| serde_json::json!({ "n": inner }),
+    )
+}
+
+/// Whatever nesting the server accepts, the client (pages, `$all`,
+/// subscriptions) and the CLI read back; one level deeper is a 400 that names
+/// the limit, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepest_json_the_server_accepts_reads_back_everywhere() {
+    use futures::StreamExt;
+    let server = TestServer::start();
+    let limit = 64;
+    let body = |depth: usize| serde_json::json!({"events": [{"type": "Deep", "data": nested(depth), "metadata": nested(depth)}]});
+    let (status, answer) = server.post("/streams/deep", &body(limit)).await;
+    assert_eq!(status, 201, "{answer}");
+    for too_deep in [
+        serde_json::json!({"events": [{"type": "Deep", "data": nested(limit + 1)}]}),
+        serde_json::json!({"events": [{"type": "Deep", "data": {}, "metadata": nested(limit + 1)}]}),
+        serde_json::json!({"events": [{"type": "Deep", "data": nested(200)}]}),
+    ] {
+        let (status, answer) = server.post("/streams/deep", &too_deep).await;
+        crate::support::assert_error(status, &answer, 400, "invalid_body");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the limit is 64"),
+            "{answer}"
+        );
+    }
+    let response = server
+        .http
+        .put(server.url("/streams/deep/metadata"))
+        .json(&serde_json::json!({"custom": nested(limit + 1)}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 400);
+
+    let client = server.client();
+    let page = client
+        .read_stream_page("deep", &skald_client::ReadOptions::default())
+        .await
+        .expect("the client reads the stream");
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].data, nested(limit));
+    assert_eq!(page.events[0].metadata, Some(nested(limit)));
+    let all = client
+        .read_all_page(&skald_client::ReadOptions::default())
+        .await
+        .expect("the client reads $all");
+    assert_eq!(all.events[0].data, nested(limit));
+    let mut live = client.subscribe_all(skald_client::SubscribeOptions::default());
+    match live.next().await.expect("a message").expect("decoded") {
+        skald_client::SubscriptionMessage::Event(event) => assert_eq!(event.data, nested(limit)),
+        other => panic!("{other:?}"),
+    }
+    let out = tokio::task::block_in_place(|| skald(&server, &["read", "deep", "--json"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout_lines(&out).len(), 1);
+    let out = tokio::task::block_in_place(|| skald(&server, &["read", "deep"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        server.read_all_events().await.len(),
+        1,
+        "the refused appends stored nothing"
+    );
+}

@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, events_json, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
-use crate::model::{check_event_type, NewEvent, StreamName, MAX_EVENTS_PER_APPEND};
+use crate::model::{
+    check_event_type, json_depth, NewEvent, StreamName, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
+};
 use crate::model::{Direction, StreamRead};
 use crate::service::{StreamQuery, MAX_WAIT};
 
@@ -147,6 +149,20 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 
+/// Refuses JSON nested deeper than `MAX_JSON_DEPTH`, which readers could not decode.
+pub(super) fn check_depth(field: &str, json: &str) -> Result<(), ApiError> {
+    let depth = json_depth(json);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "{field} is nested {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels of arrays and objects"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every event of an append and turns it into what the writer stores.
 fn validate_events(
     events: Vec<EventBody>,
@@ -176,6 +192,10 @@ fn validate_events(
                         format!("events[{i}].metadata must be a JSON object"),
                     ));
                 }
+            }
+            check_depth(&format!("events[{i}].data"), event.data.get())?;
+            if let Some(metadata) = &event.metadata {
+                check_depth(&format!("events[{i}].metadata"), metadata.get())?;
             }
             let size = event.data.get().len()
                 + event.metadata.as_ref().map_or(0, |m| m.get().len())
