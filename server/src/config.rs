@@ -25,6 +25,13 @@ pub struct ServeArgs {
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+    /// Most subscriptions open at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "SKALD_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+    /// Most long-polls (reads with `wait_ms`) at once; more are answered 503
+    /// with Retry-After.
+    #[arg(long, env = "SKALD_MAX_LONG_POLLS", default_value_t = 1024)]
+    pub max_long_polls: usize,
 }
 
 /// Why the flags were refused.
@@ -45,6 +52,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub shutdown_timeout: Duration,
     pub body_timeout: Duration,
+    pub max_subscriptions: usize,
+    pub max_long_polls: usize,
 }
 
 impl ServeArgs {
@@ -66,6 +75,8 @@ impl ServeArgs {
             max_event_bytes: self.max_event_bytes,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            max_subscriptions: self.max_subscriptions,
+            max_long_polls: self.max_long_polls,
         })
     }
 }

@@ -152,3 +152,60 @@ async fn shutdown_ends_long_polls_and_exits_zero() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(waiter.await.expect("waiter").expect("response"), 200);
 }
+
+/// Subscriptions and long-polls are capped (`--max-subscriptions`,
+/// `--max-long-polls`): one more is a 503 with `Retry-After` and a JSON error,
+/// and a slot frees when its holder ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_long_polls_beyond_their_caps_get_503_with_retry_after() {
+    let server = Arc::new(TestServer::start_with(&[
+        "--max-subscriptions",
+        "2",
+        "--max-long-polls",
+        "1",
+    ]));
+    let first = server.subscribe("/subscriptions/all", &[]).await;
+    let _second = server.subscribe("/subscriptions/streams/s", &[]).await;
+    server.wait_for_gauge("live_subscriptions", 2).await;
+    let refused = server
+        .http
+        .get(server.url("/subscriptions/all"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (status, body) = crate::support::status_json(refused).await;
+    crate::support::assert_error(status, &body, 503, "too_many_subscriptions");
+    drop(first);
+    // The slot frees once the server sees the connection go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = server
+            .http
+            .get(server.url("/subscriptions/all"))
+            .send()
+            .await
+            .expect("request");
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(Instant::now() < deadline, "the slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let waiter = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.get("/all?from=0&wait_ms=20000").await })
+    };
+    server.wait_for_gauge("long_polls_waiting", 1).await;
+    let (status, body) = server.get("/streams/s?wait_ms=20000").await;
+    crate::support::assert_error(status, &body, 503, "too_many_long_polls");
+    // Reads without a wait are not capped.
+    assert_eq!(server.get("/all").await.0, 200);
+    server.append("s", json!("any"), &["Wake"]).await;
+    assert_eq!(waiter.await.expect("waiter").0, 200);
+    let (status, _) = server.get("/streams/s?wait_ms=100").await;
+    assert_eq!(status, 200, "the long-poll slot freed");
+}

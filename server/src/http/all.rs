@@ -26,6 +26,9 @@ pub async fn read(
         type_prefix: params.take_str("type_prefix").filter(|p| !p.is_empty()),
     };
     params.finish()?;
+    let _slot = (!wait.is_zero())
+        .then(|| state.slots.long_poll())
+        .transpose()?;
     let query = AllQuery {
         from,
         direction,

@@ -35,12 +35,44 @@ pub struct Limits {
     pub body_timeout: std::time::Duration,
 }
 
+/// Slots for long-lived requests; a request holds a permit while it lasts.
+#[derive(Clone)]
+pub struct Slots {
+    pub subscriptions: Arc<tokio::sync::Semaphore>,
+    pub long_polls: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slots {
+    /// A subscription's slot, or 503 `too_many_subscriptions`.
+    pub fn subscription(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.subscriptions)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                code: "too_many_subscriptions",
+                message: "the server holds as many subscriptions as --max-subscriptions allows; retry later".into(),
+            })
+    }
+
+    /// A long-poll's slot, or 503 `too_many_long_polls`.
+    pub fn long_poll(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.long_polls)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                code: "too_many_long_polls",
+                message:
+                    "the server holds as many long-polls as --max-long-polls allows; retry later"
+                        .into(),
+            })
+    }
+}
+
 /// What every handler receives.
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
     pub limits: Limits,
     pub maintenance: Arc<Maintenance>,
+    pub slots: Slots,
 }
 
 /// Builds the router.
@@ -87,6 +119,10 @@ pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenan
             service,
             limits,
             maintenance,
+            slots: Slots {
+                subscriptions: Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
+                long_polls: Arc::new(tokio::sync::Semaphore::new(config.max_long_polls)),
+            },
         })
 }
 

@@ -72,6 +72,9 @@ pub async fn read(
     let limit = params.take_bounded("limit", 1, MAX_READ_LIMIT, DEFAULT_READ_LIMIT)?;
     let wait = wait_param(&mut params, direction)?;
     params.finish()?;
+    let _slot = (!wait.is_zero())
+        .then(|| state.slots.long_poll())
+        .transpose()?;
     let query = StreamQuery {
         from,
         direction,

@@ -109,10 +109,15 @@ fn start_subscription(
         heartbeat,
         fell_behind_after,
     };
+    // Held by the body until the subscription ends.
+    let slot = state.slots.subscription()?;
     let messages = subscriptions::subscribe(Arc::clone(&state.service), options);
     // Stop right after the first line that ends the subscription.
     let lines = messages
-        .map(move |message| encode(message, sse, by_revision))
+        .map(move |message| {
+            let _slot = &slot;
+            encode(message, sse, by_revision)
+        })
         .scan(false, |ended, (bytes, last)| {
             if *ended {
                 return futures::future::ready(None);
