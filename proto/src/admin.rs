@@ -246,6 +246,12 @@ pub struct Stats {
     pub live_subscriptions: u64,
     /// Long-polls waiting now.
     pub long_polls_waiting: u64,
+    /// Write requests queued for or being committed by the writer.
+    #[serde(default)]
+    pub writer_queue_requests: u64,
+    /// KiB of payload queued for or being committed by the writer.
+    #[serde(default)]
+    pub writer_queue_kib: u64,
     /// The running scavenge.
     pub scavenge: Option<JobReport>,
 }

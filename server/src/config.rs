@@ -32,6 +32,16 @@ pub struct ServeArgs {
     /// with Retry-After.
     #[arg(long, env = "SKALD_MAX_LONG_POLLS", default_value_t = 1024)]
     pub max_long_polls: usize,
+    /// Most write requests queued for (or being committed by) the writer.
+    #[arg(long, env = "SKALD_WRITER_QUEUE_REQUESTS", default_value_t = 8192)]
+    pub writer_queue_requests: usize,
+    /// Most payload bytes queued for (or being committed by) the writer.
+    #[arg(long, env = "SKALD_WRITER_QUEUE_BYTES", default_value_t = 128 << 20)]
+    pub writer_queue_bytes: usize,
+    /// How long a write waits for a place in a full queue before it is
+    /// answered 503 writer_busy, in milliseconds.
+    #[arg(long, env = "SKALD_WRITER_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
+    pub writer_queue_timeout_ms: u64,
 }
 
 /// Why the flags were refused.
@@ -41,6 +51,8 @@ pub enum ConfigError {
     EventLimit { event: usize, append: usize },
     #[error("--max-append-bytes must be between 1 and 1 GiB, got {0}")]
     AppendLimit(usize),
+    #[error("--writer-queue-requests must be at least 1 and --writer-queue-bytes at least 1024")]
+    WriterQueue,
 }
 
 /// Validated configuration.
@@ -54,6 +66,10 @@ pub struct Config {
     pub body_timeout: Duration,
     pub max_subscriptions: usize,
     pub max_long_polls: usize,
+    pub writer_queue_requests: usize,
+    /// `--writer-queue-bytes` in KiB (rounded up).
+    pub writer_queue_kib: usize,
+    pub writer_queue_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -61,6 +77,9 @@ impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
             return Err(ConfigError::AppendLimit(self.max_append_bytes));
+        }
+        if self.writer_queue_requests == 0 || self.writer_queue_bytes < 1024 {
+            return Err(ConfigError::WriterQueue);
         }
         if self.max_event_bytes == 0 || self.max_event_bytes > self.max_append_bytes {
             return Err(ConfigError::EventLimit {
@@ -77,6 +96,9 @@ impl ServeArgs {
             body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
             max_subscriptions: self.max_subscriptions,
             max_long_polls: self.max_long_polls,
+            writer_queue_requests: self.writer_queue_requests,
+            writer_queue_kib: self.writer_queue_bytes.div_ceil(1024),
+            writer_queue_timeout: Duration::from_millis(self.writer_queue_timeout_ms),
         })
     }
 }

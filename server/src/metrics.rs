@@ -37,6 +37,10 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub long_polls: Gauge,
     pub scavenge_running: Gauge,
+    /// Write requests queued for or being committed by the writer.
+    pub writer_queue_requests: Gauge,
+    /// KiB of payload queued for or being committed by the writer.
+    pub writer_queue_kib: Gauge,
     pub scavenge_events_scanned: Gauge,
     pub scavenge_events_removed: Gauge,
     pub scavenge_bytes_reclaimed: Gauge,
@@ -69,6 +73,8 @@ impl Default for Metrics {
             subscriptions: Gauge::default(),
             long_polls: Gauge::default(),
             scavenge_running: Gauge::default(),
+            writer_queue_requests: Gauge::default(),
+            writer_queue_kib: Gauge::default(),
             scavenge_events_scanned: Gauge::default(),
             scavenge_events_removed: Gauge::default(),
             scavenge_bytes_reclaimed: Gauge::default(),
@@ -125,6 +131,16 @@ impl Default for Metrics {
             "long_polls_waiting",
             "Long-poll reads waiting for a commit",
             metrics.long_polls.clone(),
+        );
+        registry.register(
+            "writer_queue_requests",
+            "Write requests queued for or being committed by the writer",
+            metrics.writer_queue_requests.clone(),
+        );
+        registry.register(
+            "writer_queue_kib",
+            "KiB of payload queued for or being committed by the writer",
+            metrics.writer_queue_kib.clone(),
         );
         registry.register(
             "scavenge_running",

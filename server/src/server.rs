@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::maintenance::{Jobs, Maintenance};
 use crate::model::JobKind;
-use crate::service::Service;
+use crate::service::{QueueLimits, Service};
 use crate::storage::{StorageError, Store};
 
 /// Why the server could not start or stopped abnormally.
@@ -51,7 +51,12 @@ impl Server {
                 source,
             })?;
         let shutdown = CancellationToken::new();
-        let (service, writer_thread) = Service::start(Arc::new(store), shutdown.clone())?;
+        let queue = QueueLimits {
+            requests: config.writer_queue_requests,
+            kib: config.writer_queue_kib,
+            timeout: config.writer_queue_timeout,
+        };
+        let (service, writer_thread) = Service::start(Arc::new(store), shutdown.clone(), queue)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

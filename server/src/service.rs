@@ -49,6 +49,70 @@ pub struct StreamQuery {
     pub wait: Duration,
 }
 
+/// Bounds of the writer's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Requests queued or being committed at most.
+    pub requests: usize,
+    /// KiB of payload queued or being committed at most (a larger single
+    /// request takes the whole budget and goes alone).
+    pub kib: usize,
+    /// How long a request waits for a place before it is refused.
+    pub timeout: Duration,
+}
+
+/// The writer's bounded queue: a request holds permits of both semaphores
+/// from admission until the writer has answered it.
+struct WriteQueue {
+    limits: QueueLimits,
+    requests: Arc<tokio::sync::Semaphore>,
+    kib: Arc<tokio::sync::Semaphore>,
+}
+
+impl WriteQueue {
+    fn new(limits: QueueLimits) -> Self {
+        Self {
+            limits,
+            requests: Arc::new(tokio::sync::Semaphore::new(limits.requests)),
+            kib: Arc::new(tokio::sync::Semaphore::new(limits.kib)),
+        }
+    }
+
+    /// A place for a request of `kib` KiB, waiting at most `timeout` (`None`:
+    /// as long as it takes).
+    async fn admit(
+        &self,
+        kib: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<tokio::sync::OwnedSemaphorePermit>, WriteError> {
+        let kib = u32::try_from(kib.min(self.limits.kib)).unwrap_or(u32::MAX);
+        let acquire = async {
+            let request = Arc::clone(&self.requests).acquire_owned().await;
+            let bytes = Arc::clone(&self.kib).acquire_many_owned(kib).await;
+            match (request, bytes) {
+                (Ok(request), Ok(bytes)) => Ok(vec![request, bytes]),
+                _ => Err(WriteError::WriterStopped),
+            }
+        };
+        match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, acquire)
+                .await
+                .map_err(|_| WriteError::Busy)?,
+            None => acquire.await,
+        }
+    }
+
+    fn depth(&self) -> (u64, u64) {
+        let used = |max: usize, sem: &tokio::sync::Semaphore| {
+            max.saturating_sub(sem.available_permits()) as u64
+        };
+        (
+            used(self.limits.requests, &self.requests),
+            used(self.limits.kib, &self.kib),
+        )
+    }
+}
+
 /// The store, its writer and the commit notification, shared by every request.
 pub struct Service {
     store: Arc<Store>,
@@ -56,6 +120,7 @@ pub struct Service {
     writer: WriterHandle,
     head: watch::Receiver<Commit>,
     shutdown: CancellationToken,
+    queue: WriteQueue,
     /// Every task and long-lived response the service starts (maintenance jobs,
     /// subscriptions, long-polls): `Server::serve` closes it and waits for it
     /// before the final flush.
@@ -89,6 +154,7 @@ impl Service {
     pub fn start(
         store: Arc<Store>,
         shutdown: CancellationToken,
+        queue: QueueLimits,
     ) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), StorageError> {
         let head_position = store.next_position()?.checked_sub(1);
         let first = Commit {
@@ -127,6 +193,7 @@ impl Service {
                 writer,
                 head,
                 shutdown,
+                queue: WriteQueue::new(queue),
                 tasks: TaskTracker::new(),
             }),
             thread,
@@ -187,12 +254,45 @@ impl Service {
     }
 
     /// Sends one request through the single writer and waits for its answer.
+    /// It first takes its place in the bounded queue, waiting at most the
+    /// queue timeout (`WriteError::Busy` after that, nothing written).
     pub async fn write(&self, stream: StreamName, op: WriteOp) -> Result<WriteOutcome, WriteError> {
+        self.write_with(stream, op, Some(self.queue.limits.timeout))
+            .await
+    }
+
+    /// `write` for the server's own requests (scavenge removals): waits for a
+    /// place in the queue as long as it takes.
+    async fn write_internal(
+        &self,
+        stream: StreamName,
+        op: WriteOp,
+    ) -> Result<WriteOutcome, WriteError> {
+        self.write_with(stream, op, None).await
+    }
+
+    async fn write_with(
+        &self,
+        stream: StreamName,
+        op: WriteOp,
+        timeout: Option<Duration>,
+    ) -> Result<WriteOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .submit(WriteRequest { stream, op, reply })
-            .map_err(|_| WriteError::WriterStopped)?;
+        let mut request = WriteRequest {
+            stream,
+            op,
+            reply,
+            admission: Vec::new(),
+        };
+        let kib = request.payload_bytes().div_ceil(1024).max(1);
+        request.admission = self.queue.admit(kib, timeout).await?;
+        self.writer.submit(request)?;
         answer.await.map_err(|_| WriteError::WriterStopped)?
+    }
+
+    /// Requests and KiB waiting in or being committed by the writer.
+    pub fn writer_queue(&self) -> (u64, u64) {
+        self.queue.depth()
     }
 
     /// Appends `events` to `stream` through the single writer.
@@ -514,7 +614,7 @@ impl Service {
         now_micros: u64,
     ) -> Result<(u64, u64), WriteError> {
         match self
-            .write(stream, WriteOp::Remove { events, now_micros })
+            .write_internal(stream, WriteOp::Remove { events, now_micros })
             .await?
         {
             WriteOutcome::Removed { events, bytes } => Ok((events, bytes)),

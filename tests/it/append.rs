@@ -198,3 +198,51 @@ async fn the_server_assigns_distinct_ids_when_absent() {
     ids.dedup();
     assert_eq!(ids.len(), 3);
 }
+
+/// The writer's queue is bounded by requests and by bytes: with the writer made
+/// slow (fault injection: every group commit takes 400 ms more), a write that
+/// finds the queue full waits `--writer-queue-timeout-ms`, then gets 503
+/// `writer_busy` with `Retry-After`, and nothing it carried is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_answers_503_and_stores_nothing() {
+    for limit in [
+        ["--writer-queue-requests", "1"],
+        ["--writer-queue-bytes", "1024"],
+    ] {
+        let args = [limit[0], limit[1], "--writer-queue-timeout-ms", "50"];
+        let server = std::sync::Arc::new(TestServer::start_with_env(
+            &args,
+            &[("SKALD_FAULT_WRITE_DELAY_MS", "400")],
+        ));
+        let big = json!({"events": [{"type": "Big", "data": {"pad": "p".repeat(2048)}}]});
+        let first = {
+            let server = std::sync::Arc::clone(&server);
+            let big = big.clone();
+            tokio::spawn(async move { server.post("/streams/first", &big).await })
+        };
+        server.wait_for_gauge("writer_queue_requests", 1).await;
+        let response = server
+            .http
+            .post(server.url("/streams/second"))
+            .json(&json!({"events": [{"type": "Small", "data": {}}]}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 503, "{limit:?}");
+        assert_eq!(response.headers()["retry-after"], "1");
+        let (status, body) = crate::support::status_json(response).await;
+        assert_error(status, &body, 503, "writer_busy");
+        assert_eq!(first.await.expect("first").0, 201, "{limit:?}");
+        assert_eq!(server.get("/streams/second").await.0, 404, "nothing stored");
+        let (_, stats) = server.get("/admin/stats").await;
+        assert_eq!(stats["writer_queue_requests"], 0, "{stats}");
+        // With the queue free again, the same append goes through.
+        let (status, body) = server
+            .post(
+                "/streams/second",
+                &json!({"events": [{"type": "Small", "data": {}}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+}

@@ -165,6 +165,10 @@ impl From<WriteError> for ApiError {
             WriteError::StreamNotFound(stream) => Self::StreamNotFound(stream),
             WriteError::Storage(e) => e.into(),
             WriteError::WriterStopped => Self::Unavailable(e.to_string()),
+            WriteError::Busy => Self::Overloaded {
+                code: "writer_busy",
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -35,6 +35,8 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
         read_rate_per_sec_1m: metrics.read_rate(),
         live_subscriptions: gauge(&metrics.subscriptions),
         long_polls_waiting: gauge(&metrics.long_polls),
+        writer_queue_requests: service.writer_queue().0,
+        writer_queue_kib: service.writer_queue().1,
         scavenge: state.maintenance.scavenges.current(),
     })
     .into_response())
@@ -42,6 +44,9 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = state.service.metrics();
+    let (requests, kib) = state.service.writer_queue();
+    metrics.writer_queue_requests.set(requests as i64);
+    metrics.writer_queue_kib.set(kib as i64);
     let scavenge = state.maintenance.scavenges.list().into_iter().next();
     if let Some(report) = scavenge {
         let counter = |name: &str| report.counters.get(name).copied().unwrap_or(0) as i64;

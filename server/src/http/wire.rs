@@ -306,6 +306,8 @@ mod tests {
             read_rate_per_sec_1m: 0.0,
             live_subscriptions: 2,
             long_polls_waiting: 1,
+            writer_queue_requests: 3,
+            writer_queue_kib: 12,
             scavenge: Some(report),
         };
         assert_eq!(read_as::<Stats>(&stats), stats);

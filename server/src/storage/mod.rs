@@ -217,6 +217,17 @@ pub mod fault {
     use super::{keys, StorageError, Store};
     use std::path::Path;
 
+    /// Makes every group commit take at least `SKALD_FAULT_WRITE_DELAY_MS` more
+    /// (when set), so a test can fill the writer's queue.
+    pub(super) fn write_delay() {
+        let delay = std::env::var("SKALD_FAULT_WRITE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok());
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
     /// Makes every compaction range take at least `SKALD_FAULT_COMPACTION_DELAY_MS`
     /// (when set), so a test can act while a scavenge is compacting.
     pub(super) fn compaction_delay() {

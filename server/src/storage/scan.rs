@@ -464,7 +464,8 @@ mod tests {
             .submit(WriteRequest {
                 stream: stream.clone(),
                 op,
-                reply
+                reply,
+                admission: Vec::new(),
             })
             .is_ok());
         answer

@@ -45,6 +45,12 @@ pub enum WriteError {
     Storage(#[from] StorageError),
     #[error("the writer has stopped after a storage failure; restart the server")]
     WriterStopped,
+    /// The writer's queue stayed full for the whole admission timeout; nothing
+    /// of the request was written.
+    #[error(
+        "the writer's queue is full (--writer-queue-requests / --writer-queue-bytes); retry later"
+    )]
+    Busy,
 }
 
 /// What a request asks the writer to do.
@@ -97,10 +103,13 @@ pub struct WriteRequest {
     pub stream: StreamName,
     pub op: WriteOp,
     pub reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    /// The request's place in the bounded queue, given back when the writer
+    /// drops the request (after answering it).
+    pub admission: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl WriteRequest {
-    fn payload_bytes(&self) -> usize {
+    pub fn payload_bytes(&self) -> usize {
         match &self.op {
             WriteOp::Append { events, .. } => events
                 .iter()
@@ -136,10 +145,12 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Queues `request`; its reply arrives on the request's channel. Returns the
-    /// request back when the writer has exited.
-    pub fn submit(&self, request: WriteRequest) -> Result<(), WriteRequest> {
-        self.queue.send(request).map_err(|e| e.0)
+    /// Queues `request`; its reply arrives on the request's channel.
+    /// `WriterStopped` when the writer has exited.
+    pub fn submit(&self, request: WriteRequest) -> Result<(), WriteError> {
+        self.queue
+            .send(request)
+            .map_err(|_| WriteError::WriterStopped)
     }
 }
 
@@ -255,7 +266,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
         let requests = group.len();
         let mut touched = Vec::new();
-        for request in group {
+        // Queue places are given back once the group is written (or failed),
+        // before any answer goes out, so a client that got its answer sees
+        // the queue without its request.
+        let mut admissions = Vec::with_capacity(group.len());
+        for mut request in group {
+            admissions.push(std::mem::take(&mut request.admission));
             match self.prepare(&request, &mut overlay, &mut out) {
                 Ok(outcome) if writes(&outcome) => {
                     touched.push(request.stream);
@@ -291,6 +307,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         write_duration: started.elapsed(),
                         streams: touched,
                     });
+                    admissions.clear();
                     for (reply, outcome) in written {
                         let _ = reply.send(Ok(outcome));
                     }
@@ -298,6 +315,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 Err(e) => {
                     tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
                     self.failed = true;
+                    admissions.clear();
                     let message = e.to_string();
                     for (reply, _) in written {
                         let err = StorageError::Engine(message.clone());
@@ -313,6 +331,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 }
             }
         }
+        admissions.clear();
         for (reply, result) in answered {
             let _ = reply.send(result);
         }
@@ -323,6 +342,8 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         if std::mem::take(&mut self.fail_next_write) {
             return Err(StorageError::Engine("injected write failure".into()));
         }
+        #[cfg(feature = "fault-injection")]
+        super::fault::write_delay();
         Ok(self.store.db.write_opt(batch, opts)?)
     }
 
@@ -831,6 +852,7 @@ mod tests {
             Err(WriteError::StreamNotFound(_)) => Answer::NotFound,
             Err(WriteError::Storage(_)) => Answer::Failed,
             Err(WriteError::WriterStopped) => Answer::Stopped,
+            Err(WriteError::Busy) => panic!("the writer itself never answers busy"),
         }
     }
 
@@ -949,7 +971,7 @@ mod tests {
                 if let Some((stream, op, want)) = request {
                     let (reply, answer) = oneshot::channel();
                     let stream = StreamName::parse(&stream).expect("valid");
-                    group.push(WriteRequest { stream, op, reply });
+                    group.push(WriteRequest { stream, op, reply, admission: Vec::new() });
                     wants.push(want);
                     answers.push(answer);
                 }
