@@ -473,15 +473,7 @@ async fn stats_and_metrics_report_the_server() {
     ] {
         assert!(stats["rocksdb"].get(key).is_some(), "{key}: {stats}");
     }
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics_text().await;
     assert!(text.contains("skald_appended_events_total 12"), "{text}");
     assert!(
         text.contains(

@@ -185,6 +185,14 @@ impl TestServer {
     }
 
     /// GETs `path`; returns status and JSON.
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await;
+        let response = response.expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
+    }
+
     /// Polls `GET /admin/stats` until the gauge `field` (e.g. `long_polls_waiting`,
     /// `live_subscriptions`) reaches `at_least`: a request has reached the server
     /// and is waiting, whatever the machine's speed. Panics after 60 s.

@@ -470,15 +470,7 @@ async fn request_metrics_labels_come_from_a_fixed_set() {
             .expect("request");
         assert_eq!(response.status(), 404);
     }
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics_text().await;
     let values = |label: &str| -> std::collections::BTreeSet<String> {
         text.split(&format!("{label}=\""))
             .skip(1)
