@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Largest single event (data plus metadata plus type), in bytes.
     #[arg(long, env = "SKALD_MAX_EVENT_BYTES", default_value_t = 1 << 20)]
     pub max_event_bytes: usize,
+    /// Largest custom stream metadata (the JSON object's text), in bytes.
+    #[arg(long, env = "SKALD_MAX_CUSTOM_METADATA_BYTES", default_value_t = 64 << 10)]
+    pub max_custom_metadata_bytes: usize,
     /// How long a client may take to send a request body, in seconds.
     #[arg(long, env = "SKALD_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
@@ -51,6 +54,8 @@ pub enum ConfigError {
     EventLimit { event: usize, append: usize },
     #[error("--max-append-bytes must be between 1 and 1 GiB, got {0}")]
     AppendLimit(usize),
+    #[error("--max-custom-metadata-bytes must be between 2 and 16 MiB, got {0}")]
+    CustomMetadataLimit(usize),
     #[error("--writer-queue-requests must be at least 1 and --writer-queue-bytes at least 1024")]
     WriterQueue,
 }
@@ -62,6 +67,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
+    pub max_custom_metadata_bytes: usize,
     pub shutdown_timeout: Duration,
     pub body_timeout: Duration,
     pub max_subscriptions: usize,
@@ -78,6 +84,11 @@ impl ServeArgs {
         if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
             return Err(ConfigError::AppendLimit(self.max_append_bytes));
         }
+        if !(2..=16 << 20).contains(&self.max_custom_metadata_bytes) {
+            return Err(ConfigError::CustomMetadataLimit(
+                self.max_custom_metadata_bytes,
+            ));
+        }
         if self.writer_queue_requests == 0 || self.writer_queue_bytes < 1024 {
             return Err(ConfigError::WriterQueue);
         }
@@ -92,6 +103,7 @@ impl ServeArgs {
             listen: self.listen,
             max_append_bytes: self.max_append_bytes,
             max_event_bytes: self.max_event_bytes,
+            max_custom_metadata_bytes: self.max_custom_metadata_bytes,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
             max_subscriptions: self.max_subscriptions,

@@ -269,7 +269,9 @@ pub struct StreamMetadata {
     pub max_age_secs: Option<u64>,
     /// Hide every revision below this one.
     pub truncate_before: Option<u64>,
-    /// The user's own JSON object, stored as given.
+    /// The user's own JSON object, stored as given. Kept apart from the
+    /// stream's state on disk, so it is here only where a caller asked for it
+    /// (see `StreamState::has_custom`).
     pub custom: Option<String>,
 }
 
@@ -289,6 +291,10 @@ pub struct StreamState {
     /// Bytes of the stream's stored records (scavenged ones subtracted).
     pub bytes: u64,
     pub metadata: StreamMetadata,
+    /// Whether the stream has custom metadata. The state the writer reads and
+    /// rewrites on every append carries only this flag; `metadata.custom` is
+    /// loaded separately, by the reads that show it.
+    pub has_custom: bool,
 }
 
 impl StreamState {

@@ -335,12 +335,13 @@ impl Service {
         }
     }
 
-    /// The state of `stream`, `None` when nothing was ever written for it.
+    /// The state of `stream` with its custom metadata, `None` when nothing was
+    /// ever written for it.
     pub async fn stream_state(
         &self,
         stream: StreamName,
     ) -> Result<Option<StreamState>, StorageError> {
-        self.blocking(move |store| store.stream_state(&stream))
+        self.blocking(move |store| store.stream_state_with_custom(&stream))
             .await
     }
 
@@ -500,13 +501,14 @@ impl Service {
             .await
     }
 
-    /// A page of the stream catalog, in one blocking task.
+    /// A page of the stream catalog, in one blocking task, and whether more
+    /// streams follow.
     pub async fn catalog_page(
         &self,
         prefix: Option<String>,
         after: Option<String>,
         limit: usize,
-    ) -> Result<Vec<CatalogEntry>, StorageError> {
+    ) -> Result<(Vec<CatalogEntry>, bool), StorageError> {
         self.blocking(move |store| store.catalog_page(prefix.as_deref(), after.as_deref(), limit))
             .await
     }

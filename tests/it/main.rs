@@ -6,6 +6,7 @@ mod client;
 mod concurrency;
 mod durability;
 mod lifecycle;
+mod limits;
 mod long_poll;
 mod projections;
 mod read;

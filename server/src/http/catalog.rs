@@ -24,10 +24,10 @@ pub async fn list(
     let after = params.take_str("after").filter(|p| !p.is_empty());
     let limit = params.take_bounded("limit", 1, MAX_CATALOG_PAGE, 100)? as usize;
     params.finish()?;
-    // One more than asked, to know whether another page follows.
-    let mut page = state.service.catalog_page(prefix, after, limit + 1).await?;
-    let next_after = (page.len() > limit).then(|| page[limit - 1].name.as_str().to_owned());
-    page.truncate(limit);
+    let (page, more) = state.service.catalog_page(prefix, after, limit).await?;
+    let next_after = more
+        .then(|| page.last().map(|entry| entry.name.as_str().to_owned()))
+        .flatten();
     let streams = page.iter().map(describe).collect();
     Ok(Json(CatalogPage {
         streams,

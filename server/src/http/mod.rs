@@ -32,6 +32,7 @@ use error::ApiError;
 pub struct Limits {
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
+    pub max_custom_metadata_bytes: usize,
     pub body_timeout: std::time::Duration,
 }
 
@@ -80,6 +81,7 @@ pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenan
     let limits = Limits {
         max_append_bytes: config.max_append_bytes,
         max_event_bytes: config.max_event_bytes,
+        max_custom_metadata_bytes: config.max_custom_metadata_bytes,
         body_timeout: config.body_timeout,
     };
     Router::new()

@@ -52,6 +52,9 @@ pub async fn get_metadata(
     Ok(Json(metadata_answer(stream.as_str(), &current.metadata)).into_response())
 }
 
+/// Bytes a metadata body may hold beyond `--max-custom-metadata-bytes`.
+const METADATA_BODY_SLACK: usize = 4096;
+
 pub async fn put_metadata(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -59,17 +62,28 @@ pub async fn put_metadata(
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
-    let limit = state.limits.max_event_bytes;
+    let max_custom = state.limits.max_custom_metadata_bytes;
+    // Room for the limits and for whitespace around the custom object.
     let bytes = read_body(
         &headers,
         body,
-        limit,
-        "--max-event-bytes",
+        max_custom + METADATA_BODY_SLACK,
+        "--max-custom-metadata-bytes",
         state.limits.body_timeout,
     )
     .await?;
     let body: MetadataBody = parse_json(&bytes)?;
     if let Some(custom) = &body.custom {
+        let size = custom.get().len();
+        if size > max_custom {
+            return Err(ApiError::TooLarge {
+                code: "custom_metadata_too_large",
+                message: format!(
+                    "custom metadata is {size} bytes, above the limit of {max_custom} bytes (set by --max-custom-metadata-bytes)"
+                ),
+                limit: max_custom,
+            });
+        }
         if !custom.get().trim_start().starts_with('{') {
             return Err(ApiError::bad_request(
                 "invalid_body",

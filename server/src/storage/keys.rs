@@ -11,16 +11,20 @@ pub const CF_EVENTS: &str = "events";
 pub const CF_STREAM_INDEX: &str = "stream_index";
 /// Stream state: `stream bytes` -> encoded `StreamState` (see `codec`).
 pub const CF_STREAMS: &str = "streams";
+/// Custom stream metadata: `stream bytes` -> the JSON object's text. Apart from
+/// `CF_STREAMS` so that the state rewritten on every append stays small.
+pub const CF_STREAM_CUSTOM: &str = "stream_custom";
 /// Idempotency index: `event id (16 bytes)` -> `position (u64 BE)`.
 pub const CF_EVENT_IDS: &str = "event_ids";
 /// Store-wide values, keyed by the constants below.
 pub const CF_META: &str = "meta";
 
 /// Every column family the store opens, in a fixed order.
-pub const ALL_CFS: [&str; 5] = [
+pub const ALL_CFS: [&str; 6] = [
     CF_EVENTS,
     CF_STREAM_INDEX,
     CF_STREAMS,
+    CF_STREAM_CUSTOM,
     CF_EVENT_IDS,
     CF_META,
 ];

@@ -36,6 +36,45 @@ impl Store {
         }
     }
 
+    /// The state of `stream` with its custom metadata loaded, for the reads that
+    /// show it (`stream_state` leaves `metadata.custom` empty).
+    pub fn stream_state_with_custom(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<StreamState>, StorageError> {
+        let snapshot = self.db.snapshot();
+        let Some(bytes) =
+            snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
+        else {
+            return Ok(None);
+        };
+        let mut state = decode_state(stream.as_str(), &bytes)?;
+        self.load_custom(&snapshot, stream.as_str(), &mut state)?;
+        Ok(Some(state))
+    }
+
+    /// Fills in `state`'s custom metadata from `snapshot` when it has some and
+    /// it was not decoded with the state.
+    pub(super) fn load_custom(
+        &self,
+        snapshot: &Snapshot<'_>,
+        stream: &str,
+        state: &mut StreamState,
+    ) -> Result<(), StorageError> {
+        if state.has_custom && state.metadata.custom.is_none() {
+            let bytes = snapshot
+                .get_cf(self.cf(keys::CF_STREAM_CUSTOM), keys::stream_key(stream))?
+                .ok_or_else(|| {
+                    StorageError::CorruptIndex(format!("custom metadata of {stream} is missing"))
+                })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                StorageError::CorruptIndex(format!("custom metadata of {stream} is not UTF-8"))
+            })?;
+            state.metadata.custom = Some(text);
+        }
+        Ok(())
+    }
+
     /// The last revision of `stream` as expected-revision checks see it.
     pub fn last_revision(
         &self,

@@ -88,34 +88,77 @@ impl Store {
     }
 
     /// A page of the stream catalog: up to `limit` streams in name order after
-    /// `after` under `prefix`, each with its first stored visible revision, all
-    /// from one call (one blocking task per page, not one per stream).
+    /// `after` under `prefix`, each with its custom metadata and first stored
+    /// visible revision, all from one snapshot and one call (one blocking task
+    /// per page, not one per stream). The page ends early once the custom
+    /// metadata it holds reaches `MAX_PAGE_BYTES`; the flag says whether more
+    /// streams follow.
     pub fn catalog_page(
         &self,
         prefix: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<CatalogEntry>, StorageError> {
-        self.streams_page(prefix, after, limit)?
-            .into_iter()
-            .map(|(name, state)| self.catalog_entry_of(name, state))
-            .collect()
+    ) -> Result<(Vec<CatalogEntry>, bool), StorageError> {
+        let prefix = prefix.unwrap_or("");
+        let start = match after {
+            Some(after) if after >= prefix => keys::stream_key_after(after),
+            _ => keys::stream_key(prefix).to_vec(),
+        };
+        let snapshot = self.db.snapshot();
+        let mode = IteratorMode::From(&start, RocksDirection::Forward);
+        let (mut out, mut custom_bytes) = (Vec::new(), 0);
+        for item in snapshot.iterator_cf(self.cf(keys::CF_STREAMS), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if out.len() == limit || custom_bytes >= super::read::MAX_PAGE_BYTES {
+                return Ok((out, true));
+            }
+            let name = keys::decode_stream_key(&key)
+                .ok_or_else(|| StorageError::CorruptIndex("a stream name is not UTF-8".into()))?;
+            let mut state = decode_state(name, &value)?;
+            self.load_custom(&snapshot, name, &mut state)?;
+            custom_bytes += state.metadata.custom.as_ref().map_or(0, String::len);
+            let name = StreamName::from_stored(name.to_owned());
+            out.push(self.catalog_entry_of(&snapshot, name, state)?);
+        }
+        Ok((out, false))
     }
 
     /// One stream's catalog entry, `None` when nothing was ever written for it.
     pub fn catalog_entry(&self, stream: &StreamName) -> Result<Option<CatalogEntry>, StorageError> {
-        self.stream_state(stream)?
-            .map(|state| self.catalog_entry_of(stream.clone(), state))
-            .transpose()
+        let snapshot = self.db.snapshot();
+        let Some(bytes) =
+            snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
+        else {
+            return Ok(None);
+        };
+        let mut state = decode_state(stream.as_str(), &bytes)?;
+        self.load_custom(&snapshot, stream.as_str(), &mut state)?;
+        self.catalog_entry_of(&snapshot, stream.clone(), state)
+            .map(Some)
     }
 
     fn catalog_entry_of(
         &self,
+        snapshot: &Snapshot<'_>,
         name: StreamName,
         state: StreamState,
     ) -> Result<CatalogEntry, StorageError> {
         let first_stored_revision = if state.exists() {
-            self.first_stored_revision(&name, state.first_visible_revision())?
+            let prefix = keys::stream_index_prefix(name.as_str());
+            let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+            it.seek(keys::stream_index_key(
+                name.as_str(),
+                state.first_visible_revision(),
+            ));
+            let found = it
+                .key()
+                .filter(|k| k.starts_with(&prefix))
+                .and_then(keys::decode_stream_index_revision);
+            it.status()?;
+            found
         } else {
             None
         };
@@ -124,24 +167,6 @@ impl Store {
             state,
             first_stored_revision,
         })
-    }
-
-    /// The first revision still stored for `stream` at or after `from` (its
-    /// index entries may start later than 0 after scavenging).
-    pub fn first_stored_revision(
-        &self,
-        stream: &StreamName,
-        from: u64,
-    ) -> Result<Option<u64>, StorageError> {
-        let prefix = keys::stream_index_prefix(stream.as_str());
-        let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-        it.seek(keys::stream_index_key(stream.as_str(), from));
-        let found = it
-            .key()
-            .filter(|k| k.starts_with(&prefix))
-            .and_then(keys::decode_stream_index_revision);
-        it.status()?;
-        Ok(found)
     }
 
     /// Up to `max` events of `stream`, from revision `from`, that `state` hides at
@@ -455,7 +480,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::model::{ExpectedRevision, NewEvent};
+    use crate::model::{ExpectedRevision, NewEvent, StreamMetadata};
     use crate::storage::writer::{self, WriteOp, WriteOutcome, WriteRequest, WriterHandle};
 
     fn write(writer: &WriterHandle, stream: &StreamName, op: WriteOp) -> WriteOutcome {
@@ -525,6 +550,127 @@ mod tests {
         let live = store.verify_events(&start, 100).expect("verify");
         assert_eq!((live.checked, live.problems.len()), (0, 0));
         drop(snapshot);
+        drop(writer);
+        thread.join().expect("writer exits");
+    }
+
+    fn custom_of(bytes: usize) -> String {
+        format!("{{\"k\":\"{}\"}}", "x".repeat(bytes))
+    }
+
+    fn set_custom(writer: &WriterHandle, stream: &StreamName, custom: Option<String>) {
+        let metadata = StreamMetadata {
+            max_count: Some(1000),
+            custom,
+            ..StreamMetadata::default()
+        };
+        let set = write(writer, stream, WriteOp::SetMetadata(metadata));
+        assert!(matches!(set, WriteOutcome::MetadataSet(_)));
+    }
+
+    fn append_one(writer: &WriterHandle, stream: &StreamName, n: u128) {
+        let events = vec![NewEvent {
+            id: Uuid::from_u128(n),
+            event_type: "T".into(),
+            data: "{}".into(),
+            metadata: None,
+        }];
+        let expected = ExpectedRevision::Any;
+        write(writer, stream, WriteOp::Append { expected, events });
+    }
+
+    fn raw_state_len(store: &Store, stream: &StreamName) -> usize {
+        let cf = store.cf(keys::CF_STREAMS);
+        let raw = store.db.get_cf(cf, keys::stream_key(stream.as_str()));
+        raw.expect("read").expect("stored").len()
+    }
+
+    /// The state every append rewrites holds a flag for custom metadata, not
+    /// the metadata: its size does not depend on the custom object's.
+    #[test]
+    fn custom_metadata_stays_out_of_the_state_appends_rewrite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
+        let stream = StreamName::parse("s").expect("valid");
+        let custom = custom_of(64 << 10);
+        set_custom(&writer, &stream, Some(custom.clone()));
+        for n in 0..20 {
+            append_one(&writer, &stream, n);
+        }
+        assert!(raw_state_len(&store, &stream) <= 66);
+        let lean = store.stream_state(&stream).expect("state").expect("exists");
+        assert!(lean.has_custom && lean.metadata.custom.is_none());
+        let full = store.stream_state_with_custom(&stream).expect("state");
+        assert_eq!(full.expect("exists").metadata.custom, Some(custom.clone()));
+        let entry = store
+            .catalog_entry(&stream)
+            .expect("entry")
+            .expect("exists");
+        assert_eq!(entry.state.metadata.custom, Some(custom));
+        assert_eq!(entry.state.last_revision, Some(19));
+
+        set_custom(&writer, &stream, None);
+        let cleared = store.stream_state_with_custom(&stream).expect("state");
+        let cleared = cleared.expect("exists");
+        assert!(!cleared.has_custom && cleared.metadata.custom.is_none());
+        let cf = store.cf(keys::CF_STREAM_CUSTOM);
+        assert_eq!(store.db.get_cf(cf, b"s").expect("read"), None);
+        drop(writer);
+        thread.join().expect("writer exits");
+    }
+
+    /// A state written by the previous layout (custom metadata inline) is read
+    /// as it was, and its next write moves the custom metadata out.
+    #[test]
+    fn a_version_2_state_moves_its_custom_metadata_out_on_the_next_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let stream = StreamName::parse("old").expect("valid");
+        let custom = custom_of(10_000);
+        // Version 2: flags HAS_LAST | HAS_CUSTOM, five u64s, then the custom text.
+        let mut v2 = vec![2u8, 1 | 1 << 5];
+        for n in [4u64, 0, 1, 2, 100] {
+            v2.extend_from_slice(&n.to_be_bytes());
+        }
+        v2.extend_from_slice(&(custom.len() as u32).to_be_bytes());
+        v2.extend_from_slice(custom.as_bytes());
+        let cf = store.cf(keys::CF_STREAMS);
+        store.db.put_cf(cf, b"old", &v2).expect("put");
+        let before = store.stream_state_with_custom(&stream).expect("state");
+        let before = before.expect("exists");
+        assert_eq!(before.last_revision, Some(4));
+        assert_eq!(before.metadata.custom.as_deref(), Some(custom.as_str()));
+
+        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
+        append_one(&writer, &stream, 1);
+        assert!(raw_state_len(&store, &stream) <= 66);
+        let after = store.stream_state_with_custom(&stream).expect("state");
+        let after = after.expect("exists");
+        assert_eq!(after.last_revision, Some(5));
+        assert_eq!(after.metadata.custom, Some(custom));
+        drop(writer);
+        thread.join().expect("writer exits");
+    }
+
+    /// A catalog page stops once the custom metadata it loaded reaches the page
+    /// budget, and says that more streams follow.
+    #[test]
+    fn a_catalog_page_is_bounded_by_the_custom_metadata_it_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
+        for name in ["a", "b", "c", "d"] {
+            let stream = StreamName::parse(name).expect("valid");
+            set_custom(&writer, &stream, Some(custom_of(6 << 20)));
+        }
+        let (page, more) = store.catalog_page(None, None, 100).expect("page");
+        let names: Vec<_> = page.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!((names, more), (vec!["a", "b", "c"], true));
+        let (page, more) = store.catalog_page(None, Some("c"), 100).expect("page");
+        assert_eq!((page.len(), more), (1, false));
+        let (page, more) = store.catalog_page(None, None, 2).expect("page");
+        assert_eq!((page.len(), more), (2, true));
         drop(writer);
         thread.join().expect("writer exits");
     }

@@ -1,15 +1,21 @@
 //! The bytes of what the store keeps per stream (`model::StreamState`: its last
 //! revision, deletion, limits and statistics; the visibility rules live there).
 //!
-//! Layout (version 2, big-endian): `version u8 | flags u8 | last_revision u64 |
+//! Layout (version 3, big-endian): `version u8 | flags u8 | last_revision u64 |
 //! deleted_before u64 | created_at µs u64 | last_appended_at µs u64 | bytes u64 |
-//! [max_count u64] [max_age_secs u64] [truncate_before u64] [custom_len u32 custom]`.
-//! Version 1 (`version u8 | last_revision u64`) is still read.
+//! [max_count u64] [max_age_secs u64] [truncate_before u64]`, at most 66 bytes.
+//! Custom metadata is not part of it (only its `HAS_CUSTOM` flag is): the writer
+//! rewrites this state on every append, so it must cost the same whatever the
+//! stream's custom metadata holds; the custom JSON lives in `CF_STREAM_CUSTOM`.
+//! Version 2 (the same, followed by `[custom_len u32 custom]` when flagged) and
+//! version 1 (`version u8 | last_revision u64`) are still read; the writer
+//! moves a version 2 state's custom metadata out on its next write.
 
 use super::codec::{CodecError, Reader};
 pub use crate::model::{StreamMetadata, StreamState};
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const HAS_LAST: u8 = 1;
 const TOMBSTONED: u8 = 1 << 1;
 const HAS_MAX_COUNT: u8 = 1 << 2;
@@ -17,7 +23,8 @@ const HAS_MAX_AGE: u8 = 1 << 3;
 const HAS_TRUNCATE: u8 = 1 << 4;
 const HAS_CUSTOM: u8 = 1 << 5;
 
-/// Encodes a stream state.
+/// Encodes a stream state: everything but the custom metadata's bytes, which
+/// the caller stores apart (see the module docs).
 pub fn encode(state: &StreamState) -> Vec<u8> {
     let m = &state.metadata;
     let mut flags = 0;
@@ -27,7 +34,7 @@ pub fn encode(state: &StreamState) -> Vec<u8> {
         (m.max_count.is_some(), HAS_MAX_COUNT),
         (m.max_age_secs.is_some(), HAS_MAX_AGE),
         (m.truncate_before.is_some(), HAS_TRUNCATE),
-        (m.custom.is_some(), HAS_CUSTOM),
+        (state.has_custom || m.custom.is_some(), HAS_CUSTOM),
     ] {
         if set {
             flags |= bit;
@@ -51,16 +58,11 @@ pub fn encode(state: &StreamState) -> Vec<u8> {
     {
         out.extend_from_slice(&n.to_be_bytes());
     }
-    if let Some(custom) = &m.custom {
-        let len =
-            u32::try_from(custom.len()).expect("custom metadata is capped by the request limit");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(custom.as_bytes());
-    }
     out
 }
 
-/// Decodes a stream state (version 1 or 2).
+/// Decodes a stream state (version 1, 2 or 3). A version 2 state brings its
+/// custom metadata inline; a version 3 state only says whether it has some.
 pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
     let mut r = Reader(bytes);
     match r.u8()? {
@@ -68,7 +70,7 @@ pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
             last_revision: Some(r.u64()?),
             ..StreamState::default()
         }),
-        VERSION => {
+        version @ (VERSION | VERSION_2) => {
             let flags = r.u8()?;
             let last = r.u64()?;
             let mut state = StreamState {
@@ -79,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
                 last_appended_micros: r.u64()?,
                 bytes: r.u64()?,
                 metadata: StreamMetadata::default(),
+                has_custom: flags & HAS_CUSTOM != 0,
             };
             let m = &mut state.metadata;
             m.max_count = if flags & HAS_MAX_COUNT != 0 {
@@ -96,7 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
             } else {
                 None
             };
-            m.custom = if flags & HAS_CUSTOM != 0 {
+            m.custom = if version == VERSION_2 && flags & HAS_CUSTOM != 0 {
                 let len = r.u32()? as usize;
                 Some(r.text(len)?)
             } else {
@@ -125,10 +128,10 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
-            proptest::option::of("\\{.{0,20}\\}"),
+            any::<bool>(),
         )
             .prop_map(
-                |(last_revision, deleted_before, tombstoned, (c, a, b), mc, ma, tb, custom)| {
+                |(last_revision, deleted_before, tombstoned, (c, a, b), mc, ma, tb, has_custom)| {
                     StreamState {
                         last_revision,
                         deleted_before,
@@ -140,8 +143,9 @@ mod tests {
                             max_count: mc,
                             max_age_secs: ma,
                             truncate_before: tb,
-                            custom,
+                            custom: None,
                         },
+                        has_custom,
                     }
                 },
             )
@@ -159,6 +163,51 @@ mod tests {
             let bytes = encode(&state);
             prop_assert!(decode(&bytes[..cut % bytes.len()]).is_err());
         }
+    }
+
+    /// What version 2 wrote: version 3's fields, then the custom JSON inline.
+    fn encode_v2(state: &StreamState) -> Vec<u8> {
+        let mut out = encode(state);
+        out[0] = VERSION_2;
+        if let Some(custom) = &state.metadata.custom {
+            out.extend_from_slice(&(custom.len() as u32).to_be_bytes());
+            out.extend_from_slice(custom.as_bytes());
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config(128))]
+        #[test]
+        fn version_2_states_still_decode_with_their_custom_metadata(
+            mut state in arb_state(),
+            custom in proptest::option::of("\\{.{0,20}\\}"),
+        ) {
+            state.has_custom = custom.is_some();
+            state.metadata.custom = custom;
+            prop_assert_eq!(decode(&encode_v2(&state)), Ok(state));
+        }
+    }
+
+    #[test]
+    fn custom_metadata_never_enters_the_encoded_state() {
+        let mut state = StreamState {
+            last_revision: Some(u64::MAX),
+            deleted_before: u64::MAX,
+            metadata: StreamMetadata {
+                max_count: Some(1),
+                max_age_secs: Some(2),
+                truncate_before: Some(3),
+                custom: Some(format!("{{\"k\":\"{}\"}}", "x".repeat(64 << 10))),
+            },
+            ..StreamState::default()
+        };
+        let bytes = encode(&state);
+        assert!(bytes.len() <= 66, "{} bytes", bytes.len());
+        let decoded = decode(&bytes).expect("decodes");
+        assert!(decoded.has_custom && decoded.metadata.custom.is_none());
+        state.metadata.custom = None;
+        assert!(!decode(&encode(&state)).expect("decodes").has_custom);
     }
 
     #[test]

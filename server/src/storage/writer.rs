@@ -359,13 +359,23 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         }
     }
 
+    /// Writes `state`; custom metadata it carries (a new one, or one decoded
+    /// from a version 2 state) goes to its own column family, out of the state.
     fn put_state(
         &self,
         stream: &StreamName,
-        state: StreamState,
+        mut state: StreamState,
         overlay: &mut GroupOverlay,
         out: &mut GroupBatch,
     ) {
+        if let Some(custom) = state.metadata.custom.take() {
+            out.batch.put_cf(
+                self.store.cf(keys::CF_STREAM_CUSTOM),
+                keys::stream_key(stream.as_str()),
+                custom,
+            );
+            state.has_custom = true;
+        }
         out.batch.put_cf(
             self.store.cf(keys::CF_STREAMS),
             keys::stream_key(stream.as_str()),
@@ -426,6 +436,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             }
             WriteOp::SetMetadata(metadata) => {
                 state.metadata = metadata.clone();
+                state.has_custom = metadata.custom.is_some();
+                if metadata.custom.is_none() {
+                    out.batch.delete_cf(
+                        self.store.cf(keys::CF_STREAM_CUSTOM),
+                        keys::stream_key(stream.as_str()),
+                    );
+                }
                 self.put_state(stream, state.clone(), overlay, out);
                 Ok(WriteOutcome::MetadataSet(state))
             }
