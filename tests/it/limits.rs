@@ -83,3 +83,43 @@ async fn custom_metadata_above_its_limit_is_413_and_changes_nothing() {
     let (status, body) = put_metadata(&server, "d", &over).await;
     assert_error(status, &body, 413, "custom_metadata_too_large");
 }
+
+/// A read builds about one page (16 MiB) plus a constant, whatever it could
+/// fetch ahead: 24 reads at once of a stream of 64 events of 1 MiB (and of
+/// `$all` over them) must not cost 24 x 64 MiB.
+#[tokio::test]
+async fn parallel_reads_of_large_events_cost_about_one_page_each() {
+    let server = TestServer::start();
+    let data = "x".repeat((1 << 20) - 1024);
+    for _ in 0..8 {
+        let events: Vec<_> = (0..8)
+            .map(|_| json!({"type": "Big", "data": data}))
+            .collect();
+        let (status, body) = server
+            .post("/streams/big", &json!({"events": events}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let before = server.peak_rss_kib();
+    for path in ["/streams/big?limit=100", "/all?limit=100"] {
+        let reads = (0..24).map(|_| {
+            let request = server.http.get(server.url(path)).send();
+            async move {
+                let response = request.await.expect("send");
+                assert_eq!(response.status(), 200);
+                let page: Value = response.json().await.expect("page");
+                page["events"].as_array().expect("events").len()
+            }
+        });
+        for events in futures::future::join_all(reads).await {
+            // 16 events are just under 16 MiB; the 17th reaches the cap.
+            assert_eq!(events, 17, "a page stops once it holds 16 MiB");
+        }
+    }
+    let grown_mib = server.peak_rss_kib().saturating_sub(before) / 1024;
+    eprintln!("peak RSS grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 24 * 40,
+        "24 parallel reads grew peak RSS by {grown_mib} MiB"
+    );
+}

@@ -1,13 +1,12 @@
 //! `/all`: the global log in position order, with server-side prefix filters and long-poll.
 
 use axum::extract::{RawQuery, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::{wait_param, DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
-use super::wire::{events_json, AllPage};
+use super::wire::{page_body, AllPage};
 use super::{parse_direction, AppState};
 use crate::model::AllFilter;
 use crate::service::AllQuery;
@@ -38,9 +37,9 @@ pub async fn read(
     };
     let slice = state.service.read_all(query).await?;
     let page = AllPage {
-        events: events_json(slice.events)?,
+        events: Vec::new(),
         next_position: slice.next_position,
         head_position: slice.head_position,
     };
-    Ok(Json(page).into_response())
+    page_body(&page, slice.events)
 }

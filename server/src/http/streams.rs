@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
-use super::wire::{append_result, event_json, events_json, AppendBody, EventBody, StreamPage};
+use super::wire::{append_result, event_json, page_body, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{
     check_event_type, json_depth, NewEvent, StreamName, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
@@ -87,11 +87,11 @@ pub async fn read(
     )?;
     let page = StreamPage {
         stream: stream.as_str().to_owned(),
-        events: events_json(slice.events)?,
+        events: Vec::new(),
         next_revision: slice.next_revision,
         last_revision: slice.last_revision,
     };
-    Ok(Json(page).into_response())
+    page_body(&page, slice.events)
 }
 
 pub async fn read_one(

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::response::IntoResponse;
 use serde_json::value::RawValue;
 use skald_proto as wire;
 
@@ -90,6 +91,47 @@ pub fn events_json(events: Vec<RecordedEvent>) -> Result<Vec<EventJson>, ApiErro
     events.into_iter().map(event_json).collect()
 }
 
+/// The JSON body of a page: `page` (built with no events) serialized with
+/// `events` in its `events` field, each event converted and written in turn and
+/// dropped once written, so a page's events and their JSON text are never both
+/// whole in memory (a page of 1 MiB events costs about one page, not two).
+pub fn page_body<P: serde::Serialize>(
+    page: &P,
+    events: Vec<RecordedEvent>,
+) -> Result<axum::response::Response, ApiError> {
+    const EMPTY: &[u8] = br#""events":[]"#;
+    let internal = |e: serde_json::Error| ApiError::Internal(e.to_string());
+    let shell = serde_json::to_vec(page).map_err(internal)?;
+    // `"events":[]` cannot occur inside a JSON string (its quotes would be
+    // escaped), so its first occurrence is the field.
+    let at = shell
+        .windows(EMPTY.len())
+        .position(|w| w == EMPTY)
+        .ok_or_else(|| ApiError::Internal("a page without an empty events field".into()))?;
+    let split = at + EMPTY.len() - 1;
+    let payload: usize = events
+        .iter()
+        .map(|e| e.data.len() + e.metadata.as_ref().map_or(0, String::len) + 256)
+        .sum();
+    let mut body = Vec::with_capacity(shell.len() + payload);
+    body.extend_from_slice(&shell[..split]);
+    for (i, event) in events.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &event_json(event)?).map_err(internal)?;
+    }
+    body.extend_from_slice(&shell[split..]);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
 /// A time in µs since the Unix epoch as RFC 3339 text; `None` for 0 (never).
 pub fn time_text(micros: u64) -> Option<String> {
     (micros > 0).then(|| {
@@ -132,6 +174,55 @@ mod tests {
             data: r#"{"total": 30, "items": ["a"]}"#.into(),
             metadata: None,
             recorded_at_micros: 1_000_001,
+        }
+    }
+
+    async fn body_of(response: axum::response::Response) -> Vec<u8> {
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+        body.expect("body").to_vec()
+    }
+
+    /// `page_body` writes exactly what serializing the whole page would.
+    #[tokio::test]
+    async fn page_bodies_are_the_pages_serialized() {
+        let events: Vec<_> = (0..3)
+            .map(|n| {
+                let mut event = stored_event();
+                event.revision = n;
+                event.metadata = (n == 1).then(|| r#"{"k": "\"events\":[]"}"#.into());
+                event
+            })
+            .collect();
+        for count in [0, 1, 3] {
+            let events = events[..count].to_vec();
+            let whole: Vec<_> = events
+                .iter()
+                .cloned()
+                .map(|e| event_json(e).expect("event"))
+                .collect();
+            let page = StreamPage {
+                stream: r#"a"events":[]b"#.into(),
+                events: Vec::new(),
+                next_revision: Some(4),
+                last_revision: 9,
+            };
+            let body = body_of(page_body(&page, events.clone()).expect("body")).await;
+            let full = StreamPage {
+                events: whole.clone(),
+                ..page
+            };
+            assert_eq!(body, serde_json::to_vec(&full).expect("json"));
+            let page = AllPage {
+                events: Vec::new(),
+                next_position: None,
+                head_position: Some(12),
+            };
+            let body = body_of(page_body(&page, events).expect("body")).await;
+            let full = AllPage {
+                events: whole,
+                ..page
+            };
+            assert_eq!(body, serde_json::to_vec(&full).expect("json"));
         }
     }
 

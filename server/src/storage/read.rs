@@ -15,8 +15,6 @@ use crate::model::{
 /// always holds at least one event), so `limit=4096` of 1 MiB events cannot
 /// make one answer 4 GiB.
 pub const MAX_PAGE_BYTES: usize = 16 << 20;
-/// Index entries fetched per run while filling a stream page.
-const FETCH_CHUNK: usize = 64;
 
 fn event_bytes(event: &RecordedEvent) -> usize {
     event.data.len() + event.metadata.as_ref().map_or(0, String::len)
@@ -140,37 +138,30 @@ impl Store {
                     keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))?;
                 (revision >= first_visible).then(|| (revision, keys::decode_position(value)))
             };
-        // Fetch in small runs: visibility by age needs the record, and a page
-        // stops at MAX_PAGE_BYTES without reading records it will not return.
-        'page: loop {
-            let room = (limit - events.len()).min(FETCH_CHUNK);
-            let mut positions = Vec::with_capacity(room);
-            while positions.len() < room {
-                let Some((revision, position)) = current(&it) else {
-                    break;
-                };
-                positions.push(position.ok_or_else(|| {
-                    StorageError::CorruptIndex(format!(
-                        "stream index value of {stream}@{revision} is not 8 bytes"
-                    ))
-                })?);
-                step(&mut it);
-            }
-            it.status()?;
-            if positions.is_empty() {
+        // One record at a time, each pinned only while it is decoded: a page
+        // holds at most MAX_PAGE_BYTES plus one event, and never reads a
+        // record it will not return (visibility by age needs the record).
+        while events.len() < limit {
+            let Some((revision, position)) = current(&it) else {
+                break;
+            };
+            if bytes >= MAX_PAGE_BYTES {
+                next_revision = Some(revision);
                 break;
             }
-            for event in self.fetch(&snapshot, &positions)? {
-                if bytes >= MAX_PAGE_BYTES {
-                    next_revision = Some(event.revision);
-                    break 'page;
-                }
-                if state.is_visible(event.revision, event.recorded_at_micros, now) {
-                    bytes += event_bytes(&event);
-                    events.push(event);
-                }
+            let position = position.ok_or_else(|| {
+                StorageError::CorruptIndex(format!(
+                    "stream index value of {stream}@{revision} is not 8 bytes"
+                ))
+            })?;
+            let event = self.fetch(&snapshot, position)?;
+            if state.is_visible(event.revision, event.recorded_at_micros, now) {
+                bytes += event_bytes(&event);
+                events.push(event);
             }
+            step(&mut it);
         }
+        it.status()?;
         if next_revision.is_none() && (events.len() == limit || bytes >= MAX_PAGE_BYTES) {
             next_revision = current(&it).map(|(revision, _)| revision);
         }
@@ -205,9 +196,7 @@ impl Store {
             StorageError::CorruptIndex(format!("stream index value of {stream} is not 8 bytes"))
         })?;
         let now = now_micros();
-        let event = self
-            .fetch(&snapshot, &[position])?
-            .pop()
+        let event = Some(self.fetch(&snapshot, position)?)
             .filter(|e| state.is_visible(e.revision, e.recorded_at_micros, now));
         Ok(StreamRead::Found(event))
     }
@@ -282,24 +271,15 @@ impl Store {
         })
     }
 
-    fn fetch(
-        &self,
-        snapshot: &Snapshot<'_>,
-        positions: &[u64],
-    ) -> Result<Vec<RecordedEvent>, StorageError> {
-        let cf = self.cf(keys::CF_EVENTS);
-        let values = snapshot.multi_get_cf(positions.iter().map(|p| (cf, keys::position_key(*p))));
-        positions
-            .iter()
-            .zip(values)
-            .map(|(&position, value)| {
-                let bytes = value?.ok_or_else(|| {
-                    StorageError::CorruptIndex(format!("index points at missing event {position}"))
-                })?;
-                codec::decode_event(position, &bytes)
-                    .map_err(|source| StorageError::CorruptEvent { position, source })
-            })
-            .collect()
+    /// The event at `position`, which an index entry points at.
+    fn fetch(&self, snapshot: &Snapshot<'_>, position: u64) -> Result<RecordedEvent, StorageError> {
+        let bytes = snapshot
+            .get_pinned_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?
+            .ok_or_else(|| {
+                StorageError::CorruptIndex(format!("index points at missing event {position}"))
+            })?;
+        codec::decode_event(position, &bytes)
+            .map_err(|source| StorageError::CorruptEvent { position, source })
     }
 }
 
