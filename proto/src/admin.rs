@@ -246,6 +246,9 @@ pub struct Stats {
     pub live_subscriptions: u64,
     /// Long-polls waiting now.
     pub long_polls_waiting: u64,
+    /// HTTP connections open now (this one included).
+    #[serde(default)]
+    pub open_connections: u64,
     /// Write requests queued for or being committed by the writer.
     #[serde(default)]
     pub writer_queue_requests: u64,

@@ -25,6 +25,18 @@ pub struct ServeArgs {
     /// How long a client may take to send a request body, in seconds.
     #[arg(long, env = "SKALD_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Most connections open at once; more are answered 503 and closed. Each
+    /// needs a file descriptor: see `docs/operations.md`.
+    #[arg(long, env = "SKALD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// How long a new connection may take to send a complete request head, and
+    /// a keep-alive one from the first byte of its next head, in seconds.
+    #[arg(long, env = "SKALD_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// How long a keep-alive connection may sit idle between two requests, in
+    /// seconds.
+    #[arg(long, env = "SKALD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -56,6 +68,10 @@ pub enum ConfigError {
     AppendLimit(usize),
     #[error("--max-custom-metadata-bytes must be between 2 and 16 MiB, got {0}")]
     CustomMetadataLimit(usize),
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
+    #[error("--header-timeout-secs and --idle-timeout-secs must be between 1 and 3600")]
+    ConnectionTimeouts,
     #[error("--writer-queue-requests must be at least 1 and --writer-queue-bytes at least 1024")]
     WriterQueue,
 }
@@ -70,6 +86,9 @@ pub struct Config {
     pub max_custom_metadata_bytes: usize,
     pub shutdown_timeout: Duration,
     pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_subscriptions: usize,
     pub max_long_polls: usize,
     pub writer_queue_requests: usize,
@@ -83,6 +102,15 @@ impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
             return Err(ConfigError::AppendLimit(self.max_append_bytes));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
+        let timeouts = 1..=3600;
+        if !timeouts.contains(&self.header_timeout_secs)
+            || !timeouts.contains(&self.idle_timeout_secs)
+        {
+            return Err(ConfigError::ConnectionTimeouts);
         }
         if !(2..=16 << 20).contains(&self.max_custom_metadata_bytes) {
             return Err(ConfigError::CustomMetadataLimit(
@@ -106,6 +134,9 @@ impl ServeArgs {
             max_custom_metadata_bytes: self.max_custom_metadata_bytes,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             max_subscriptions: self.max_subscriptions,
             max_long_polls: self.max_long_polls,
             writer_queue_requests: self.writer_queue_requests,

@@ -14,6 +14,7 @@
 //! - `server`: binding, serving and graceful shutdown.
 
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

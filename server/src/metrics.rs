@@ -37,6 +37,14 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub long_polls: Gauge,
     pub scavenge_running: Gauge,
+    /// Connections open now.
+    pub connections: Gauge,
+    /// Connections answered 503 (or closed) for being over `--max-connections`.
+    pub connections_rejected: Counter,
+    /// Connections closed for not sending a complete request head in time.
+    pub connections_timed_out: Counter,
+    /// Failed accepts (out of file descriptors, usually).
+    pub accept_errors: Counter,
     /// Write requests queued for or being committed by the writer.
     pub writer_queue_requests: Gauge,
     /// KiB of payload queued for or being committed by the writer.
@@ -73,6 +81,10 @@ impl Default for Metrics {
             subscriptions: Gauge::default(),
             long_polls: Gauge::default(),
             scavenge_running: Gauge::default(),
+            connections: Gauge::default(),
+            connections_rejected: Counter::default(),
+            connections_timed_out: Counter::default(),
+            accept_errors: Counter::default(),
             writer_queue_requests: Gauge::default(),
             writer_queue_kib: Gauge::default(),
             scavenge_events_scanned: Gauge::default(),
@@ -131,6 +143,26 @@ impl Default for Metrics {
             "long_polls_waiting",
             "Long-poll reads waiting for a commit",
             metrics.long_polls.clone(),
+        );
+        registry.register(
+            "connections",
+            "HTTP connections open now",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections refused for being over --max-connections",
+            metrics.connections_rejected.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for not sending a complete request head in time",
+            metrics.connections_timed_out.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Connections the listener failed to accept (file descriptors exhausted, usually)",
+            metrics.accept_errors.clone(),
         );
         registry.register(
             "writer_queue_requests",

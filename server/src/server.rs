@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::connections::ConnectionLimits;
 use crate::maintenance::{Jobs, Maintenance};
 use crate::model::JobKind;
 use crate::service::{QueueLimits, Service};
@@ -24,8 +26,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("serving failed: {0}")]
-    Serve(std::io::Error),
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
 }
@@ -50,6 +50,7 @@ impl Server {
                 path: config.data_dir.display().to_string(),
                 source,
             })?;
+        crate::connections::raise_fd_limit(config.max_connections);
         let shutdown = CancellationToken::new();
         let queue = QueueLimits {
             requests: config.writer_queue_requests,
@@ -97,30 +98,26 @@ impl Server {
             verifies: Arc::new(Jobs::load(JobKind::Verify, &service).await),
         });
         let app = crate::http::router(Arc::clone(&service), &config, maintenance);
-        let graceful = {
-            let (stop, shutdown) = (stop.clone(), shutdown.clone());
-            async move {
-                stop.cancelled().await;
-                tracing::info!("shutting down: no new connections; finishing in-flight requests");
-                // Ends long-polls so they answer now rather than at their deadline.
-                shutdown.cancel();
-            }
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
         };
-        let serving = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(graceful),
-        );
-        tokio::pin!(serving);
-        let served = tokio::select! {
-            result = &mut serving => result,
-            () = async {
-                stop.cancelled().await;
-                tokio::time::sleep(config.shutdown_timeout).await;
-            } => {
-                tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight requests did not finish in time; closing them");
-                Ok(())
-            }
-        };
-        served.map_err(ServerError::Serve)?;
+        let connections = TaskTracker::new();
+        let metrics = Arc::clone(service.metrics());
+        // Returns once `stop` is cancelled; open connections then finish the
+        // request they are answering and close.
+        crate::connections::serve(listener, app, limits, metrics, stop, connections.clone()).await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        // Ends long-polls and subscriptions so they answer now rather than at their deadline.
+        shutdown.cancel();
+        connections.close();
+        if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight requests did not finish in time; closing them");
+        }
         // Maintenance jobs, subscriptions and long-polls end on `shutdown`; wait
         // for them (bounded), so none still runs during the final flush.
         service.tasks().close();

@@ -1,6 +1,8 @@
 //! Resource limits a client can run into: custom stream metadata, read memory,
 //! connections.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::support::{assert_error, status_json, TestServer};
@@ -122,4 +124,160 @@ async fn parallel_reads_of_large_events_cost_about_one_page_each() {
         grown_mib < 24 * 40,
         "24 parallel reads grew peak RSS by {grown_mib} MiB"
     );
+}
+
+/// A raw connection to the server.
+async fn connect(server: &TestServer) -> tokio::net::TcpStream {
+    let addr = server.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Reads until the server closes the connection (or resets it), within
+/// `within`; returns what it sent.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open past {within:?}"
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One request on an open keep-alive connection; returns the status line.
+async fn request_on(socket: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nhost: skald\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut reader = tokio::io::BufReader::new(socket);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.expect("status line");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.expect("body");
+    status
+}
+
+/// Connections that never send a byte, or never finish their request head,
+/// are closed after the header timeout (the issue saw 3,000 such connections
+/// all still open after 75 s).
+#[tokio::test]
+async fn connections_without_a_complete_request_head_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(&["--header-timeout-secs", "1"]);
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(connect(&server).await);
+    }
+    let mut partial = connect(&server).await;
+    partial
+        .write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    for socket in &mut silent {
+        read_until_closed(socket, Duration::from_secs(30)).await;
+    }
+    read_until_closed(&mut partial, Duration::from_secs(30)).await;
+    let metrics = server.metrics_text().await;
+    let timed_out = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skald_connections_timed_out_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("skald_connections_timed_out_total");
+    assert!(
+        timed_out >= 201,
+        "{timed_out} connections counted as timed out"
+    );
+}
+
+/// Between two requests a keep-alive connection has the idle timeout (here
+/// 30 s), not the header timeout (1 s); once the next head starts, the header
+/// timeout applies from its first byte.
+#[tokio::test]
+async fn keep_alive_connections_get_the_idle_timeout_between_requests() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        TestServer::start_with(&["--header-timeout-secs", "1", "--idle-timeout-secs", "30"]);
+    let mut socket = connect(&server).await;
+    assert!(request_on(&mut socket, "/health/live")
+        .await
+        .contains("200"));
+    // Idle for twice the header timeout: still open, and served.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(request_on(&mut socket, "/health/live")
+        .await
+        .contains("200"));
+    // A head that starts but never ends is cut at the header timeout, far
+    // sooner than the idle timeout.
+    socket
+        .write_all(b"GET /health/live HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    read_until_closed(&mut socket, Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// Past `--max-connections`, a new connection is answered 503 with
+/// Retry-After and a JSON error; once one closes, new connections are served.
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503() {
+    let server = TestServer::start_with(&["--max-connections", "5"]);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(&server).await);
+    }
+    // Four raw connections plus the client's own.
+    server.wait_for_gauge("open_connections", 5).await;
+    let mut over = connect(&server).await;
+    let answer = read_until_closed(&mut over, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    let body: Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").expect("body").1).expect("JSON body");
+    assert_eq!(body["error"], "too_many_connections");
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("skald_connections_rejected_total 1"),
+        "{metrics}"
+    );
+    drop(held.pop());
+    // A fresh connection is served once the server has seen the close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut socket = connect(&server).await;
+        if request_on(&mut socket, "/health/live")
+            .await
+            .contains("200")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection served after one closed"
+        );
+    }
 }

@@ -35,6 +35,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
         read_rate_per_sec_1m: metrics.read_rate(),
         live_subscriptions: gauge(&metrics.subscriptions),
         long_polls_waiting: gauge(&metrics.long_polls),
+        open_connections: gauge(&metrics.connections),
         writer_queue_requests: service.writer_queue().0,
         writer_queue_kib: service.writer_queue().1,
         scavenge: state.maintenance.scavenges.current(),

@@ -399,6 +399,7 @@ mod tests {
             long_polls_waiting: 1,
             writer_queue_requests: 3,
             writer_queue_kib: 12,
+            open_connections: 3,
             scavenge: Some(report),
         };
         assert_eq!(read_as::<Stats>(&stats), stats);
