@@ -45,6 +45,10 @@ pub struct Metrics {
     pub connections_timed_out: Counter,
     /// Failed accepts (out of file descriptors, usually).
     pub accept_errors: Counter,
+    /// Write requests the storage engine failed (disk full, I/O error).
+    pub write_failures: Counter,
+    /// 1 while writes fail because the disk is full.
+    pub disk_full: Gauge,
     /// Write requests queued for or being committed by the writer.
     pub writer_queue_requests: Gauge,
     /// KiB of payload queued for or being committed by the writer.
@@ -85,6 +89,8 @@ impl Default for Metrics {
             connections_rejected: Counter::default(),
             connections_timed_out: Counter::default(),
             accept_errors: Counter::default(),
+            write_failures: Counter::default(),
+            disk_full: Gauge::default(),
             writer_queue_requests: Gauge::default(),
             writer_queue_kib: Gauge::default(),
             scavenge_events_scanned: Gauge::default(),
@@ -163,6 +169,16 @@ impl Default for Metrics {
             "accept_errors",
             "Connections the listener failed to accept (file descriptors exhausted, usually)",
             metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "write_failures",
+            "Write requests the storage engine failed (disk full, I/O error)",
+            metrics.write_failures.clone(),
+        );
+        registry.register(
+            "disk_full",
+            "1 while writes fail because the disk is full",
+            metrics.disk_full.clone(),
         );
         registry.register(
             "writer_queue_requests",

@@ -287,7 +287,22 @@ impl Service {
         let kib = request.payload_bytes().div_ceil(1024).max(1);
         request.admission = self.queue.admit(kib, timeout).await?;
         self.writer.submit(request)?;
-        answer.await.map_err(|_| WriteError::WriterStopped)?
+        let result = answer.await.map_err(|_| WriteError::WriterStopped)?;
+        let metrics = &self.metrics;
+        match &result {
+            Err(WriteError::Storage(StorageError::NoSpace(_))) => {
+                metrics.write_failures.inc();
+                metrics.disk_full.set(1);
+            }
+            Err(WriteError::Storage(_)) => {
+                metrics.write_failures.inc();
+            }
+            Ok(_) => {
+                metrics.disk_full.set(0);
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Requests and KiB waiting in or being committed by the writer.

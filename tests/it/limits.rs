@@ -5,23 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, status_json, TestServer};
-
-/// Bytes of the files under `dir` (the data directory, WAL included).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|entry| {
-            let entry = entry.expect("entry");
-            let meta = entry.metadata().expect("metadata");
-            if meta.is_dir() {
-                dir_bytes(&entry.path())
-            } else {
-                meta.len()
-            }
-        })
-        .sum()
-}
+use crate::support::{self, assert_error, status_json, TestServer};
 
 async fn put_metadata(server: &TestServer, stream: &str, body: &Value) -> (u16, Value) {
     let response = server
@@ -43,12 +27,12 @@ async fn appends_do_not_rewrite_custom_stream_metadata() {
     let custom = json!({"blob": "x".repeat(60 << 10)});
     let (status, body) = put_metadata(&server, "heavy", &json!({"custom": custom})).await;
     assert_eq!(status, 200, "{body}");
-    let before = dir_bytes(server.data_dir());
+    let before = support::dir_bytes(server.data_dir());
     for _ in 0..300 {
         let (status, body) = server.append("heavy", json!("any"), &["E"]).await;
         assert_eq!(status, 201, "{body}");
     }
-    let grown = dir_bytes(server.data_dir()).saturating_sub(before);
+    let grown = support::dir_bytes(server.data_dir()).saturating_sub(before);
     assert!(
         grown < 4 << 20,
         "300 small appends grew the data dir by {grown} bytes"

@@ -4,6 +4,7 @@ mod append;
 mod cli;
 mod client;
 mod concurrency;
+mod disk_full;
 mod durability;
 mod lifecycle;
 mod limits;

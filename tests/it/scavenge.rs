@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, TestServer};
+use crate::support::{assert_error, dir_bytes, wait_job, TestServer};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -88,40 +88,12 @@ async fn visible(server: &TestServer) -> Vec<(u64, String, u64, String)> {
 }
 
 /// Polls a job until it is no longer running; returns its final report.
-async fn wait_job(server: &TestServer, path: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (status, report) = server.get(path).await;
-        assert_eq!(status, 200, "{report}");
-        if report["result"] != "running" {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "job still running: {report}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn start_scavenge(server: &TestServer, query: &str) -> String {
     let (status, body) = server
         .post(&format!("/admin/scavenge{query}"), &json!(null))
         .await;
     assert_eq!(status, 202, "{body}");
     body["id"].as_str().expect("id").to_owned()
-}
-
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .expect("dir")
-        .filter_map(Result::ok)
-        .map(|e| {
-            let meta = e.metadata().expect("meta");
-            if meta.is_dir() {
-                dir_bytes(&e.path())
-            } else {
-                meta.len()
-            }
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -24,6 +24,40 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
+/// Bytes of the files under `dir` (a data directory, WAL included).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            let entry = entry.expect("entry");
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                dir_bytes(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// Polls a job report (`/admin/scavenge/{id}`, `/admin/verify/{id}`) until it
+/// is no longer running; panics after 300 s.
+pub async fn wait_job(server: &TestServer, path: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, report) = server.get(path).await;
+        assert_eq!(status, 200, "{report}");
+        if report["result"] != "running" {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job still running: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A running server; killed (SIGKILL) on drop.
 pub struct TestServer {
     child: Option<Child>,
@@ -51,13 +85,27 @@ impl TestServer {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
+        Self::launch_new(data_dir, Some(temp), args, env)
+    }
+
+    /// A server whose data lives in `data_dir` (which the caller cleans up).
+    pub fn start_in(data_dir: PathBuf, args: &[&str]) -> Self {
+        Self::launch_new(data_dir, None, args, &[])
+    }
+
+    fn launch_new(
+        data_dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let extra_args = args.iter().map(|a| a.to_string()).collect();
         let mut server = Self {
             child: None,
             base: String::new(),
             http: reqwest::Client::new(),
             data_dir,
-            _temp: Some(temp),
+            _temp: temp,
             extra_args,
             env: env
                 .iter()

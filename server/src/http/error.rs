@@ -52,6 +52,10 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The disk is full: 507 with `Retry-After`; nothing was written. (The
+    /// engine's message, with its paths, is logged by the writer, not sent.)
+    #[error("the disk holding the data is full; nothing of this request was written, retry once space is freed")]
+    InsufficientStorage,
     /// A capped resource is exhausted: 503 with `Retry-After`.
     #[error("{message}")]
     Overloaded { code: &'static str, message: String },
@@ -82,6 +86,7 @@ impl ApiError {
             Self::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             Self::Overloaded { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
         }
     }
@@ -129,10 +134,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, code, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
-        if matches!(self, Self::Overloaded { .. }) {
+        let retry_after = match self {
+            Self::Overloaded { .. } => Some("1"),
+            Self::InsufficientStorage => Some("5"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from_static(seconds),
             );
         }
         response
@@ -147,6 +157,7 @@ impl From<StorageError> for ApiError {
                 detail: source.to_string(),
             },
             StorageError::Internal(detail) => Self::Internal(detail),
+            StorageError::NoSpace(_) => Self::InsufficientStorage,
             other => Self::Storage(other.to_string()),
         }
     }

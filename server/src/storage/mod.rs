@@ -32,6 +32,11 @@ pub enum StorageError {
     /// RocksDB refused or failed an operation.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// The disk is full: nothing of the failed write was acknowledged, and
+    /// writes succeed again once RocksDB sees free space (it checks, and
+    /// resumes by itself).
+    #[error("the disk is full: {0}")]
+    NoSpace(String),
     /// A fault of Skald itself rather than of the data or the engine: a task
     /// that panicked or was cancelled, a thread that could not start, an answer
     /// the protocol between layers does not allow.
@@ -47,7 +52,13 @@ pub enum StorageError {
 
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
-        Self::Engine(e.into_string())
+        let no_space = e.kind() == rocksdb::ErrorKind::IOError
+            && e.as_ref().contains("No space left on device");
+        if no_space {
+            Self::NoSpace(e.into_string())
+        } else {
+            Self::Engine(e.into_string())
+        }
     }
 }
 

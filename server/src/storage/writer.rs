@@ -171,8 +171,9 @@ pub fn spawn(
         removed_events,
         on_commit,
         failed: false,
+        disk_full: false,
         #[cfg(test)]
-        fail_next_write: false,
+        fail_next_write: None,
     };
     let thread = std::thread::Builder::new()
         .name("skald-writer".into())
@@ -187,12 +188,15 @@ struct Writer<F> {
     /// Events removed by scavenging, ever (kept in `meta`).
     removed_events: u64,
     on_commit: F,
-    /// Set after a failed write: the engine's state is then unknown, so the writer
-    /// refuses further writes instead of guessing (fail-stop).
+    /// Set after a failed write other than a full disk: the engine's state is
+    /// then unknown, so the writer refuses further writes instead of guessing
+    /// (fail-stop).
     failed: bool,
-    /// Tests: the next group that writes fails as if RocksDB refused the batch.
+    /// Set while writes fail for lack of space (logged once per episode).
+    disk_full: bool,
+    /// Tests: the next group that writes fails with this error.
     #[cfg(test)]
-    fail_next_write: bool,
+    fail_next_write: Option<StorageError>,
 }
 
 /// What an earlier request of the same group wrote for an event id.
@@ -297,6 +301,9 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             let started = std::time::Instant::now();
             match self.write_batch(out.batch, &opts) {
                 Ok(()) => {
+                    if std::mem::take(&mut self.disk_full) {
+                        tracing::info!("writes succeed again: the disk has room");
+                    }
                     self.next_position = out.next_position;
                     self.removed_events = overlay.removed_events;
                     (self.on_commit)(CommitInfo {
@@ -313,19 +320,37 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
-                    self.failed = true;
+                    // A full disk is an answer, not a stop: RocksDB refused the
+                    // batch whole (nothing of it is in the memtable, and its
+                    // recovery flushes and switches the WAL before it accepts
+                    // writes again), so the next group can simply try.
+                    let no_space = matches!(e, StorageError::NoSpace(_));
+                    if no_space && !self.disk_full {
+                        tracing::error!(error = %e, "the disk is full: writes fail until space is freed");
+                    } else if !no_space {
+                        tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
+                        self.failed = true;
+                    }
+                    self.disk_full = no_space;
                     admissions.clear();
-                    let message = e.to_string();
+                    let error = |message: &str| {
+                        WriteError::Storage(if no_space {
+                            StorageError::NoSpace(message.to_owned())
+                        } else {
+                            StorageError::Engine(message.to_owned())
+                        })
+                    };
+                    let message = match &e {
+                        StorageError::NoSpace(m) | StorageError::Engine(m) => m.clone(),
+                        other => other.to_string(),
+                    };
                     for (reply, _) in written {
-                        let err = StorageError::Engine(message.clone());
-                        let _ = reply.send(Err(WriteError::Storage(err)));
+                        let _ = reply.send(Err(error(&message)));
                     }
                     // A replay may have matched ids of this failed group: acknowledge none.
                     for (_, result) in &mut answered {
                         if result.is_ok() {
-                            *result =
-                                Err(WriteError::Storage(StorageError::Engine(message.clone())));
+                            *result = Err(error(&message));
                         }
                     }
                 }
@@ -339,8 +364,8 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
 
     fn write_batch(&mut self, batch: WriteBatch, opts: &WriteOptions) -> Result<(), StorageError> {
         #[cfg(test)]
-        if std::mem::take(&mut self.fail_next_write) {
-            return Err(StorageError::Engine("injected write failure".into()));
+        if let Some(error) = self.fail_next_write.take() {
+            return Err(error);
         }
         #[cfg(feature = "fault-injection")]
         super::fault::write_delay();
@@ -611,8 +636,9 @@ fn writes(outcome: &WriteOutcome) -> bool {
 mod tests {
     //! The writer against a model of its rules: random appends (new, retried,
     //! mixed), deletes (soft and hard), metadata changes and scavenge removals,
-    //! cut into random groups, with an injected failed write, must get the
-    //! model's answers, and the store must hold exactly the model's log and
+    //! cut into random groups, with an injected failed write (a full disk,
+    //! after which later groups succeed, or an engine error, after which the
+    //! writer refuses everything), must get the model's answers, and the store must hold exactly the model's log and
     //! stream states afterwards. Drives `commit_group` directly: no thread, no
     //! timing.
 
@@ -882,6 +908,7 @@ mod tests {
         wants: &mut [Answer],
         failure_pending: &mut bool,
         stopped: &mut bool,
+        disk_full: bool,
     ) {
         if *stopped {
             *model = before;
@@ -902,7 +929,8 @@ mod tests {
                 }
             }
             *failure_pending = false;
-            *stopped = true;
+            // A full disk fails the group only; any other failure stops the writer.
+            *stopped = !disk_full;
         }
     }
 
@@ -913,12 +941,13 @@ mod tests {
             ops in proptest::collection::vec(arb_op(), 1..48),
             cuts in proptest::collection::vec(any::<bool>(), 48),
             fail_at in proptest::option::weighted(0.3, 0usize..12),
+            disk_full: bool,
         ) {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Arc::new(Store::open(dir.path()).expect("open"));
             let mut writer = Writer {
                 store: Arc::clone(&store), next_position: 0, removed_events: 0,
-                on_commit: |_| {}, failed: false, fail_next_write: false,
+                on_commit: |_| {}, failed: false, disk_full: false, fail_next_write: None,
             };
             let mut model = Model::default();
             let mut group_start = model.clone();
@@ -994,9 +1023,13 @@ mod tests {
                 }
                 if !group.is_empty() && (cuts[i % cuts.len()] || i + 1 == count) {
                     if fail_at == Some(groups) { failure_pending = true; }
-                    writer.fail_next_write = failure_pending;
+                    writer.fail_next_write = failure_pending.then(|| if disk_full {
+                        StorageError::NoSpace("injected: no space left on device".into())
+                    } else {
+                        StorageError::Engine("injected write failure".into())
+                    });
                     let before = std::mem::replace(&mut group_start, model.clone());
-                    settle_group(&mut model, before, &mut wants, &mut failure_pending, &mut stopped);
+                    settle_group(&mut model, before, &mut wants, &mut failure_pending, &mut stopped, disk_full);
                     group_start = model.clone();
                     writer.commit_group(std::mem::take(&mut group));
                     results.extend(std::mem::take(&mut wants).into_iter().zip(answers.drain(..)));
