@@ -131,6 +131,7 @@ async fn serve_connection(
         .timer(timer)
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let connection = builder.serve_connection(io, TowerToHyperService::new(app));
     tokio::pin!(connection);

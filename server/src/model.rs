@@ -24,14 +24,60 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// How deeply arrays and objects nest in `json`, a valid JSON text (`0` for a
 /// scalar, `1` for `{}` or `[1]`).
 pub fn json_depth(json: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in json.bytes() {
+    scan_json(json).depth
+}
+
+/// Whether `json`, a valid JSON text, escapes half of a UTF-16 surrogate pair
+/// without the other half (`"\ud800"`). JSON's grammar allows it, but the text
+/// then stands for no Unicode string, and serde_json (so `skald-client`), like
+/// most readers, refuses to decode it.
+pub fn json_has_lone_surrogate(json: &str) -> bool {
+    scan_json(json).lone_surrogate
+}
+
+struct JsonScan {
+    depth: usize,
+    lone_surrogate: bool,
+}
+
+fn scan_json(json: &str) -> JsonScan {
+    let bytes = json.as_bytes();
+    let (mut depth, mut deepest, mut in_string) = (0usize, 0usize, false);
+    let (mut high_pending, mut lone) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        i += 1;
         if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+            let unit = match byte {
+                b'\\' if bytes.get(i) == Some(&b'u') => {
+                    let hex = json.get(i + 1..i + 5).unwrap_or("0000");
+                    i += 5;
+                    u16::from_str_radix(hex, 16).ok()
+                }
+                b'\\' => {
+                    i += 1; // the escaped character
+                    None
+                }
+                b'"' => {
+                    in_string = false;
+                    None
+                }
+                _ => None,
+            };
+            match unit {
+                Some(0xD800..=0xDBFF) => {
+                    lone |= high_pending;
+                    high_pending = true;
+                }
+                Some(0xDC00..=0xDFFF) => {
+                    lone |= !high_pending;
+                    high_pending = false;
+                }
+                _ => {
+                    lone |= high_pending;
+                    high_pending = false;
+                }
             }
             continue;
         }
@@ -45,7 +91,10 @@ pub fn json_depth(json: &str) -> usize {
             _ => {}
         }
     }
-    deepest
+    JsonScan {
+        depth: deepest,
+        lone_surrogate: lone || high_pending,
+    }
 }
 
 /// Why a name was refused.
@@ -353,6 +402,38 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogates_are_found_and_pairs_are_not() {
+        for lone in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#"{"a":"x\ud83dy"}"#,
+            r#"["\ud83d\ud83d\ude00"]"#,
+            r#""\ud83d\n""#,
+            r#""\ud83d\u0041""#,
+        ] {
+            assert!(json_has_lone_surrogate(lone), "{lone}");
+            // Which is why: the project's client cannot decode it.
+            assert!(
+                serde_json::from_str::<serde_json::Value>(lone).is_err(),
+                "{lone}"
+            );
+        }
+        for fine in [
+            r#""\ud83d\ude00""#,
+            r#"{"\\ud800":"\\udc00"}"#,
+            r#""\u00e9\n\"""#,
+            r#"[1,"\ud83d\ude00",{"k":"\uD83D\uDE00"}]"#,
+            "\"plain 😀\"",
+        ] {
+            assert!(!json_has_lone_surrogate(fine), "{fine}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(fine).is_ok(),
+                "{fine}"
+            );
+        }
+    }
 
     #[test]
     fn json_depth_counts_nesting_outside_strings() {

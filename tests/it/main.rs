@@ -6,6 +6,7 @@ mod client;
 mod concurrency;
 mod disk_full;
 mod durability;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod long_poll;

@@ -35,6 +35,8 @@ pub enum ApiError {
     RequestTimeout(std::time::Duration),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the request body must be JSON (content-type application/json), not {0:?}")]
+    UnsupportedMediaType(String),
     #[error("expected revision {expected}, but the stream's last revision is {}", display_revision(*actual))]
     WrongExpectedRevision {
         expected: ExpectedRevision,
@@ -78,6 +80,9 @@ impl ApiError {
             Self::StreamDeleted(_) => (StatusCode::GONE, "stream_deleted"),
             Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::WrongExpectedRevision { .. } => (StatusCode::CONFLICT, "wrong_expected_revision"),

@@ -26,6 +26,7 @@ pub async fn read_body(
         message: format!("request body exceeds the limit of {limit} bytes (set by {flag})"),
         limit,
     };
+    check_content_type(headers)?;
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -43,6 +44,31 @@ pub async fn read_body(
             "invalid_body",
             format!("cannot read the request body: {e}"),
         )),
+    }
+}
+
+/// Bodies are JSON: a request may say so (`application/json`, any `+json`
+/// type), say nothing, or send curl's default for `-d`
+/// (`application/x-www-form-urlencoded`, taken as JSON so the walk-through's
+/// one-liners work); any other type is answered 415 before the body is read.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let accepted = essence.as_deref().is_some_and(|t| {
+        t == "application/json" || t == "application/x-www-form-urlencoded" || t.ends_with("+json")
+    });
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ))
     }
 }
 
@@ -71,14 +97,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct QueryParams(HashMap<String, String>);
 
 impl QueryParams {
+    /// Parses `a=1&b=x` (form encoding: `+` is a space, `%XX` a byte). Every
+    /// name and value must decode to UTF-8; a name given twice is an error.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| {
-                ApiError::bad_request("invalid_query", format!("malformed query string: {e}"))
-            })?;
+        let decode = |part: &str| -> Result<String, ApiError> {
+            let spaced = part.replace('+', " ");
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("query string part '{part}' does not decode to UTF-8"),
+                    )
+                })
+        };
         let mut map = HashMap::new();
-        for (key, value) in pairs {
-            if map.insert(key.clone(), value).is_some() {
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(key)?;
+            if map.insert(key.clone(), decode(value)?).is_some() {
                 return Err(ApiError::bad_request(
                     "invalid_query",
                     format!("query parameter '{key}' is given twice"),
@@ -147,5 +185,24 @@ impl QueryParams {
             )),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_strictly() {
+        let mut params = QueryParams::parse(Some("a=x%20y+z&b=%C3%A9&c&d=")).expect("parses");
+        assert_eq!(params.take_str("a").as_deref(), Some("x y z"));
+        assert_eq!(params.take_str("b").as_deref(), Some("é"));
+        assert_eq!(params.take_str("c").as_deref(), Some(""));
+        assert_eq!(params.take_str("d").as_deref(), Some(""));
+        assert!(params.finish().is_ok());
+        for bad in ["a=%FF", "%FE=1", "a=1&a=2", "a=%C0%AE"] {
+            assert!(QueryParams::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(QueryParams::parse(None).expect("empty").finish().is_ok());
     }
 }

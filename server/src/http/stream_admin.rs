@@ -90,7 +90,7 @@ pub async fn put_metadata(
                 "custom must be a JSON object",
             ));
         }
-        super::streams::check_depth("custom", custom.get())?;
+        super::streams::check_json_text("custom", custom.get())?;
     }
     if body.max_count == Some(0) {
         return Err(ApiError::bad_request(

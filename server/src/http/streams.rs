@@ -14,7 +14,8 @@ use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, page_body, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{
-    check_event_type, json_depth, NewEvent, StreamName, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
+    check_event_type, json_depth, json_has_lone_surrogate, NewEvent, StreamName,
+    MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
 };
 use crate::model::{Direction, StreamRead};
 use crate::service::{StreamQuery, MAX_WAIT};
@@ -153,7 +154,15 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
 }
 
 /// Refuses JSON nested deeper than `MAX_JSON_DEPTH`, which readers could not decode.
-pub(super) fn check_depth(field: &str, json: &str) -> Result<(), ApiError> {
+/// Checks that every JSON reader can decode `json`: nesting within
+/// `MAX_JSON_DEPTH`, no lone UTF-16 surrogate escapes.
+pub(super) fn check_json_text(field: &str, json: &str) -> Result<(), ApiError> {
+    if json_has_lone_surrogate(json) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{field} escapes half of a UTF-16 surrogate pair (like \\ud800) without the other half: no Unicode text, and JSON readers refuse it"),
+        ));
+    }
     let depth = json_depth(json);
     if depth > MAX_JSON_DEPTH {
         return Err(ApiError::bad_request(
@@ -196,9 +205,9 @@ fn validate_events(
                     ));
                 }
             }
-            check_depth(&format!("events[{i}].data"), event.data.get())?;
+            check_json_text(&format!("events[{i}].data"), event.data.get())?;
             if let Some(metadata) = &event.metadata {
-                check_depth(&format!("events[{i}].metadata"), metadata.get())?;
+                check_json_text(&format!("events[{i}].metadata"), metadata.get())?;
             }
             let size = event.data.get().len()
                 + event.metadata.as_ref().map_or(0, |m| m.get().len())
