@@ -15,6 +15,8 @@
 
 pub mod config;
 pub mod connections;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

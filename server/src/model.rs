@@ -24,60 +24,14 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// How deeply arrays and objects nest in `json`, a valid JSON text (`0` for a
 /// scalar, `1` for `{}` or `[1]`).
 pub fn json_depth(json: &str) -> usize {
-    scan_json(json).depth
-}
-
-/// Whether `json`, a valid JSON text, escapes half of a UTF-16 surrogate pair
-/// without the other half (`"\ud800"`). JSON's grammar allows it, but the text
-/// then stands for no Unicode string, and serde_json (so `skald-client`), like
-/// most readers, refuses to decode it.
-pub fn json_has_lone_surrogate(json: &str) -> bool {
-    scan_json(json).lone_surrogate
-}
-
-struct JsonScan {
-    depth: usize,
-    lone_surrogate: bool,
-}
-
-fn scan_json(json: &str) -> JsonScan {
-    let bytes = json.as_bytes();
-    let (mut depth, mut deepest, mut in_string) = (0usize, 0usize, false);
-    let (mut high_pending, mut lone) = (false, false);
-    let mut i = 0;
-    while i < bytes.len() {
-        let byte = bytes[i];
-        i += 1;
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
         if in_string {
-            let unit = match byte {
-                b'\\' if bytes.get(i) == Some(&b'u') => {
-                    let hex = json.get(i + 1..i + 5).unwrap_or("0000");
-                    i += 5;
-                    u16::from_str_radix(hex, 16).ok()
-                }
-                b'\\' => {
-                    i += 1; // the escaped character
-                    None
-                }
-                b'"' => {
-                    in_string = false;
-                    None
-                }
-                _ => None,
-            };
-            match unit {
-                Some(0xD800..=0xDBFF) => {
-                    lone |= high_pending;
-                    high_pending = true;
-                }
-                Some(0xDC00..=0xDFFF) => {
-                    lone |= !high_pending;
-                    high_pending = false;
-                }
-                _ => {
-                    lone |= high_pending;
-                    high_pending = false;
-                }
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
             }
             continue;
         }
@@ -91,10 +45,56 @@ fn scan_json(json: &str) -> JsonScan {
             _ => {}
         }
     }
-    JsonScan {
-        depth: deepest,
-        lone_surrogate: lone || high_pending,
+    deepest
+}
+
+/// Checks that `json`, a valid JSON text, decodes into values every reader
+/// can hold: numbers within f64's range (`1e400` is valid JSON that serde_json,
+/// and so `skald-client`, refuses), strings that are Unicode text (no escaped
+/// half of a surrogate pair, `"\ud800"`). Walks the text with serde_json's own
+/// decoder, building nothing.
+pub fn check_json_values(json: &str) -> Result<(), serde_json::Error> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Walk;
+    impl<'de> Deserialize<'de> for Walk {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Walk)
+        }
     }
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Walk;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_unit<E>(self) -> Result<Walk, E> {
+            Ok(Walk)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Walk, A::Error> {
+            while seq.next_element::<Walk>()?.is_some() {}
+            Ok(Walk)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Walk, A::Error> {
+            while map.next_entry::<Walk, Walk>()?.is_some() {}
+            Ok(Walk)
+        }
+    }
+    serde_json::from_str::<Walk>(json).map(|_| ())
 }
 
 /// Why a name was refused.
@@ -404,7 +404,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lone_surrogates_are_found_and_pairs_are_not() {
+    fn values_readers_cannot_hold_are_found() {
         for lone in [
             r#""\ud800""#,
             r#""\udc00""#,
@@ -412,8 +412,10 @@ mod tests {
             r#"["\ud83d\ud83d\ude00"]"#,
             r#""\ud83d\n""#,
             r#""\ud83d\u0041""#,
+            "1e400",
+            r#"{"a":[-1e309]}"#,
         ] {
-            assert!(json_has_lone_surrogate(lone), "{lone}");
+            assert!(check_json_values(lone).is_err(), "{lone}");
             // Which is why: the project's client cannot decode it.
             assert!(
                 serde_json::from_str::<serde_json::Value>(lone).is_err(),
@@ -426,8 +428,11 @@ mod tests {
             r#""\u00e9\n\"""#,
             r#"[1,"\ud83d\ude00",{"k":"\uD83D\uDE00"}]"#,
             "\"plain 😀\"",
+            "18446744073709551616",
+            "-1e-400",
+            "1.7976931348623157e308",
         ] {
-            assert!(!json_has_lone_surrogate(fine), "{fine}");
+            assert!(check_json_values(fine).is_ok(), "{fine}");
             assert!(
                 serde_json::from_str::<serde_json::Value>(fine).is_ok(),
                 "{fine}"

@@ -750,3 +750,199 @@ async fn hostile_requests_get_a_client_error_and_change_nothing() {
         "the catalog changed"
     );
 }
+
+/// Requests assembled at random from hostile pieces: methods, paths, query
+/// strings, headers and bodies. None may get a 5xx or stop the server, and
+/// unless one was accepted as a write, the log stays as it was. (Routes that
+/// hold the connection open, subscriptions and valid long-polls, are left out.)
+#[test]
+fn generated_hostile_requests_never_get_a_server_error() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    fn piece(options: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(options).prop_map(str::to_owned)
+    }
+    let method = piece(&[
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW",
+    ]);
+    let name = piece(&[
+        "victim", "%FF", "%2E%2E", "..", "%00", "a%2Fb", "%C3%A9", "$all", "", "x%ZZ", "%252E",
+    ]);
+    let path = (
+        name,
+        piece(&[
+            "",
+            "/metadata",
+            "/0",
+            "/-1",
+            "/18446744073709551616",
+            "/x/y",
+        ]),
+    )
+        .prop_map(|(name, rest)| format!("/streams/{name}{rest}"));
+    let path = prop_oneof![
+        path,
+        piece(&[
+            "/all",
+            "/admin/streams",
+            "/admin/stats",
+            "/admin/scavenge",
+            "/admin/verify",
+            "/info",
+            "/nope",
+            "//",
+            "/streams"
+        ]),
+    ];
+    let query = proptest::collection::vec(
+        (
+            piece(&[
+                "from",
+                "limit",
+                "direction",
+                "stream_prefix",
+                "expected_revision",
+                "hard",
+                "dry_run",
+                "wait_ms",
+                "bogus",
+                "%FF",
+            ]),
+            piece(&[
+                "-1",
+                "0",
+                "1",
+                "4097",
+                "18446744073709551616",
+                "backward",
+                "true",
+                "maybe",
+                "%FF",
+                "",
+                "1e3",
+            ]),
+        ),
+        0..4,
+    )
+    .prop_map(|pairs| {
+        let pairs: Vec<String> = pairs
+            .into_iter()
+            // A valid long-poll would hold the connection for its whole wait.
+            .map(|(k, v)| {
+                if k == "wait_ms" {
+                    format!("{k}=-{v}")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    });
+    let content_type = piece(&[
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/vnd.x+json",
+        "\u{ff}",
+    ]);
+    let body = proptest::collection::vec(
+        piece(&[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"events\"",
+            "\"type\"",
+            "\"data\"",
+            "\"expected_revision\"",
+            "\"custom\"",
+            "\"max_count\"",
+            "-1",
+            "1e400",
+            "\"\\ud800\"",
+            "null",
+            "\"E\"",
+            "0",
+            "18446744073709551616",
+            "\u{feff}",
+            "\"any\"",
+        ]),
+        0..24,
+    )
+    .prop_map(|parts| parts.concat());
+    let request =
+        (method, path, query, content_type, body).prop_map(|(method, path, query, ct, body)| {
+            let target = format!("{path}{query}");
+            request(
+                &method,
+                target.as_bytes(),
+                &[("content-type", ct.as_bytes())],
+                body.as_bytes(),
+            )
+        });
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = TestServer::start();
+    runtime.block_on(async {
+        for stream in ["victim", "bystander"] {
+            let (status, _) = server
+                .append(stream, serde_json::json!("any"), &["Real"])
+                .await;
+            assert_eq!(status, 201);
+        }
+    });
+    let before = runtime.block_on(server.read_all_events());
+    let seed = crate::support::seed("generated_hostile_requests_never_get_a_server_error");
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = Config {
+        cases: 96,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    let wrote = std::cell::Cell::new(false);
+    let result = runner.run(&request, |bytes| {
+        let case = Case {
+            name: "generated",
+            bytes: bytes.clone(),
+            want: Want::ServedOrClient,
+            hang_up: false,
+        };
+        let (statuses, text) = runtime.block_on(send(&server, &case));
+        prop_assert!(
+            statuses.iter().all(|s| *s < 500),
+            "{}\n-> {}",
+            String::from_utf8_lossy(&bytes),
+            text
+        );
+        let (status, _) = runtime.block_on(server.get("/health/live"));
+        prop_assert_eq!(status, 200);
+        let method = bytes.split(|b| *b == b' ').next().unwrap_or_default();
+        let writes = [&b"POST"[..], b"PUT", b"DELETE"].contains(&method);
+        if writes && statuses.first().is_some_and(|s| (200..300).contains(s)) {
+            wrote.set(true);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    if !wrote.get() {
+        assert_eq!(
+            runtime.block_on(server.read_all_events()),
+            before,
+            "the log changed"
+        );
+    }
+}

@@ -57,3 +57,31 @@ fn a_data_directory_in_use_is_refused() {
     );
     assert!(out.stdout.is_empty(), "it must not claim to listen");
 }
+
+/// Every flag of `skald serve` is in the flag table of docs/operations.md,
+/// and the table lists no flag the binary does not have.
+#[test]
+fn every_serve_flag_is_documented() {
+    fn flags(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_owned)
+            .collect()
+    }
+    let help = serve(&["--help"]);
+    assert!(help.status.success());
+    let mut in_help = flags(&String::from_utf8_lossy(&help.stdout));
+    in_help.remove("--help");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let table: String = docs
+        .split("## Running")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Running section")
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(flags(&table), in_help);
+}

@@ -4,11 +4,11 @@
 mod all;
 mod catalog;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod jobs;
 mod stats;
-mod stream_admin;
-mod streams;
+pub(crate) mod stream_admin;
+pub(crate) mod streams;
 mod subscriptions;
 mod system;
 mod track;

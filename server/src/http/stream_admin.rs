@@ -72,7 +72,15 @@ pub async fn put_metadata(
         state.limits.body_timeout,
     )
     .await?;
-    let body: MetadataBody = parse_json(&bytes)?;
+    let metadata = decode_metadata(&bytes, max_custom)?;
+    let updated: StreamState = state.service.set_metadata(stream.clone(), metadata).await?;
+    tracing::info!(stream = %stream, "stream metadata set");
+    Ok(Json(metadata_answer(stream.as_str(), &updated.metadata)).into_response())
+}
+
+/// Decodes and checks the body of `PUT /streams/{stream}/metadata`.
+pub(crate) fn decode_metadata(bytes: &[u8], max_custom: usize) -> Result<StreamMetadata, ApiError> {
+    let body: MetadataBody = parse_json(bytes)?;
     if let Some(custom) = &body.custom {
         let size = custom.get().len();
         if size > max_custom {
@@ -98,13 +106,10 @@ pub async fn put_metadata(
             "max_count must be at least 1",
         ));
     }
-    let metadata = StreamMetadata {
+    Ok(StreamMetadata {
         max_count: body.max_count,
         max_age_secs: body.max_age_secs,
         truncate_before: body.truncate_before,
         custom: body.custom.map(|c| c.get().to_owned()),
-    };
-    let updated: StreamState = state.service.set_metadata(stream.clone(), metadata).await?;
-    tracing::info!(stream = %stream, "stream metadata set");
-    Ok(Json(metadata_answer(stream.as_str(), &updated.metadata)).into_response())
+    })
 }

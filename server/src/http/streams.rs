@@ -14,7 +14,7 @@ use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, page_body, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{
-    check_event_type, json_depth, json_has_lone_surrogate, NewEvent, StreamName,
+    check_event_type, check_json_values, json_depth, ExpectedRevision, NewEvent, StreamName,
     MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
 };
 use crate::model::{Direction, StreamRead};
@@ -40,11 +40,10 @@ pub async fn append(
         state.limits.body_timeout,
     )
     .await?;
-    let body: AppendBody = parse_json(&bytes)?;
-    let events = validate_events(body.events, state.limits.max_event_bytes)?;
+    let (expected, events) = decode_append(&bytes, state.limits.max_event_bytes)?;
     let outcome = state
         .service
-        .append(stream.clone(), body.expected_revision, events)
+        .append(stream.clone(), expected, events)
         .await?;
     tracing::debug!(
         stream = %stream,
@@ -155,14 +154,8 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
 
 /// Refuses JSON nested deeper than `MAX_JSON_DEPTH`, which readers could not decode.
 /// Checks that every JSON reader can decode `json`: nesting within
-/// `MAX_JSON_DEPTH`, no lone UTF-16 surrogate escapes.
+/// `MAX_JSON_DEPTH`, numbers within f64's range, strings that are Unicode.
 pub(super) fn check_json_text(field: &str, json: &str) -> Result<(), ApiError> {
-    if json_has_lone_surrogate(json) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("{field} escapes half of a UTF-16 surrogate pair (like \\ud800) without the other half: no Unicode text, and JSON readers refuse it"),
-        ));
-    }
     let depth = json_depth(json);
     if depth > MAX_JSON_DEPTH {
         return Err(ApiError::bad_request(
@@ -172,7 +165,23 @@ pub(super) fn check_json_text(field: &str, json: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    Ok(())
+    check_json_values(json).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("{field} holds a value JSON readers cannot decode: {e}"),
+        )
+    })
+}
+
+/// Decodes and checks an append body: the expected revision and the events
+/// as the writer stores them.
+pub(crate) fn decode_append(
+    bytes: &[u8],
+    max_event_bytes: usize,
+) -> Result<(ExpectedRevision, Vec<NewEvent>), ApiError> {
+    let body: AppendBody = parse_json(bytes)?;
+    let events = validate_events(body.events, max_event_bytes)?;
+    Ok((body.expected_revision, events))
 }
 
 /// Checks every event of an append and turns it into what the writer stores.
