@@ -1,4 +1,6 @@
-//! Micro benchmarks of the event record codec (encode, decode with CRC check).
+//! Micro benchmarks of the event record codec (encode, decode with CRC check)
+//! and of the check every appended payload passes (`check_json_text`: nesting
+//! depth, values every JSON reader can hold).
 //!
 //! Run: `cargo bench --bench codec`.
 
@@ -35,5 +37,27 @@ fn codec_benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec_benches);
+/// The payload of the shared benchmark harness: about 150 bytes of data and 75
+/// of metadata per event.
+fn payload_check_benches(c: &mut Criterion) {
+    let data = r#"{"order_id":"ord-000123","customer":"cust-42","lines":[{"sku":"A-1","qty":2,"price":9.99},{"sku":"B-7","qty":1,"price":24.5}],"total":44.48}"#;
+    let metadata = r#"{"correlation_id":"0190a1b2-0000-7000-8000-000000000001","user":"ann"}"#;
+    let mut group = c.benchmark_group("payload_checks");
+    group.throughput(Throughput::Bytes((data.len() + metadata.len()) as u64));
+    group.bench_function("check_json_text", |b| {
+        b.iter(|| {
+            skald_server::model::check_json_text(std::hint::black_box(data)).expect("valid");
+            skald_server::model::check_json_text(std::hint::black_box(metadata)).expect("valid");
+        })
+    });
+    group.bench_function("raw_value_parse", |b| {
+        b.iter(|| {
+            serde_json::from_str::<Box<serde_json::value::RawValue>>(std::hint::black_box(data))
+                .expect("valid")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec_benches, payload_check_benches);
 criterion_main!(benches);

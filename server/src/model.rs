@@ -21,80 +21,86 @@ pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 /// event: 64 leaves room.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-/// How deeply arrays and objects nest in `json`, a valid JSON text (`0` for a
-/// scalar, `1` for `{}` or `[1]`).
-pub fn json_depth(json: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in json.bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
+/// Why a JSON payload was refused (see `check_json_text`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonTextError {
+    #[error("nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the limit is {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    #[error("holds a value JSON readers cannot decode: {0}")]
+    Unreadable(String),
 }
 
-/// Checks that `json`, a valid JSON text, decodes into values every reader
-/// can hold: numbers within f64's range (`1e400` is valid JSON that serde_json,
-/// and so `skald-client`, refuses), strings that are Unicode text (no escaped
-/// half of a surrogate pair, `"\ud800"`). Walks the text with serde_json's own
-/// decoder, building nothing.
-pub fn check_json_values(json: &str) -> Result<(), serde_json::Error> {
-    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+/// Checks that `json`, a valid JSON text, is one every reader decodes: arrays
+/// and objects nest at most `MAX_JSON_DEPTH` levels, numbers are within f64's
+/// range (`1e400` is valid JSON that serde_json, and so `skald-client`,
+/// refuses), strings are Unicode text (no escaped half of a surrogate pair,
+/// `"\ud800"`). One pass with serde_json's own decoder, building nothing.
+pub fn check_json_text(json: &str) -> Result<(), JsonTextError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
-    struct Walk;
-    impl<'de> Deserialize<'de> for Walk {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(Walk)
+    const TOO_DEEP: &str = "too deep";
+    /// Walks one value `depth` levels down.
+    #[derive(Clone, Copy)]
+    struct Walk(usize);
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl Walk {
+        fn nested<E: Error>(self) -> Result<Walk, E> {
+            if self.0 >= MAX_JSON_DEPTH {
+                Err(E::custom(TOO_DEEP))
+            } else {
+                Ok(Walk(self.0 + 1))
+            }
         }
     }
     impl<'de> Visitor<'de> for Walk {
-        type Value = Walk;
+        type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_bool<E>(self, _: bool) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_i64<E>(self, _: i64) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_u64<E>(self, _: u64) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_f64<E>(self, _: f64) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_str<E>(self, _: &str) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_unit<E>(self) -> Result<Walk, E> {
-            Ok(Walk)
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Walk, A::Error> {
-            while seq.next_element::<Walk>()?.is_some() {}
-            Ok(Walk)
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let inner = self.nested()?;
+            while seq.next_element_seed(inner)?.is_some() {}
+            Ok(())
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Walk, A::Error> {
-            while map.next_entry::<Walk, Walk>()?.is_some() {}
-            Ok(Walk)
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let inner = self.nested()?;
+            while map.next_key_seed(inner)?.is_some() {
+                map.next_value_seed(inner)?;
+            }
+            Ok(())
         }
     }
-    serde_json::from_str::<Walk>(json).map(|_| ())
+    let mut de = serde_json::Deserializer::from_str(json);
+    Walk(0).deserialize(&mut de).map_err(|e| {
+        if e.to_string().starts_with(TOO_DEEP) {
+            JsonTextError::TooDeep
+        } else {
+            JsonTextError::Unreadable(e.to_string())
+        }
+    })
 }
 
 /// Why a name was refused.
@@ -415,7 +421,10 @@ mod tests {
             "1e400",
             r#"{"a":[-1e309]}"#,
         ] {
-            assert!(check_json_values(lone).is_err(), "{lone}");
+            assert!(
+                matches!(check_json_text(lone), Err(JsonTextError::Unreadable(_))),
+                "{lone}"
+            );
             // Which is why: the project's client cannot decode it.
             assert!(
                 serde_json::from_str::<serde_json::Value>(lone).is_err(),
@@ -432,7 +441,7 @@ mod tests {
             "-1e-400",
             "1.7976931348623157e308",
         ] {
-            assert!(check_json_values(fine).is_ok(), "{fine}");
+            assert_eq!(check_json_text(fine), Ok(()), "{fine}");
             assert!(
                 serde_json::from_str::<serde_json::Value>(fine).is_ok(),
                 "{fine}"
@@ -441,14 +450,26 @@ mod tests {
     }
 
     #[test]
-    fn json_depth_counts_nesting_outside_strings() {
-        assert_eq!(json_depth("12"), 0);
-        assert_eq!(json_depth(r#""[[{""#), 0);
-        assert_eq!(json_depth("{}"), 1);
-        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
-        assert_eq!(json_depth(r#"{"a":"x\"[[[\\","b":[[]]}"#), 3);
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(json_depth(&deep), 200);
+    fn nesting_is_counted_outside_strings() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(check_json_text(&nest(MAX_JSON_DEPTH)), Ok(()));
+        assert_eq!(
+            check_json_text(&nest(MAX_JSON_DEPTH + 1)),
+            Err(JsonTextError::TooDeep)
+        );
+        assert_eq!(check_json_text(&nest(200)), Err(JsonTextError::TooDeep));
+        let objects = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(MAX_JSON_DEPTH),
+            "}".repeat(MAX_JSON_DEPTH)
+        );
+        assert_eq!(check_json_text(&objects), Ok(()));
+        assert_eq!(
+            check_json_text(&format!("[{objects}]")),
+            Err(JsonTextError::TooDeep)
+        );
+        let in_string = format!(r#"{{"a":"{}","b":[[]]}}"#, "[".repeat(100));
+        assert_eq!(check_json_text(&in_string), Ok(()));
     }
 
     #[test]

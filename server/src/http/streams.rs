@@ -14,8 +14,7 @@ use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, page_body, AppendBody, EventBody, StreamPage};
 use super::{parse_direction, AppState};
 use crate::model::{
-    check_event_type, check_json_values, json_depth, ExpectedRevision, NewEvent, StreamName,
-    MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
+    check_event_type, ExpectedRevision, NewEvent, StreamName, MAX_EVENTS_PER_APPEND,
 };
 use crate::model::{Direction, StreamRead};
 use crate::service::{StreamQuery, MAX_WAIT};
@@ -152,25 +151,10 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 
-/// Refuses JSON nested deeper than `MAX_JSON_DEPTH`, which readers could not decode.
-/// Checks that every JSON reader can decode `json`: nesting within
-/// `MAX_JSON_DEPTH`, numbers within f64's range, strings that are Unicode.
+/// Checks that every JSON reader can decode `json` (see `check_json_text`).
 pub(super) fn check_json_text(field: &str, json: &str) -> Result<(), ApiError> {
-    let depth = json_depth(json);
-    if depth > MAX_JSON_DEPTH {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!(
-                "{field} is nested {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels of arrays and objects"
-            ),
-        ));
-    }
-    check_json_values(json).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("{field} holds a value JSON readers cannot decode: {e}"),
-        )
-    })
+    crate::model::check_json_text(json)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("{field} {e}")))
 }
 
 /// Decodes and checks an append body: the expected revision and the events
