@@ -225,6 +225,13 @@ fn progress_line(kind: JobKind, r: &JobReport) -> String {
             r.counter("index_entries_checked"),
             r.counter("problems_found")
         ),
+        JobKind::Backup => format!(
+            "backup {}: head position {}, {} files, {} bytes",
+            r.phase,
+            r.counter("head_position"),
+            r.counter("files"),
+            r.counter("bytes")
+        ),
     }
 }
 
@@ -232,7 +239,33 @@ fn kind_word(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Scavenge => "scavenge",
         JobKind::Verify => "verify",
+        JobKind::Backup => "backup",
     }
+}
+
+/// `skald restore`: turns a backup directory into a new data directory (the
+/// server must not run on it).
+pub fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let head = skald_server::storage::Store::restore(from, data_dir).with_context(|| {
+        format!(
+            "cannot restore {} into {}",
+            from.display(),
+            data_dir.display()
+        )
+    })?;
+    match head {
+        Some(head) => println!(
+            "restored {} into {}: head position {head}",
+            from.display(),
+            data_dir.display()
+        ),
+        None => println!(
+            "restored {} into {}: an empty store",
+            from.display(),
+            data_dir.display()
+        ),
+    }
+    Ok(())
 }
 
 fn opt(value: Option<u64>) -> String {

@@ -110,6 +110,25 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Take a consistent backup while the server runs, into a new directory
+    /// under its `--backup-dir` (named by the job id).
+    Backup {
+        #[command(flatten)]
+        connection: cli::Connection,
+        /// Wait for the end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Restore a backup into a new data directory (offline: no server may run
+    /// on it); then `skald serve --data-dir` it.
+    Restore {
+        /// The backup directory (`--backup-dir/<id>`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Server statistics.
     Stats {
         #[command(flatten)]
@@ -173,6 +192,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Verify { connection, wait } => {
                 admin_cli::job(connection, skald_client::JobKind::Verify, false, wait).await
             }
+            Command::Backup { connection, wait } => {
+                admin_cli::job(connection, skald_client::JobKind::Backup, false, wait).await
+            }
+            Command::Restore { from, data_dir } => admin_cli::restore(&from, &data_dir),
             Command::Stats { connection } => admin_cli::stats(connection).await,
         }
     });

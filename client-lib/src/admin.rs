@@ -22,6 +22,8 @@ pub enum JobKind {
     Scavenge,
     /// Check every record and index.
     Verify,
+    /// Copy the store, consistently and online, under the server's `--backup-dir`.
+    Backup,
 }
 
 impl JobKind {
@@ -29,6 +31,7 @@ impl JobKind {
         match self {
             Self::Scavenge => "scavenge",
             Self::Verify => "verify",
+            Self::Backup => "backup",
         }
     }
 }

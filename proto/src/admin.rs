@@ -206,6 +206,13 @@ pub struct VerifyHistory {
     pub verifies: Vec<JobReport>,
 }
 
+/// `GET /admin/backups`: the running backup (if any), then the last 20.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupHistory {
+    /// Newest first.
+    pub backups: Vec<JobReport>,
+}
+
 /// What RocksDB says about itself; `None` where it did not say.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStats {

@@ -18,8 +18,9 @@ mod expected;
 mod subscription;
 
 pub use admin::{
-    CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted, Problem, ScavengeHistory,
-    ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer, VerifyHistory,
+    BackupHistory, CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted, Problem,
+    ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer,
+    VerifyHistory,
 };
 pub use error::{ErrorBody, ErrorDetails};
 pub use events::{

@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// How long a client may take to send a request body, in seconds.
     #[arg(long, env = "SKALD_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Directory that `POST /admin/backup` writes backups into (one
+    /// subdirectory each); backups are off without it.
+    #[arg(long, env = "SKALD_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
     /// Most connections open at once; more are answered 503 and closed. Each
     /// needs a file descriptor: see `docs/operations.md`.
     #[arg(long, env = "SKALD_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -80,6 +84,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    pub backup_dir: Option<PathBuf>,
     pub listen: SocketAddr,
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
@@ -128,6 +133,7 @@ impl ServeArgs {
         }
         Ok(Config {
             data_dir: self.data_dir,
+            backup_dir: self.backup_dir,
             listen: self.listen,
             max_append_bytes: self.max_append_bytes,
             max_event_bytes: self.max_event_bytes,

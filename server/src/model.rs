@@ -214,6 +214,7 @@ pub struct RecordedEvent {
 pub enum JobKind {
     Scavenge,
     Verify,
+    Backup,
 }
 
 impl JobKind {
@@ -222,6 +223,7 @@ impl JobKind {
         match self {
             Self::Scavenge => "scavenge",
             Self::Verify => "verify",
+            Self::Backup => "backup",
         }
     }
 }

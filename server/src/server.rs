@@ -96,6 +96,8 @@ impl Server {
         let maintenance = Arc::new(Maintenance {
             scavenges: Arc::new(Jobs::load(JobKind::Scavenge, &service).await),
             verifies: Arc::new(Jobs::load(JobKind::Verify, &service).await),
+            backups: Arc::new(Jobs::load(JobKind::Backup, &service).await),
+            backup_dir: config.backup_dir.clone(),
         });
         let app = crate::http::router(Arc::clone(&service), &config, maintenance);
         let limits = ConnectionLimits {

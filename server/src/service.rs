@@ -654,6 +654,16 @@ impl Service {
             .map_err(|e| StorageError::Internal(format!("read task failed: {e}")))?
     }
 
+    /// Writes a consistent copy of the store into `dir` (see
+    /// `Store::checkpoint`) and returns the copy's head position.
+    pub async fn backup(&self, dir: std::path::PathBuf) -> Result<Option<u64>, StorageError> {
+        self.blocking(move |store| {
+            store.checkpoint(&dir)?;
+            Store::head_of(&dir)
+        })
+        .await
+    }
+
     /// Flushes the store's memtables (shutdown).
     pub async fn flush(&self) -> Result<(), StorageError> {
         self.blocking(Store::flush).await

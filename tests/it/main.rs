@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real server binary and drives it over HTTP.
 
 mod append;
+mod backup;
 mod cli;
 mod client;
 mod concurrency;

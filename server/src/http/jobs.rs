@@ -8,7 +8,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use skald_proto::{JobStarted, ScavengeHistory, VerifyHistory};
+use skald_proto::{BackupHistory, JobStarted, ScavengeHistory, VerifyHistory};
 
 use super::error::ApiError;
 use super::extract::QueryParams;
@@ -24,6 +24,7 @@ impl From<JobError> for ApiError {
                 code: match kind {
                     JobKind::Scavenge => "scavenge_running",
                     JobKind::Verify => "verify_running",
+                    JobKind::Backup => "backup_running",
                 },
                 message: format!("a {kind} is already running ({id}); cancel it or wait"),
             },
@@ -44,7 +45,7 @@ pub async fn start(
     let mut params = QueryParams::parse(raw.as_deref())?;
     let dry_run = match kind {
         JobKind::Scavenge => params.take_bool("dry_run")?.unwrap_or(false),
-        JobKind::Verify => false,
+        JobKind::Verify | JobKind::Backup => false,
     };
     params.finish()?;
     let service = Arc::clone(&state.service);
@@ -52,6 +53,17 @@ pub async fn start(
     let job = match kind {
         JobKind::Scavenge => maintenance::scavenge::start(service, jobs, dry_run)?,
         JobKind::Verify => maintenance::verify::start(service, jobs)?,
+        JobKind::Backup => {
+            let dir = state
+                .maintenance
+                .backup_dir
+                .clone()
+                .ok_or_else(|| ApiError::Conflict {
+                    code: "backup_not_configured",
+                    message: "backups are off: start the server with --backup-dir".into(),
+                })?;
+            maintenance::backup::start(service, jobs, dir)?
+        }
     };
     let id = job.report().id;
     tracing::info!(%kind, %id, dry_run, "job started");
@@ -90,5 +102,6 @@ pub async fn list(kind: JobKind, State(state): State<AppState>) -> Response {
     match kind {
         JobKind::Scavenge => Json(ScavengeHistory { scavenges: reports }).into_response(),
         JobKind::Verify => Json(VerifyHistory { verifies: reports }).into_response(),
+        JobKind::Backup => Json(BackupHistory { backups: reports }).into_response(),
     }
 }

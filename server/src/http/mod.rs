@@ -104,6 +104,7 @@ pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenan
         )
         .merge(job_routes(JobKind::Scavenge, "scavenge", "scavenges"))
         .merge(job_routes(JobKind::Verify, "verify", "verifies"))
+        .merge(job_routes(JobKind::Backup, "backup", "backups"))
         .route("/admin/streams", get(catalog::list))
         .route("/admin/streams/{stream}", get(catalog::get))
         .route("/admin/stats", get(stats::stats))

@@ -1,6 +1,7 @@
-//! Long-running maintenance jobs (scavenge, verify): one at a time per kind,
-//! with live progress, cancellation and a persisted history of the last 20.
+//! Long-running maintenance jobs (scavenge, verify, backup): one at a time per
+//! kind, with live progress, cancellation and a persisted history of the last 20.
 
+pub mod backup;
 pub mod scavenge;
 pub mod verify;
 
@@ -96,10 +97,13 @@ where
     Ok(job)
 }
 
-/// The jobs of both kinds, as the HTTP layer reaches them.
+/// The jobs of every kind, as the HTTP layer reaches them.
 pub struct Maintenance {
     pub scavenges: Arc<Jobs>,
     pub verifies: Arc<Jobs>,
+    pub backups: Arc<Jobs>,
+    /// Where backups go (`--backup-dir`); `None`: backups are off.
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 impl Maintenance {
@@ -108,6 +112,7 @@ impl Maintenance {
         match kind {
             JobKind::Scavenge => &self.scavenges,
             JobKind::Verify => &self.verifies,
+            JobKind::Backup => &self.backups,
         }
     }
 }

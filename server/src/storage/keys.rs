@@ -41,11 +41,14 @@ pub const META_SCAVENGE_RESUME: &[u8] = b"scavenge_resume_after";
 pub const META_SCAVENGE_HISTORY: &[u8] = b"scavenge_history";
 /// `CF_META` key of the verify history (JSON).
 pub const META_VERIFY_HISTORY: &[u8] = b"verify_history";
+/// `CF_META` key of the backup history (JSON).
+pub const META_BACKUP_HISTORY: &[u8] = b"backup_history";
 /// The `CF_META` key of the history of `kind` jobs.
 pub fn job_history_key(kind: crate::model::JobKind) -> &'static [u8] {
     match kind {
         crate::model::JobKind::Scavenge => META_SCAVENGE_HISTORY,
         crate::model::JobKind::Verify => META_VERIFY_HISTORY,
+        crate::model::JobKind::Backup => META_BACKUP_HISTORY,
     }
 }
 /// `CF_META` key of the on-disk layout version (one byte).

@@ -19,6 +19,10 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionTyp
 pub use codec::CodecError;
 pub use writer::WriteError;
 
+/// The file a backup job writes beside the checkpoint (what it holds, when);
+/// `restore` leaves it out.
+pub const BACKUP_MANIFEST: &str = "skald-backup.json";
+
 /// Now, in µs since the Unix epoch (the unit of `recorded_at`).
 pub fn now_micros() -> u64 {
     std::time::SystemTime::now()
@@ -48,6 +52,9 @@ pub enum StorageError {
     CorruptIndex(String),
     #[error("data directory was written by an unsupported layout version {0}")]
     UnsupportedLayout(u8),
+    /// A file operation outside RocksDB (backup, restore) failed.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl From<rocksdb::Error> for StorageError {
@@ -210,6 +217,75 @@ impl Store {
                 .ok_or_else(|| StorageError::CorruptIndex("removed_events is not 8 bytes".into())),
             None => Ok(0),
         }
+    }
+
+    /// Writes a consistent copy of the store into `dir`, which must not exist,
+    /// while writes go on: a RocksDB checkpoint (memtables flushed first; SST
+    /// files hard-linked when `dir` is on the same filesystem, copied
+    /// otherwise). Every group commit is one atomic batch, so the copy holds
+    /// whole commits: a gap-free log up to its own head.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// Opens the store in `path` without writing to it (a backup) and returns
+    /// its head position, `None` for an empty store.
+    pub fn head_of(path: &Path) -> Result<Option<u64>, StorageError> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, path, keys::ALL_CFS, false)?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+            options: opts,
+        };
+        Ok(store.next_position()?.checked_sub(1))
+    }
+
+    /// Restores the backup in `backup` into `data_dir`, which must not exist or
+    /// be empty, for a server that is not running: copies every file (and
+    /// syncs it), then opens the result to check it. Returns the restored
+    /// head position.
+    pub fn restore(backup: &Path, data_dir: &Path) -> Result<Option<u64>, StorageError> {
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            StorageError::Io(format!("{what} {}: {e}", path.display()))
+        };
+        let head = Self::head_of(backup)?;
+        if let Ok(mut entries) = std::fs::read_dir(data_dir) {
+            if entries.next().is_some() {
+                return Err(StorageError::Io(format!(
+                    "{} is not empty; restore into a new directory",
+                    data_dir.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+        let entries = std::fs::read_dir(backup).map_err(|e| io("cannot read", backup, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io("cannot read", backup, e))?;
+            let from = entry.path();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if !is_file || entry.file_name() == BACKUP_MANIFEST {
+                continue;
+            }
+            let to = data_dir.join(entry.file_name());
+            std::fs::copy(&from, &to).map_err(|e| io("cannot copy", &from, e))?;
+            std::fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("cannot sync", &to, e))?;
+        }
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync", data_dir, e))?;
+        let store = Self::open(data_dir)?;
+        let restored = store.next_position()?.checked_sub(1);
+        if restored != head {
+            return Err(StorageError::CorruptIndex(format!(
+                "the restored store's head is {restored:?}, the backup's {head:?}"
+            )));
+        }
+        Ok(restored)
     }
 
     /// Flushes memtables to disk (used on shutdown to shorten the next start's WAL replay).
