@@ -13,6 +13,10 @@ pub struct ServeArgs {
     /// Address to listen on (use port 0 for an ephemeral port).
     #[arg(long, env = "SKALD_LISTEN", default_value = "127.0.0.1:2114")]
     pub listen: SocketAddr,
+    /// Serve on a non-loopback address although Skald has no access control:
+    /// anyone who can reach the port can read, append, delete and administer.
+    #[arg(long, env = "SKALD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Largest append request body, in bytes.
     #[arg(long, env = "SKALD_MAX_APPEND_BYTES", default_value_t = 16 << 20)]
     pub max_append_bytes: usize,
@@ -72,6 +76,10 @@ pub enum ConfigError {
     AppendLimit(usize),
     #[error("--max-custom-metadata-bytes must be between 2 and 16 MiB, got {0}")]
     CustomMetadataLimit(usize),
+    #[error(
+        "refusing to listen on {0} without access control: anyone who can reach it could read every stream, append, delete streams for good and run admin jobs. Listen on a loopback address (127.0.0.1) behind an authenticating proxy, or pass --insecure-no-auth to accept that (see docs/security.md)"
+    )]
+    ExposedWithoutAuth(SocketAddr),
     #[error("--max-connections must be at least 1")]
     MaxConnections,
     #[error("--header-timeout-secs and --idle-timeout-secs must be between 1 and 3600")]
@@ -107,6 +115,9 @@ impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
             return Err(ConfigError::AppendLimit(self.max_append_bytes));
+        }
+        if !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(ConfigError::ExposedWithoutAuth(self.listen));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::MaxConnections);
@@ -149,5 +160,40 @@ impl ServeArgs {
             writer_queue_kib: self.writer_queue_bytes.div_ceil(1024),
             writer_queue_timeout: Duration::from_millis(self.writer_queue_timeout_ms),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let args = std::iter::once("skald").chain(args.iter().copied());
+        Cli::try_parse_from(args)
+            .expect("flags parse")
+            .serve
+            .validate()
+    }
+
+    #[test]
+    fn exposure_without_auth_needs_the_insecure_flag() {
+        assert!(matches!(
+            config(&["--listen", "0.0.0.0:2114"]),
+            Err(ConfigError::ExposedWithoutAuth(_))
+        ));
+        let exposed = config(&["--listen", "0.0.0.0:2114", "--insecure-no-auth"]);
+        assert_eq!(
+            exposed.expect("accepted").listen.to_string(),
+            "0.0.0.0:2114"
+        );
+        assert!(config(&["--listen", "127.0.0.1:2114"]).is_ok());
+        assert!(config(&["--listen", "[::1]:2114"]).is_ok());
     }
 }

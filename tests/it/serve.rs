@@ -41,6 +41,31 @@ fn inconsistent_limits_are_refused_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
 
+/// Without access control, a non-loopback address is refused unless the
+/// operator says `--insecure-no-auth` (checked before anything is bound; the
+/// flag's acceptance is a unit test of the config, so no test listens beyond
+/// loopback).
+#[test]
+fn a_non_loopback_address_without_auth_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("d");
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.7:2114"] {
+        let out = serve(&[
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ]);
+        assert!(!out.status.success(), "{listen}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--insecure-no-auth") && err.contains("refusing"),
+            "{err}"
+        );
+        assert!(!data.exists(), "nothing may be created before the refusal");
+    }
+}
+
 #[test]
 fn a_data_directory_in_use_is_refused() {
     let server = TestServer::start();
