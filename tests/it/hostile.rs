@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::support::TestServer;
+use crate::support::{read_until_closed, TestServer};
 
 /// What a case must get.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -642,23 +642,8 @@ async fn send(server: &TestServer, case: &Case) -> (Vec<u16>, String) {
     if case.hang_up {
         let _ = socket.shutdown().await;
     }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "{}: no answer and no close within 20 s",
-        case.name
-    );
-    let text = String::from_utf8_lossy(&answer).into_owned();
+    // Panics (naming the limit) when the server neither answers nor closes.
+    let text = read_until_closed(&mut socket, Duration::from_secs(20)).await;
     let statuses = text
         .match_indices("HTTP/1.1 ")
         .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{self, assert_error, status_json, TestServer};
+use crate::support::{self, assert_error, read_until_closed, status_json, TestServer};
 
 async fn put_metadata(server: &TestServer, stream: &str, body: &Value) -> (u16, Value) {
     let response = server
@@ -114,28 +114,6 @@ async fn parallel_reads_of_large_events_cost_about_one_page_each() {
 async fn connect(server: &TestServer) -> tokio::net::TcpStream {
     let addr = server.base.trim_start_matches("http://");
     tokio::net::TcpStream::connect(addr).await.expect("connect")
-}
-
-/// Reads until the server closes the connection (or resets it), within
-/// `within`; returns what it sent.
-async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Duration) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(within, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "the server kept the connection open past {within:?}"
-    );
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// One request on an open keep-alive connection; returns the status line.

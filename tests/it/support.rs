@@ -58,6 +58,28 @@ pub async fn wait_job(server: &TestServer, path: &str) -> Value {
     }
 }
 
+/// Reads until the server closes the connection (or resets it), within
+/// `within`; returns what it sent.
+pub async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open past {within:?}"
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A running server; killed (SIGKILL) on drop.
 pub struct TestServer {
     child: Option<Child>,

@@ -40,14 +40,22 @@ impl Store {
         &self,
         stream: &StreamName,
     ) -> Result<Option<StreamState>, StorageError> {
-        let snapshot = self.db.snapshot();
+        self.stream_state_with_custom_at(&self.db.snapshot(), stream)
+    }
+
+    /// `stream_state_with_custom` as of `snapshot`.
+    pub(super) fn stream_state_with_custom_at(
+        &self,
+        snapshot: &Snapshot<'_>,
+        stream: &StreamName,
+    ) -> Result<Option<StreamState>, StorageError> {
         let Some(bytes) =
             snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
         else {
             return Ok(None);
         };
         let mut state = decode_state(stream.as_str(), &bytes)?;
-        self.load_custom(&snapshot, stream.as_str(), &mut state)?;
+        self.load_custom(snapshot, stream.as_str(), &mut state)?;
         Ok(Some(state))
     }
 

@@ -129,15 +129,9 @@ impl Store {
     /// One stream's catalog entry, `None` when nothing was ever written for it.
     pub fn catalog_entry(&self, stream: &StreamName) -> Result<Option<CatalogEntry>, StorageError> {
         let snapshot = self.db.snapshot();
-        let Some(bytes) =
-            snapshot.get_cf(self.cf(keys::CF_STREAMS), keys::stream_key(stream.as_str()))?
-        else {
-            return Ok(None);
-        };
-        let mut state = decode_state(stream.as_str(), &bytes)?;
-        self.load_custom(&snapshot, stream.as_str(), &mut state)?;
-        self.catalog_entry_of(&snapshot, stream.clone(), state)
-            .map(Some)
+        self.stream_state_with_custom_at(&snapshot, stream)?
+            .map(|state| self.catalog_entry_of(&snapshot, stream.clone(), state))
+            .transpose()
     }
 
     fn catalog_entry_of(
