@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use skald_client::{
-    Client, ExpectedRevision, JobKind, JobReport, JobResult, StreamInfo, StreamMetadata,
-};
+use skald_client::{ExpectedRevision, JobKind, JobReport, JobResult, StreamInfo, StreamMetadata};
 
-use crate::cli::{parse_expected, Connection};
+use crate::cli::{client, parse_expected, Connection};
 
 /// `skald meta`: limits to set; without any flag, prints the current metadata.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,10 +25,6 @@ pub struct MetaArgs {
     /// Custom metadata, a JSON object.
     #[arg(long)]
     pub custom: Option<String>,
-}
-
-fn client(connection: &Connection) -> anyhow::Result<Client> {
-    Ok(Client::new(&connection.url)?)
 }
 
 pub async fn streams(connection: Connection, prefix: Option<String>) -> anyhow::Result<()> {

@@ -21,6 +21,12 @@ pub struct Connection {
         global = true
     )]
     pub url: String,
+    /// The API token, when the server has access control on.
+    #[arg(long, env = "SKALD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust only this CA certificate (PEM) for an https:// URL.
+    #[arg(long, env = "SKALD_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Print NDJSON (one JSON object per line) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -86,8 +92,18 @@ pub struct TailArgs {
     pub filter: FilterArgs,
 }
 
-fn client(connection: &Connection) -> anyhow::Result<Client> {
-    Ok(Client::new(&connection.url)?)
+/// The client of `connection`'s server, with its token and CA.
+pub fn client(connection: &Connection) -> anyhow::Result<Client> {
+    let mut builder = Client::builder(&connection.url);
+    if let Some(token) = &connection.token {
+        builder = builder.auth_token(token.trim());
+    }
+    if let Some(path) = &connection.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+        builder = builder.ca_certificate_pem(pem);
+    }
+    Ok(builder.build()?)
 }
 
 pub fn parse_expected(raw: &str) -> anyhow::Result<ExpectedRevision> {

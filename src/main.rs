@@ -129,11 +129,62 @@ enum Command {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// API tokens for the server's --auth-file.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Server statistics.
     Stats {
         #[command(flatten)]
         connection: cli::Connection,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a fresh random token: prints the token (for the client, shown
+    /// only now) and the auth-file entry holding its hash.
+    New {
+        /// The token's name, as logs and 403 answers show it.
+        #[arg(long)]
+        name: String,
+        /// reader, writer or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: skald_server::auth::Role,
+        /// Limit the token to streams starting with this (repeatable).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+    },
+}
+
+fn parse_role(text: &str) -> Result<skald_server::auth::Role, String> {
+    use skald_server::auth::Role;
+    match text {
+        "reader" => Ok(Role::Reader),
+        "writer" => Ok(Role::Writer),
+        "admin" => Ok(Role::Admin),
+        other => Err(format!("'{other}' is not a role: reader, writer or admin")),
+    }
+}
+
+/// `skald token new`: the token on stdout's first line, then the entry.
+fn new_token(
+    name: &str,
+    role: skald_server::auth::Role,
+    prefixes: &[String],
+) -> anyhow::Result<()> {
+    use skald_server::auth;
+    if prefixes.iter().any(String::is_empty) {
+        anyhow::bail!("--stream-prefix must not be empty");
+    }
+    let token = auth::new_token().context("cannot read the system's random source")?;
+    let entry = auth::file_entry(name, role, prefixes, &token);
+    // Check the entry as the server will read it.
+    auth::TokenTable::parse(&entry).context("the entry would not be accepted")?;
+    eprintln!("The token (give it to the client; only its hash is stored):");
+    println!("{token}");
+    eprintln!("\nAdd this to the auth file, then send the server SIGHUP:");
+    println!("\n{entry}");
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -197,6 +248,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Restore { from, data_dir } => admin_cli::restore(&from, &data_dir),
             Command::Stats { connection } => admin_cli::stats(connection).await,
+            Command::Token(TokenCommand::New {
+                name,
+                role,
+                stream_prefixes,
+            }) => new_token(&name, role, &stream_prefixes),
         }
     });
     // The server has already waited for its tasks and flushed; a blocking call
@@ -208,11 +264,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: skald_server::ServeArgs) -> anyhow::Result<()> {
     let config = args.validate()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = skald_server::Server::bind(config).await?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, scheme, "listening");
     // The one line on stdout: scripts and tests read the address from it.
-    println!("skald listening on http://{addr}");
+    println!("skald listening on {scheme}://{addr}");
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     server.serve(stop).await?;

@@ -17,7 +17,7 @@ use crate::{AllPage, AppendResult, Error, EventData, ExpectedRevision, ServerInf
 /// use std::time::Duration;
 /// let client = skald_client::Client::builder("http://127.0.0.1:2114")
 ///     .timeout(Duration::from_secs(10))
-///     .auth_token("secret")
+///     .auth_token("skald_0123abcd")
 ///     .user_agent("billing-service/1.4")
 ///     .max_retries(5)
 ///     .build()?;
@@ -30,6 +30,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     auth_token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
     user_agent: String,
     max_retries: u32,
     initial_backoff: Duration,
@@ -48,9 +49,27 @@ impl ClientBuilder {
         self
     }
 
-    /// A bearer token sent with every request.
+    /// A bearer token sent with every request (`skald token new` makes one;
+    /// the server's `--auth-file` gives it a role).
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.auth_token = Some(token.into());
+        self
+    }
+
+    /// Trust only the CA certificate(s) in this PEM text for `https://` URLs,
+    /// instead of the system's roots: for a server whose certificate comes
+    /// from a private CA (or is self-signed).
+    ///
+    /// ```no_run
+    /// let ca = std::fs::read("/etc/skald/ca.pem").expect("CA file");
+    /// let client = skald_client::Client::builder("https://skald.internal:2114")
+    ///     .ca_certificate_pem(ca)
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), skald_client::Error>(())
+    /// ```
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
         self
     }
 
@@ -88,12 +107,21 @@ impl ClientBuilder {
                 .map_err(|_| invalid("the auth token is not a valid header value".into()))?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .user_agent(self.user_agent.clone())
-            .default_headers(headers)
-            .build()
-            .map_err(Error::Transport)?;
+            .default_headers(headers);
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(Error::InvalidCertificate(
+                    "no CERTIFICATE block in the PEM text".into(),
+                ));
+            }
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build().map_err(Error::Transport)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -139,6 +167,7 @@ impl Client {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             auth_token: None,
+            ca_pem: None,
             user_agent: concat!("skald-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_retries: 3,
             initial_backoff: Duration::from_millis(100),

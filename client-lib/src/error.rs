@@ -62,10 +62,17 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
-    /// The server needs (other) credentials.
+    /// The server needs a token, or does not know the one given (401).
     #[error("unauthorized: {message}")]
     Unauthorized {
         /// The server's explanation.
+        message: String,
+    },
+    /// The token is known but may not do this: its role is too low, or the
+    /// stream is outside its prefixes (403).
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// The server's explanation (names the token and what it lacks).
         message: String,
     },
     /// The server failed (5xx).
@@ -99,6 +106,9 @@ pub enum Error {
     /// Event data or metadata could not be serialized.
     #[error("cannot serialize event: {0}")]
     Serialize(#[source] serde_json::Error),
+    /// The CA certificate given to the builder is not usable PEM.
+    #[error("invalid CA certificate: {0}")]
+    InvalidCertificate(String),
     /// The URL given to the builder is not valid.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {
@@ -157,7 +167,8 @@ impl Error {
                     _ => None,
                 },
             },
-            (401 | 403, _, _) => Self::Unauthorized { message },
+            (401, _, _) => Self::Unauthorized { message },
+            (403, _, _) => Self::Forbidden { message },
             (500..=599, _, _) => Self::Server {
                 status,
                 code,
@@ -187,7 +198,7 @@ mod tests {
         ));
         assert!(matches!(
             Error::from_response(403, &body("forbidden")),
-            Error::Unauthorized { .. }
+            Error::Forbidden { .. }
         ));
         assert!(matches!(
             Error::from_response(410, &body("stream_deleted")),

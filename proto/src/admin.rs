@@ -271,8 +271,16 @@ pub struct Stats {
 pub struct ServerInfo {
     /// Server version.
     pub version: String,
-    /// Data directory.
-    pub data_dir: String,
+    /// Data directory; shown only to an admin (with access control on, one
+    /// not limited to stream prefixes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// Whether access control is on (`--auth-file`).
+    #[serde(default)]
+    pub auth: bool,
+    /// Whether the server answers over TLS.
+    #[serde(default)]
+    pub tls: bool,
     /// The last committed position, `None` for an empty store.
     pub head_position: Option<u64>,
 }

@@ -13,10 +13,22 @@ pub struct ServeArgs {
     /// Address to listen on (use port 0 for an ephemeral port).
     #[arg(long, env = "SKALD_LISTEN", default_value = "127.0.0.1:2114")]
     pub listen: SocketAddr,
-    /// Serve on a non-loopback address although Skald has no access control:
-    /// anyone who can reach the port can read, append, delete and administer.
-    #[arg(long, env = "SKALD_INSECURE_NO_AUTH")]
+    /// The auth file (TOML): the API tokens, as hashes, with their roles and
+    /// stream prefixes. Turns access control on; reloaded on SIGHUP. See
+    /// `docs/security.md`.
+    #[arg(long, env = "SKALD_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve on a non-loopback address without access control (no
+    /// --auth-file): anyone who can reach the port can read, append, delete
+    /// and administer.
+    #[arg(long, env = "SKALD_INSECURE_NO_AUTH", conflicts_with = "auth_file")]
     pub insecure_no_auth: bool,
+    /// The server's certificate chain (PEM); with --tls-key, serves HTTPS only.
+    #[arg(long, env = "SKALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SKALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Largest append request body, in bytes.
     #[arg(long, env = "SKALD_MAX_APPEND_BYTES", default_value_t = 16 << 20)]
     pub max_append_bytes: usize,
@@ -77,7 +89,7 @@ pub enum ConfigError {
     #[error("--max-custom-metadata-bytes must be between 2 and 16 MiB, got {0}")]
     CustomMetadataLimit(usize),
     #[error(
-        "refusing to listen on {0} without access control: anyone who can reach it could read every stream, append, delete streams for good and run admin jobs. Listen on a loopback address (127.0.0.1) behind an authenticating proxy, or pass --insecure-no-auth to accept that (see docs/security.md)"
+        "refusing to listen on {0} without access control: anyone who can reach it could read every stream, append, delete streams for good and run admin jobs. Turn access control on with --auth-file (tokens from `skald token new`), listen on a loopback address (127.0.0.1) behind an authenticating proxy, or pass --insecure-no-auth to accept that (see docs/security.md)"
     )]
     ExposedWithoutAuth(SocketAddr),
     #[error("--max-connections must be at least 1")]
@@ -92,6 +104,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    pub auth_file: Option<PathBuf>,
+    /// `(certificate chain, private key)` PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub backup_dir: Option<PathBuf>,
     pub listen: SocketAddr,
     pub max_append_bytes: usize,
@@ -116,7 +131,7 @@ impl ServeArgs {
         if self.max_append_bytes == 0 || self.max_append_bytes > 1 << 30 {
             return Err(ConfigError::AppendLimit(self.max_append_bytes));
         }
-        if !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+        if !self.listen.ip().is_loopback() && !self.insecure_no_auth && self.auth_file.is_none() {
             return Err(ConfigError::ExposedWithoutAuth(self.listen));
         }
         if self.max_connections == 0 {
@@ -144,6 +159,8 @@ impl ServeArgs {
         }
         Ok(Config {
             data_dir: self.data_dir,
+            auth_file: self.auth_file,
+            tls: self.tls_cert.zip(self.tls_key),
             backup_dir: self.backup_dir,
             listen: self.listen,
             max_append_bytes: self.max_append_bytes,
@@ -195,5 +212,7 @@ mod tests {
         );
         assert!(config(&["--listen", "127.0.0.1:2114"]).is_ok());
         assert!(config(&["--listen", "[::1]:2114"]).is_ok());
+        let with_auth = config(&["--listen", "0.0.0.0:2114", "--auth-file", "auth.toml"]);
+        assert!(with_auth.expect("accepted").auth_file.is_some());
     }
 }

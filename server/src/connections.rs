@@ -1,6 +1,7 @@
-//! Accepting and serving HTTP/1.1 connections: the cap on open connections
-//! (`--max-connections`), the header and idle timeouts, the limits on request
-//! heads, and graceful shutdown of every open connection.
+//! Accepting and serving HTTP/1.1 connections, plain or over TLS: the cap on
+//! open connections (`--max-connections`), the header and idle timeouts (a
+//! TLS handshake must also finish within the header timeout), the limits on
+//! request heads, and graceful shutdown of every open connection.
 //!
 //! Timeouts follow Go's `net/http` model. A new connection must deliver a
 //! complete request head within the header timeout. Between two requests of a
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::tls::Tls;
 
 /// Largest request head (request line and headers); a larger one is answered
 /// 431 by hyper and the connection closed.
@@ -73,11 +75,13 @@ pub struct ConnectionLimits {
 /// Accepts connections until `stop` is cancelled, serving each on a task of
 /// `tracker`; on `stop`, open connections finish the request they are
 /// answering and close. Returns once no more connections are accepted: the
-/// caller waits on `tracker` (with its own time limit).
+/// caller waits on `tracker` (with its own time limit). With `tls`, every
+/// connection is HTTPS, with the acceptor in force when it was accepted.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -97,25 +101,49 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             metrics.connections_rejected.inc();
-            reject(stream, &rejecting);
+            if tls.is_none() {
+                reject(stream, &rejecting);
+            } // A TLS client cannot read a plain answer: closed unanswered.
             continue;
         };
         let (app, metrics, stop) = (app.clone(), Arc::clone(&metrics), stop.clone());
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tracker.spawn(async move {
             let _permit = permit;
             let _open = GaugeGuard::new(&metrics.connections);
-            serve_connection(stream, app, limits, &metrics, stop).await;
+            match acceptor {
+                None => serve_connection(stream, app, limits, &metrics, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        () = stop.cancelled() => return,
+                        done = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => serve_connection(stream, app, limits, &metrics, stop).await,
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake_failures.inc();
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.connections_timed_out.inc();
+                            tracing::debug!("connection closed: no TLS handshake in time");
+                        }
+                    }
+                }
+            }
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     limits: ConnectionLimits,
     metrics: &Metrics,
     stop: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let counts = Arc::new(IoCounts::default());
     let io = TokioIo::new(CountedIo {
         inner: stream,
@@ -204,13 +232,14 @@ struct IoCounts {
     written: AtomicU64,
 }
 
-/// A TCP stream that counts its bytes (for `HeadTimer`).
-struct CountedIo {
-    inner: TcpStream,
+/// A connection (TCP, or TLS's plaintext side) that counts its bytes (for
+/// `HeadTimer`).
+struct CountedIo<S> {
+    inner: S,
     counts: Arc<IoCounts>,
 }
 
-impl AsyncRead for CountedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for CountedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -224,7 +253,7 @@ impl AsyncRead for CountedIo {
     }
 }
 
-impl AsyncWrite for CountedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,5 +1,6 @@
 //! Skald's server: an event store on RocksDB with an HTTP API.
 //!
+//! - `auth`: the auth file's tokens, roles and stream prefixes.
 //! - `config`: flags of `skald serve` and their validation.
 //! - `metrics`: Prometheus metrics and one-minute rates.
 //! - `model`: validated domain types shared by every layer.
@@ -10,9 +11,13 @@
 //! - `subscriptions`: catch-up subscriptions, a cursor over storage plus the
 //!   commit notification.
 //! - `maintenance`: scavenging and verifying, as cancellable background jobs.
-//! - `http`: routing, request parsing, responses and the one error mapping.
-//! - `server`: binding, serving and graceful shutdown.
+//! - `http`: routing, access checks, request parsing, responses and the one
+//!   error mapping.
+//! - `server`: binding, serving, reloading on SIGHUP and graceful shutdown.
+//! - `connections`: accepting connections (TLS included), their caps and timeouts.
+//! - `tls`: the certificate and key of HTTPS.
 
+pub mod auth;
 pub mod config;
 pub mod connections;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -25,6 +30,7 @@ pub mod server;
 pub mod service;
 pub mod storage;
 pub mod subscriptions;
+pub mod tls;
 
 pub use config::{Config, ServeArgs};
 pub use server::{Server, ServerError};

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     /// Connections closed for not sending a complete request head in time.
     pub connections_timed_out: Counter,
+    /// TLS handshakes that failed (bad client hello, unknown CA, plain HTTP).
+    pub tls_handshake_failures: Counter,
     /// Failed accepts (out of file descriptors, usually).
     pub accept_errors: Counter,
     /// Write requests the storage engine failed (disk full, I/O error).
@@ -56,6 +58,16 @@ pub struct Metrics {
     pub scavenge_events_scanned: Gauge,
     pub scavenge_events_removed: Gauge,
     pub scavenge_bytes_reclaimed: Gauge,
+    /// Requests answered 401 (no token, or an unknown one).
+    pub auth_unauthorized: Counter,
+    /// Requests answered 403 (a known token without the right).
+    pub auth_forbidden: Counter,
+    /// Auth file reloads (SIGHUP) that took effect.
+    pub auth_reloads: Counter,
+    /// Auth file reloads refused (the file was unreadable or invalid).
+    pub auth_reload_failures: Counter,
+    /// Tokens in force.
+    pub auth_tokens: Gauge,
     append_rate: RateWindow,
     read_rate: RateWindow,
 }
@@ -89,6 +101,7 @@ impl Default for Metrics {
             connections_rejected: Counter::default(),
             connections_timed_out: Counter::default(),
             accept_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             write_failures: Counter::default(),
             disk_full: Gauge::default(),
             writer_queue_requests: Gauge::default(),
@@ -96,6 +109,11 @@ impl Default for Metrics {
             scavenge_events_scanned: Gauge::default(),
             scavenge_events_removed: Gauge::default(),
             scavenge_bytes_reclaimed: Gauge::default(),
+            auth_unauthorized: Counter::default(),
+            auth_forbidden: Counter::default(),
+            auth_reloads: Counter::default(),
+            auth_reload_failures: Counter::default(),
+            auth_tokens: Gauge::default(),
             append_rate: RateWindow::default(),
             read_rate: RateWindow::default(),
             registry: Registry::default(),
@@ -209,6 +227,36 @@ impl Default for Metrics {
             "scavenge_bytes_reclaimed",
             "Bytes reclaimed by the current or last scavenge",
             metrics.scavenge_bytes_reclaimed.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (a client that does not trust the certificate, or speaks plain HTTP)",
+            metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "auth_unauthorized",
+            "Requests answered 401: no token, or an unknown one",
+            metrics.auth_unauthorized.clone(),
+        );
+        registry.register(
+            "auth_forbidden",
+            "Requests answered 403: a known token without the right",
+            metrics.auth_forbidden.clone(),
+        );
+        registry.register(
+            "auth_reloads",
+            "Auth file reloads (SIGHUP) that took effect",
+            metrics.auth_reloads.clone(),
+        );
+        registry.register(
+            "auth_reload_failures",
+            "Auth file reloads refused: the file was unreadable or invalid",
+            metrics.auth_reload_failures.clone(),
+        );
+        registry.register(
+            "auth_tokens",
+            "Tokens in force (0 with access control off)",
+            metrics.auth_tokens.clone(),
         );
         Self {
             registry,

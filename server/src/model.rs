@@ -278,21 +278,29 @@ pub struct StreamSlice {
 pub struct AllFilter {
     pub stream_prefix: Option<String>,
     pub type_prefix: Option<String>,
+    /// The stream prefixes the caller's token is limited to (any of them);
+    /// `None`: every stream.
+    pub scope: Option<std::sync::Arc<[String]>>,
 }
 
 impl AllFilter {
     pub fn matches(&self, event: &RecordedEvent) -> bool {
+        let stream = event.stream.as_str();
         self.stream_prefix
             .as_deref()
-            .is_none_or(|p| event.stream.as_str().starts_with(p))
+            .is_none_or(|p| stream.starts_with(p))
             && self
                 .type_prefix
                 .as_deref()
                 .is_none_or(|p| event.event_type.starts_with(p))
+            && self
+                .scope
+                .as_deref()
+                .is_none_or(|scope| scope.iter().any(|p| stream.starts_with(p.as_str())))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stream_prefix.is_none() && self.type_prefix.is_none()
+        self.stream_prefix.is_none() && self.type_prefix.is_none() && self.scope.is_none()
     }
 }
 

@@ -1,6 +1,7 @@
-//! Binding the listener, serving HTTP and shutting down gracefully: stop
-//! accepting, let in-flight requests finish (long-polls end early), drain the
-//! writer so every acknowledged append is on disk, flush, return.
+//! Binding the listener, serving HTTP(S), reloading the auth file and the
+//! certificate on SIGHUP, and shutting down gracefully: stop accepting, let
+//! in-flight requests finish (long-polls end early), drain the writer so every
+//! acknowledged append is on disk, flush, return.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,12 +10,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{AuthFileError, Authenticator};
 use crate::config::Config;
 use crate::connections::ConnectionLimits;
 use crate::maintenance::{Jobs, Maintenance};
+use crate::metrics::Metrics;
 use crate::model::JobKind;
 use crate::service::{QueueLimits, Service};
 use crate::storage::{StorageError, Store};
+use crate::tls::{Tls, TlsError};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,10 @@ pub enum ServerError {
     },
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Auth(#[from] AuthFileError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, not yet serving, server.
@@ -37,11 +45,26 @@ pub struct Server {
     service: Arc<Service>,
     writer_thread: std::thread::JoinHandle<()>,
     shutdown: CancellationToken,
+    auth: Option<Arc<Authenticator>>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
     /// Opens the store, starts the writer and binds the listener.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        // The cheap checks first: a bad auth file or certificate fails at once.
+        let auth = config
+            .auth_file
+            .as_deref()
+            .map(Authenticator::open)
+            .transpose()?
+            .map(Arc::new);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|(cert, key)| Tls::open(cert, key))
+            .transpose()?
+            .map(Arc::new);
         let path = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
             .await
@@ -70,12 +93,19 @@ impl Server {
             head_position = ?service.head_position(),
             "store opened"
         );
+        if let Some(auth) = &auth {
+            let tokens = auth.current().len();
+            service.metrics().auth_tokens.set(tokens as i64);
+            tracing::info!(tokens, "access control on");
+        }
         Ok(Self {
             config,
             listener,
             service,
             writer_thread,
             shutdown,
+            auth,
+            tls,
         })
     }
 
@@ -92,6 +122,8 @@ impl Server {
             service,
             writer_thread,
             shutdown,
+            auth,
+            tls,
         } = self;
         let maintenance = Arc::new(Maintenance {
             scavenges: Arc::new(Jobs::load(JobKind::Scavenge, &service).await),
@@ -99,7 +131,7 @@ impl Server {
             backups: Arc::new(Jobs::load(JobKind::Backup, &service).await),
             backup_dir: config.backup_dir.clone(),
         });
-        let app = crate::http::router(Arc::clone(&service), &config, maintenance);
+        let app = crate::http::router(Arc::clone(&service), &config, maintenance, auth.clone());
         let limits = ConnectionLimits {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
@@ -107,9 +139,19 @@ impl Server {
         };
         let connections = TaskTracker::new();
         let metrics = Arc::clone(service.metrics());
+        reload_on_hangup(auth, tls.clone(), Arc::clone(&metrics), stop.clone());
         // Returns once `stop` is cancelled; open connections then finish the
         // request they are answering and close.
-        crate::connections::serve(listener, app, limits, metrics, stop, connections.clone()).await;
+        crate::connections::serve(
+            listener,
+            app,
+            limits,
+            tls,
+            metrics,
+            stop,
+            connections.clone(),
+        )
+        .await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         // Ends long-polls and subscriptions so they answer now rather than at their deadline.
         shutdown.cancel();
@@ -143,4 +185,64 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// On each SIGHUP until `stop`: reads the auth file and the certificate
+/// again. A valid file takes effect (the changes are logged by token name,
+/// never with secrets); an invalid one is logged and the one in force stays.
+fn reload_on_hangup(
+    auth: Option<Arc<Authenticator>>,
+    tls: Option<Arc<Tls>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: the auth file and certificate will not be reloaded");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    received = hangups.recv() => if received.is_none() { return },
+                }
+                tracing::info!("SIGHUP: reloading");
+                match &auth {
+                    None => tracing::info!("no --auth-file to reload"),
+                    Some(auth) => match auth.reload() {
+                        Ok(changes) => {
+                            metrics.auth_reloads.inc();
+                            metrics.auth_tokens.set(auth.current().len() as i64);
+                            if changes.is_empty() {
+                                tracing::info!("auth file reloaded: no change");
+                            }
+                            for change in changes {
+                                tracing::info!(%change, "auth file reloaded");
+                            }
+                        }
+                        Err(e) => {
+                            metrics.auth_reload_failures.inc();
+                            tracing::error!(error = %e, "auth file not reloaded; the tokens in force stay");
+                        }
+                    },
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS certificate not reloaded; the one in force stays")
+                        }
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (auth, tls, metrics, stop);
 }

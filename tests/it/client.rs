@@ -271,7 +271,7 @@ async fn every_error_variant_comes_from_a_real_response() {
 
     // SubscriptionEnded: the server shuts down under a subscription; the error
     // is retryable, so the client reconnects by itself instead of surfacing it.
-    // (Unauthorized needs server authentication, which is not built yet.)
+    // (Unauthorized and Forbidden: tests/it/auth.rs, against a server with tokens.)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real server binary and drives it over HTTP.
 
 mod append;
+mod auth;
 mod backup;
 mod cli;
 mod client;
@@ -17,4 +18,5 @@ mod scavenge;
 mod serve;
 mod subscriptions;
 mod support;
+mod tls;
 mod validation;

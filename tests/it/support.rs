@@ -89,6 +89,18 @@ pub struct TestServer {
     _temp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    secure: Secure,
+}
+
+/// How the test talks to a server with access control or TLS on.
+#[derive(Debug, Clone, Default)]
+pub struct Secure {
+    /// Sent as the bearer token by `http`, `client()` and every helper.
+    pub token: Option<String>,
+    /// The CA the test's clients trust (the server's certificate is its).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Where the server's log goes (at info level) instead of the test's stderr.
+    pub log_file: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -107,12 +119,19 @@ impl TestServer {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
-        Self::launch_new(data_dir, Some(temp), args, env)
+        Self::launch_new(data_dir, Some(temp), args, env, Secure::default())
     }
 
     /// A server whose data lives in `data_dir` (which the caller cleans up).
     pub fn start_in(data_dir: PathBuf, args: &[&str]) -> Self {
-        Self::launch_new(data_dir, None, args, &[])
+        Self::launch_new(data_dir, None, args, &[], Secure::default())
+    }
+
+    /// A server with access control or TLS flags in `args`, talked to as `secure` says.
+    pub fn start_secure(args: &[&str], secure: Secure) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        Self::launch_new(data_dir, Some(temp), args, &[], secure)
     }
 
     fn launch_new(
@@ -120,6 +139,7 @@ impl TestServer {
         temp: Option<tempfile::TempDir>,
         args: &[&str],
         env: &[(&str, &str)],
+        secure: Secure,
     ) -> Self {
         let extra_args = args.iter().map(|a| a.to_string()).collect();
         let mut server = Self {
@@ -129,6 +149,7 @@ impl TestServer {
             data_dir,
             _temp: temp,
             extra_args,
+            secure,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -142,10 +163,11 @@ impl TestServer {
         // A restart keeps the address, so clients can reconnect.
         let listen = self
             .base
-            .strip_prefix("http://")
-            .unwrap_or("127.0.0.1:0")
+            .split_once("://")
+            .map_or("127.0.0.1:0", |(_, addr)| addr)
             .to_owned();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skald"));
+        command
             .arg("serve")
             .arg("--listen")
             .arg(&listen)
@@ -155,9 +177,16 @@ impl TestServer {
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start skald");
+            .stderr(Stdio::inherit());
+        if let Some(path) = &self.secure.log_file {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("log file");
+            command.env("RUST_LOG", "info").stderr(log);
+        }
+        let mut child = command.spawn().expect("start skald");
         let stdout = child.stdout.take().expect("stdout piped");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -171,7 +200,28 @@ impl TestServer {
         self.base = url;
         self.child = Some(child);
         // Pooled connections to the previous process are dead.
-        self.http = reqwest::Client::new();
+        self.http = self.http_client();
+    }
+
+    /// A plain HTTP client that sends the token and trusts the CA of `secure`.
+    fn http_client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = &self.secure.token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = format!("Bearer {token}").parse().expect("header value");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(pem) = &self.secure.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).expect("CA PEM");
+            builder = builder.tls_certs_only(certs);
+        }
+        builder.build().expect("http client")
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -219,10 +269,20 @@ impl TestServer {
 
     /// A `skald-client` for this server.
     pub fn client(&self) -> skald_client::Client {
-        skald_client::Client::builder(&self.base)
-            .initial_backoff(Duration::from_millis(50))
-            .build()
-            .expect("client")
+        self.client_with(self.secure.token.as_deref())
+    }
+
+    /// A `skald-client` for this server with another token (or none).
+    pub fn client_with(&self, token: Option<&str>) -> skald_client::Client {
+        let mut builder =
+            skald_client::Client::builder(&self.base).initial_backoff(Duration::from_millis(50));
+        if let Some(token) = token {
+            builder = builder.auth_token(token);
+        }
+        if let Some(pem) = &self.secure.ca_pem {
+            builder = builder.ca_certificate_pem(pem.clone());
+        }
+        builder.build().expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,6 +3,7 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::{wait_param, DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
@@ -13,6 +14,7 @@ use crate::service::AllQuery;
 
 pub async fn read(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut params = QueryParams::parse(raw.as_deref())?;
@@ -23,6 +25,7 @@ pub async fn read(
     let filter = AllFilter {
         stream_prefix: params.take_str("stream_prefix").filter(|p| !p.is_empty()),
         type_prefix: params.take_str("type_prefix").filter(|p| !p.is_empty()),
+        scope: caller.scope(),
     };
     params.finish()?;
     let _slot = (!wait.is_zero())

@@ -58,6 +58,16 @@ pub enum ApiError {
     /// engine's message, with its paths, is logged by the writer, not sent.)
     #[error("the disk holding the data is full; nothing of this request was written, retry once space is freed")]
     InsufficientStorage,
+    /// No token, or an unknown one: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// A token was given but is not known (`error="invalid_token"`).
+        invalid_token: bool,
+    },
+    /// A known token without the right: 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// A capped resource is exhausted: 503 with `Retry-After`.
     #[error("{message}")]
     Overloaded { code: &'static str, message: String },
@@ -93,6 +103,8 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             Self::Overloaded { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 
@@ -125,10 +137,19 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error.
+    /// The JSON body of this error. The engine's and the server's own faults
+    /// are logged in full but answered in general terms: their text may name
+    /// files and paths.
     pub fn body(&self) -> ErrorBody {
         let (_, code) = self.status_and_code();
-        ErrorBody::new(code, self.to_string()).with(self.details())
+        let message = match self {
+            Self::Storage(_) => {
+                "the storage engine failed; the details are in the server's log".into()
+            }
+            Self::Internal(_) => "the server failed; the details are in the server's log".into(),
+            other => other.to_string(),
+        };
+        ErrorBody::new(code, message).with(self.details())
     }
 }
 
@@ -139,6 +160,17 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, code, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let Self::Unauthorized { invalid_token, .. } = &self {
+            let challenge = if *invalid_token {
+                r#"Bearer realm="skald", error="invalid_token""#
+            } else {
+                r#"Bearer realm="skald""#
+            };
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
         let retry_after = match self {
             Self::Overloaded { .. } => Some("1"),
             Self::InsufficientStorage => Some("5"),
@@ -185,6 +217,43 @@ impl From<WriteError> for ApiError {
                 code: "writer_busy",
                 message: e.to_string(),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_and_internal_faults_keep_their_details_in_the_log() {
+        let path = "/srv/skald/data/000123.log";
+        for error in [
+            ApiError::Storage(format!("IO error: While appending to file: {path}")),
+            ApiError::Internal(format!("join failed reading {path}")),
+        ] {
+            let body = serde_json::to_string(&error.body()).expect("JSON");
+            assert!(!body.contains(path), "{body}");
+            assert!(body.contains("server's log"), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_401_carries_the_bearer_challenge() {
+        for (invalid_token, challenge) in [
+            (false, r#"Bearer realm="skald""#),
+            (true, r#"Bearer realm="skald", error="invalid_token""#),
+        ] {
+            let response = ApiError::Unauthorized {
+                message: "m".into(),
+                invalid_token,
+            }
+            .into_response();
+            assert_eq!(response.status(), 401);
+            assert_eq!(
+                response.headers()[axum::http::header::WWW_AUTHENTICATE],
+                challenge
+            );
         }
     }
 }

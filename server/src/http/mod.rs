@@ -2,6 +2,7 @@
 //! `error` is the only place where errors become statuses.
 
 mod all;
+pub mod auth;
 mod catalog;
 pub mod error;
 pub(crate) mod extract;
@@ -67,6 +68,13 @@ impl Slots {
     }
 }
 
+/// Which protections are on, as `/info` tells.
+#[derive(Debug, Clone, Copy)]
+pub struct Security {
+    pub auth: bool,
+    pub tls: bool,
+}
+
 /// What every handler receives.
 #[derive(Clone)]
 pub struct AppState {
@@ -74,10 +82,21 @@ pub struct AppState {
     pub limits: Limits,
     pub maintenance: Arc<Maintenance>,
     pub slots: Slots,
+    pub security: Security,
 }
 
-/// Builds the router.
-pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenance>) -> Router {
+/// Builds the router. `auth` is the auth file in force; `None` turns access
+/// control off.
+pub fn router(
+    service: Arc<Service>,
+    config: &Config,
+    maintenance: Arc<Maintenance>,
+    auth: Option<Arc<crate::auth::Authenticator>>,
+) -> Router {
+    let security = Security {
+        auth: auth.is_some(),
+        tls: config.tls.is_some(),
+    };
     let limits = Limits {
         max_append_bytes: config.max_append_bytes,
         max_event_bytes: config.max_event_bytes,
@@ -113,6 +132,14 @@ pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenan
         .route("/info", get(system::info))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside `track`, so refused requests are counted like the others.
+        .layer(axum::middleware::from_fn_with_state(
+            auth::AuthLayer {
+                auth,
+                metrics: Arc::clone(service.metrics()),
+            },
+            auth::authorize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(service.metrics()),
             track::track,
@@ -122,6 +149,7 @@ pub fn router(service: Arc<Service>, config: &Config, maintenance: Arc<Maintenan
             service,
             limits,
             maintenance,
+            security,
             slots: Slots {
                 subscriptions: Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
                 long_polls: Arc::new(tokio::sync::Semaphore::new(config.max_long_polls)),

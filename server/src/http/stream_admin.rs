@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
 use super::streams::stream_name;
@@ -18,10 +19,12 @@ use crate::model::{StreamMetadata, StreamState};
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    caller.check_stream(&stream)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let expected: ExpectedRevision = match params.take_str("expected_revision") {
         Some(text) => text
@@ -38,9 +41,11 @@ pub async fn delete(
 
 pub async fn get_metadata(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    caller.check_stream(&stream)?;
     let current = state
         .service
         .stream_state(stream.clone())
@@ -57,11 +62,13 @@ const METADATA_BODY_SLACK: usize = 4096;
 
 pub async fn put_metadata(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    caller.check_stream(&stream)?;
     let max_custom = state.limits.max_custom_metadata_bytes;
     // Room for the limits and for whitespace around the custom object.
     let bytes = read_body(

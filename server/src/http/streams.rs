@@ -9,6 +9,7 @@ use axum::Json;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, QueryParams};
 use super::wire::{append_result, event_json, page_body, AppendBody, EventBody, StreamPage};
@@ -26,11 +27,13 @@ pub const DEFAULT_READ_LIMIT: u64 = 100;
 
 pub async fn append(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    caller.check_stream(&stream)?;
     let bytes = read_body(
         &headers,
         body,
@@ -61,10 +64,12 @@ pub async fn append(
 
 pub async fn read(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    caller.check_stream(&stream)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
     let from = params.take_u64("from")?;
     let direction = parse_direction(params.take_str("direction"))?;
@@ -95,10 +100,12 @@ pub async fn read(
 
 pub async fn read_one(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((raw_stream, raw_revision)) = path.map_err(path_error)?;
     let stream = parse_stream(&raw_stream)?;
+    caller.check_stream(&stream)?;
     let revision = raw_revision.parse::<u64>().map_err(|_| {
         ApiError::bad_request(
             "invalid_revision",

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use skald_proto::Place;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::parse_stream;
@@ -31,6 +32,7 @@ const FELL_BEHIND_AFTER: (u64, u64, u64) = (1, u64::MAX, 10_000);
 
 pub async fn all(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -38,6 +40,7 @@ pub async fn all(
     let filter = AllFilter {
         stream_prefix: params.take_str("stream_prefix").filter(|p| !p.is_empty()),
         type_prefix: params.take_str("type_prefix").filter(|p| !p.is_empty()),
+        scope: caller.scope(),
     };
     let (c_min, c_max, c_default) = CHECKPOINT_EVERY;
     let checkpoint_every = params.take_bounded("checkpoint_every", c_min, c_max, c_default)?;
@@ -52,6 +55,7 @@ pub async fn all(
 
 pub async fn stream(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -59,6 +63,7 @@ pub async fn stream(
     let Path(raw_stream) =
         path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
     let stream = parse_stream(&raw_stream)?;
+    caller.check_stream(&stream)?;
     let params = QueryParams::parse(raw.as_deref())?;
     start_subscription(
         state,

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use skald_proto::{Health, ServerInfo};
 
+use super::auth::Caller;
 use super::AppState;
 
 pub async fn live() -> Json<Health> {
@@ -12,10 +13,15 @@ pub async fn live() -> Json<Health> {
     })
 }
 
-pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+/// What this server is; paths only for an admin.
+pub async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerInfo> {
     Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").into(),
-        data_dir: state.service.data_dir().display().to_string(),
+        data_dir: caller
+            .is_server_admin()
+            .then(|| state.service.data_dir().display().to_string()),
+        auth: state.security.auth,
+        tls: state.security.tls,
         head_position: state.service.head_position(),
     })
 }

@@ -405,10 +405,17 @@ mod tests {
         assert_eq!(read_as::<Stats>(&stats), stats);
         let info = ServerInfo {
             version: "1".into(),
-            data_dir: "d".into(),
+            data_dir: Some("d".into()),
+            auth: true,
+            tls: false,
             head_position: None,
         };
         assert_eq!(read_as::<ServerInfo>(&info), info);
+        let hidden = ServerInfo {
+            data_dir: None,
+            ..info
+        };
+        assert_eq!(read_as::<ServerInfo>(&hidden), hidden);
         let health = Health {
             status: "ok".into(),
         };

@@ -167,11 +167,20 @@ impl Subscription {
             self.seen_seq = self.head.borrow_and_update().seq;
             match self.read_batch().await {
                 Err(e) => {
-                    let code = match e {
-                        StorageError::CorruptEvent { .. } => "corrupt_event",
-                        _ => "storage_error",
+                    // The engine's text may name files: it goes to the log only.
+                    tracing::error!(error = %e, "a subscription's read failed");
+                    let (code, message) = match e {
+                        StorageError::CorruptEvent { position, .. } => (
+                            "corrupt_event",
+                            format!("the event at position {position} is corrupt"),
+                        ),
+                        _ => (
+                            "storage_error",
+                            "the storage engine failed; the details are in the server's log"
+                                .to_owned(),
+                        ),
                     };
-                    return Some(self.end(code, &e.to_string()));
+                    return Some(self.end(code, &message));
                 }
                 Ok(Progress::Read) => {}
                 Ok(Progress::Deleted) => {
