@@ -34,12 +34,39 @@ pub enum CodecError {
 
 /// Encodes `event` as a record.
 pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
-    let meta_len = event.metadata.as_ref().map_or(0, |m| 4 + m.len());
+    encode_record(&RecordRef {
+        position: event.position,
+        stream: event.stream.as_str(),
+        revision: event.revision,
+        recorded_at_micros: event.recorded_at_micros,
+        id: &event.id,
+        event_type: &event.event_type,
+        data: &event.data,
+        metadata: event.metadata.as_deref(),
+    })
+}
+
+/// The fields of a record, borrowed: what the writer encodes from a request's
+/// event without copying it into a `RecordedEvent` first.
+pub struct RecordRef<'a> {
+    pub position: u64,
+    pub stream: &'a str,
+    pub revision: u64,
+    pub recorded_at_micros: u64,
+    pub id: &'a Uuid,
+    pub event_type: &'a str,
+    pub data: &'a str,
+    pub metadata: Option<&'a str>,
+}
+
+/// Encodes a record from its borrowed fields.
+pub fn encode_record(event: &RecordRef<'_>) -> Vec<u8> {
+    let meta_len = event.metadata.map_or(0, |m| 4 + m.len());
     let mut out = Vec::with_capacity(
         1 + 8 * 3
             + 16
             + 2
-            + event.stream.as_str().len()
+            + event.stream.len()
             + 2
             + event.event_type.len()
             + 4
@@ -53,10 +80,10 @@ pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
     out.extend_from_slice(&event.revision.to_be_bytes());
     out.extend_from_slice(&event.recorded_at_micros.to_be_bytes());
     out.extend_from_slice(event.id.as_bytes());
-    put_short(&mut out, event.stream.as_str());
-    put_short(&mut out, &event.event_type);
-    put_long(&mut out, &event.data);
-    match &event.metadata {
+    put_short(&mut out, event.stream);
+    put_short(&mut out, event.event_type);
+    put_long(&mut out, event.data);
+    match event.metadata {
         Some(metadata) => {
             out.push(1);
             put_long(&mut out, metadata);

@@ -18,9 +18,7 @@ use uuid::Uuid;
 
 use super::stream_state::{self, StreamMetadata, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
-use crate::model::{
-    display_revision, AppendOutcome, ExpectedRevision, NewEvent, RecordedEvent, StreamName,
-};
+use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, StreamName};
 
 /// Most requests committed in one group.
 const MAX_GROUP_REQUESTS: usize = 4096;
@@ -212,6 +210,9 @@ struct PendingId {
 struct GroupOverlay {
     states: HashMap<StreamName, StreamState>,
     ids: HashMap<Uuid, PendingId>,
+    /// Which of the group's appended ids the store held when the group began
+    /// (looked up in one batch), with their positions.
+    stored_ids: HashMap<Uuid, u64>,
     /// Ids whose events an earlier removal of the group deleted: forgotten, as
     /// they will be once the group is written (the store still has them).
     removed_ids: std::collections::HashSet<Uuid>,
@@ -255,8 +256,32 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             }
             return;
         }
+        let mut ids: Vec<Uuid> = group
+            .iter()
+            .filter_map(|r| match &r.op {
+                WriteOp::Append { events, .. } => Some(events.iter().map(|e| e.id)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        // Nothing but this thread writes, so the store stays as read here
+        // until the group is written; the overlay covers the group's own effects.
+        let stored_ids = match self.store.stored_event_ids(&mut ids) {
+            Ok(found) => found,
+            Err(e) => {
+                // A failed read changes nothing: the group is answered, not stopped.
+                tracing::error!(error = %e, "cannot look the group's event ids up");
+                let message = e.to_string();
+                for request in group {
+                    let error = StorageError::Engine(message.clone());
+                    let _ = request.reply.send(Err(WriteError::Storage(error)));
+                }
+                return;
+            }
+        };
         let mut overlay = GroupOverlay {
             removed_events: self.removed_events,
+            stored_ids,
             ..GroupOverlay::default()
         };
         let mut out = GroupBatch {
@@ -285,17 +310,23 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             }
         }
         if !written.is_empty() {
+            // The counters go in the same batch as what moved them (and only
+            // then: a group of one append does not also rewrite the removal count).
             let meta = self.store.cf(keys::CF_META);
-            out.batch.put_cf(
-                meta,
-                keys::META_NEXT_POSITION,
-                keys::position_key(out.next_position),
-            );
-            out.batch.put_cf(
-                meta,
-                keys::META_REMOVED_EVENTS,
-                overlay.removed_events.to_be_bytes(),
-            );
+            if out.next_position != self.next_position {
+                out.batch.put_cf(
+                    meta,
+                    keys::META_NEXT_POSITION,
+                    keys::position_key(out.next_position),
+                );
+            }
+            if overlay.removed_events != self.removed_events {
+                out.batch.put_cf(
+                    meta,
+                    keys::META_REMOVED_EVENTS,
+                    overlay.removed_events.to_be_bytes(),
+                );
+            }
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             let started = std::time::Instant::now();
@@ -525,15 +556,15 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         for (offset, event) in (0u64..).zip(events) {
             let position = first_position + offset;
             let revision = first_revision + offset;
-            let record = codec::encode_event(&RecordedEvent {
+            let record = codec::encode_record(&codec::RecordRef {
                 position,
-                stream: stream.clone(),
+                stream: stream.as_str(),
                 revision,
-                id: event.id,
-                event_type: event.event_type.clone(),
-                data: event.data.clone(),
-                metadata: event.metadata.clone(),
                 recorded_at_micros: out.now_micros,
+                id: &event.id,
+                event_type: &event.event_type,
+                data: &event.data,
+                metadata: event.metadata.as_deref(),
             });
             state.bytes += record.len() as u64;
             out.bytes += record.len() as u64;
@@ -586,7 +617,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 found.push((event.id, pending.clone()));
             } else if overlay.removed_ids.contains(&event.id) {
                 continue;
-            } else if let Some(position) = self.store.event_id_position(&event.id)? {
+            } else if let Some(&position) = overlay.stored_ids.get(&event.id) {
                 let stored = self.store.read_position(position)?;
                 found.push((
                     event.id,
