@@ -4,6 +4,12 @@
 mod admin_cli;
 mod cli;
 
+/// mimalloc instead of glibc's malloc: the server allocates on tokio's
+/// threads and frees on the writer's (and back), which glibc serves with
+/// arena locks and consolidation (measured: docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;

@@ -158,8 +158,9 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 
-/// Checks that every JSON reader can decode `json` (see `check_json_text`).
-pub(super) fn check_json_text(field: &str, json: &str) -> Result<(), ApiError> {
+/// Checks that every JSON reader can decode `json` (see `check_json_text`);
+/// `field` names it in the error (formatted only then).
+pub(super) fn check_json_text(field: std::fmt::Arguments<'_>, json: &str) -> Result<(), ApiError> {
     crate::model::check_json_text(json)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("{field} {e}")))
 }
@@ -205,9 +206,9 @@ fn validate_events(
                     ));
                 }
             }
-            check_json_text(&format!("events[{i}].data"), event.data.get())?;
+            check_json_text(format_args!("events[{i}].data"), event.data.get())?;
             if let Some(metadata) = &event.metadata {
-                check_json_text(&format!("events[{i}].metadata"), metadata.get())?;
+                check_json_text(format_args!("events[{i}].metadata"), metadata.get())?;
             }
             let size = event.data.get().len()
                 + event.metadata.as_ref().map_or(0, |m| m.get().len())
