@@ -29,10 +29,49 @@ impl Outcome {
     }
 }
 
+/// What each appended event carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    /// ~130 B of data, no id (the server assigns one), no metadata: the same
+    /// body for every request.
+    Plain,
+    /// What `../shared/bench` (esbench) sends: a client-chosen random UUID per
+    /// event, ~150 B of data and ~70 B of metadata, a fresh body per request.
+    Harness,
+}
+
+/// One request's body.
+fn append_body(payload: Payload, batch: usize, seq: &mut u64) -> anyhow::Result<Vec<u8>> {
+    let events: Vec<Value> = (0..batch)
+        .map(|i| match payload {
+            Payload::Plain => {
+                json!({"type": "BenchEvent", "data": {"i": i, "payload": "x".repeat(100)}})
+            }
+            Payload::Harness => {
+                *seq += 1;
+                json!({
+                    "id": uuid::Uuid::new_v4(),
+                    "type": "FundsDeposited",
+                    "data": {
+                        "accountId": format!("acc-{:06}", *seq % 1_000_000),
+                        "amount": 100 + *seq % 900,
+                        "currency": "EUR",
+                        "reference": format!("inv-{:010}", *seq),
+                        "note": "esbench payload of about one hundred and fifty bytes",
+                    },
+                    "metadata": {"correlationId": uuid::Uuid::new_v4(), "source": "esbench"},
+                })
+            }
+        })
+        .collect();
+    Ok(serde_json::to_vec(&json!({"events": events}))?)
+}
+
 async fn append_scenario(
     server: &Server,
     clients: usize,
     batch: usize,
+    payload: Payload,
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
     let http = reqwest::Client::builder()
@@ -44,18 +83,25 @@ async fn append_scenario(
     let mut tasks = Vec::new();
     for client in 0..clients {
         let http = http.clone();
-        let url = format!("{}/streams/bench-{clients}-{batch}-{client}", server.base);
+        let kind = if payload == Payload::Plain {
+            "plain"
+        } else {
+            "harness"
+        };
+        let url = format!(
+            "{}/streams/bench-{kind}-{clients}-{batch}-{client}",
+            server.base
+        );
         tasks.push(tokio::spawn(async move {
-            let events: Vec<Value> = (0..batch)
-                .map(
-                    |i| json!({"type": "BenchEvent", "data": {"i": i, "payload": "x".repeat(100)}}),
-                )
-                .collect();
-            let body = serde_json::to_vec(&json!({"events": events}))?;
+            let mut seq = 0;
+            let mut body = append_body(payload, batch, &mut seq)?;
             let mut latencies = Vec::new();
             for _ in 0..per_client {
                 if Instant::now() >= deadline {
                     break;
+                }
+                if payload == Payload::Harness {
+                    body = append_body(payload, batch, &mut seq)?;
                 }
                 let t = Instant::now();
                 append(&http, &url, &body).await?;
@@ -244,7 +290,7 @@ async fn scavenge_scenario(
             response.status()
         );
     }
-    let baseline = append_scenario(server, 16, 1, duration).await?;
+    let baseline = append_scenario(server, 16, 1, Payload::Plain, duration).await?;
     let started: Value = http
         .post(format!("{}/admin/scavenge", server.base))
         .send()
@@ -252,7 +298,7 @@ async fn scavenge_scenario(
         .json()
         .await?;
     let id = started["id"].as_str().unwrap_or_default().to_owned();
-    let during = append_scenario(server, 16, 1, duration).await?;
+    let during = append_scenario(server, 16, 1, Payload::Plain, duration).await?;
     let report: Value = http
         .get(format!("{}/admin/scavenge/{id}", server.base))
         .send()
@@ -303,9 +349,18 @@ fn main() -> anyhow::Result<()> {
         println!("| scenario | requests | requests/s | events/s | p50 ms | p99 ms |");
         println!("|---|---|---|---|---|---|");
         for (clients, batch) in [(1, 1), (16, 1), (64, 1), (256, 1), (16, 100)] {
-            let outcome = append_scenario(&server, clients, batch, duration).await?;
+            let outcome = append_scenario(&server, clients, batch, Payload::Plain, duration).await?;
             report(
                 &format!("append, {clients} clients x {batch} event(s)"),
+                outcome,
+            );
+        }
+        // The shared harness's payload (W1, W2 and W3 shapes).
+        for (clients, batch) in [(1, 1), (32, 1), (8, 100)] {
+            let outcome =
+                append_scenario(&server, clients, batch, Payload::Harness, duration).await?;
+            report(
+                &format!("append, {clients} clients x {batch} event(s), harness payload (ids, metadata)"),
                 outcome,
             );
         }

@@ -18,10 +18,13 @@ impl Drop for Server {
     }
 }
 
-/// Starts the release binary on `127.0.0.1:0` with a fresh data dir.
+/// Starts the release binary (or `SKALD_BENCH_BIN`, to compare two builds
+/// with the same load generator) on `127.0.0.1:0` with a fresh data dir.
 pub fn start_server() -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+    let binary =
+        std::env::var("SKALD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_skald").to_owned());
+    let mut child = Command::new(binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
