@@ -28,6 +28,10 @@ pub use crate::storage::{StorageError, WriteError};
 /// Most events one `$all` read examines, filtered-out ones included, before it
 /// answers with what it found, so a narrow filter cannot pin a reader thread.
 pub const MAX_EXAMINED_PER_READ: usize = 65_536;
+/// A forward `$all` read this close to the head (at most this many events
+/// committed at or after its start) runs on the calling task instead of the
+/// blocking pool.
+const INLINE_READ_EVENTS: u64 = 16;
 
 /// A `$all` read request.
 #[derive(Debug, Clone)]
@@ -463,18 +467,35 @@ impl Service {
         query: AllQuery,
         max_examined: usize,
     ) -> Result<AllSlice, StorageError> {
-        let max_examined = max_examined.clamp(1, MAX_EXAMINED_PER_READ);
-        let slice = self
-            .blocking(move |store| {
-                store.read_all(
-                    query.from,
-                    query.direction,
-                    query.limit,
-                    &query.filter,
-                    max_examined,
-                )
-            })
-            .await?;
+        let mut max_examined = max_examined.clamp(1, MAX_EXAMINED_PER_READ);
+        let head = self.head.borrow().last_position;
+        let tail = match (query.direction, query.from, head) {
+            (Direction::Forward, Some(from), Some(head)) => head.checked_sub(from),
+            _ => None,
+        };
+        // A live subscriber or long-poll reading the few events just committed
+        // (still in the memtable) reads them here: the blocking pool's hand-off
+        // costs two thread wake-ups, more than the read. Anything longer goes
+        // to the pool; the inline read examines at most `INLINE_READ_EVENTS`
+        // even if more commit meanwhile (the caller reads on from where it ends).
+        let inline = tail.is_some_and(|t| t < INLINE_READ_EVENTS);
+        if inline {
+            max_examined = max_examined.min(INLINE_READ_EVENTS as usize);
+        }
+        let read = move |store: &Store| {
+            store.read_all(
+                query.from,
+                query.direction,
+                query.limit,
+                &query.filter,
+                max_examined,
+            )
+        };
+        let slice = if inline {
+            read(&self.store)?
+        } else {
+            self.blocking(read).await?
+        };
         self.metrics.on_read(slice.events.len());
         Ok(slice)
     }
