@@ -308,6 +308,45 @@ async fn a_prefix_limited_token_sees_only_its_streams_and_its_checkpoints_still_
     .await;
     assert_eq!(page["events"], json!([]));
 
+    // A long-poll from the head wakes for the token's event only: another
+    // stream's commit does not end it.
+    let poll = {
+        let http = reqwest::Client::new();
+        let url = server.url(&format!("/all?from={}&wait_ms=20000", head + 1));
+        let secret = limited.secret.clone();
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(secret)
+                .send()
+                .await
+                .expect("long-poll");
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.expect("page")
+        })
+    };
+    server.wait_for_gauge("long_polls_waiting", 1).await;
+    let other = client
+        .append("users-poll", ExpectedRevision::Any, [event(1)])
+        .await
+        .expect("append");
+    let own = client
+        .append("billing-poll", ExpectedRevision::Any, [event(2)])
+        .await
+        .expect("append");
+    let page = poll.await.expect("long-poll task");
+    let polled: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["stream"].as_str().expect("stream"))
+        .collect();
+    assert_eq!(polled, ["billing-poll"], "{page}");
+    assert_eq!(page["events"][0]["position"], own.first_position);
+    assert!(other.first_position < own.first_position);
+    let head = own.first_position;
+    mine.push(("billing-poll".to_owned(), own.first_position));
+
     // A subscription: the token's events, then checkpoints that pass others'.
     let mut subscription = LineReader::new(
         reqwest::Client::new()
