@@ -225,18 +225,14 @@ async fn each_role_reaches_exactly_its_routes() {
     }
 
     // Refusals are counted.
-    let metrics = server.metrics_text().await;
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
     // The two 401s after the table.
-    assert_eq!(counter("skald_auth_unauthorized_total"), unauthorized + 2);
-    assert_eq!(counter("skald_auth_forbidden_total"), forbidden);
-    assert_eq!(counter("skald_auth_tokens"), 5);
+    let metric = |name: &'static str| server.metric(name);
+    assert_eq!(
+        metric("skald_auth_unauthorized_total").await,
+        Some(unauthorized + 2)
+    );
+    assert_eq!(metric("skald_auth_forbidden_total").await, Some(forbidden));
+    assert_eq!(metric("skald_auth_tokens").await, Some(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,12 +665,7 @@ fn a_bad_auth_file_stops_the_server_at_start_with_the_reason() {
 
 /// A counter or gauge of `/metrics`, 0 when absent.
 async fn counter(server: &TestServer, name: &str) -> u64 {
-    server
-        .metrics_text()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0, |v| v.trim().parse().expect("number"))
+    server.metric(name).await.unwrap_or(0)
 }
 
 async fn wait_for_counter(server: &TestServer, name: &str, n: u64) {

@@ -483,6 +483,15 @@ impl TestServer {
         self.proc_status_kib("VmHWM:")
     }
 
+    /// One unlabelled counter or gauge of `/metrics` (`None` when absent).
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     fn proc_status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -135,11 +135,9 @@ async fn appends_reads_and_a_subscription_work_over_tls_with_a_token() {
         .send()
         .await;
     assert!(answer.is_err(), "{answer:?}");
-    let metrics = server.metrics_text().await;
-    let failures: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("skald_tls_handshake_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let failures = server
+        .metric("skald_tls_handshake_failures_total")
+        .await
         .expect("counter");
     assert!(failures >= 2, "{failures}");
 
