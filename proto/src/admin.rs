@@ -247,6 +247,11 @@ pub struct Stats {
     pub rocksdb: EngineStats,
     /// Appended events per second over the last minute.
     pub append_rate_per_sec_1m: f64,
+    /// Appended events per second in each 10-second interval of the last 10
+    /// minutes, oldest first (60 values; the last one is the current interval,
+    /// not yet complete).
+    #[serde(default)]
+    pub append_history: Vec<f64>,
     /// Read events per second over the last minute.
     pub read_rate_per_sec_1m: f64,
     /// Subscriptions connected now.
@@ -283,6 +288,23 @@ pub struct ServerInfo {
     pub tls: bool,
     /// The last committed position, `None` for an empty store.
     pub head_position: Option<u64>,
+    /// Who asked, when access control is on: the token's name, role and
+    /// stream prefixes (what the console shows and hides). `None` with
+    /// access control off, where every caller may do everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerInfo>,
+}
+
+/// The token a request was made with, as `/info` tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerInfo {
+    /// The token's name in the auth file.
+    pub name: String,
+    /// `reader`, `writer` or `admin`.
+    pub role: String,
+    /// The stream-name prefixes the token is limited to; `None`: every stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_prefixes: Option<Vec<String>>,
 }
 
 /// `GET /health/live`.

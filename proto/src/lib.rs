@@ -18,8 +18,8 @@ mod expected;
 mod subscription;
 
 pub use admin::{
-    BackupHistory, CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted, Problem,
-    ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer,
+    BackupHistory, CallerInfo, CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted,
+    Problem, ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer,
     VerifyHistory,
 };
 pub use error::{ErrorBody, ErrorDetails};

@@ -288,6 +288,12 @@ impl Metrics {
         self.append_rate.per_second()
     }
 
+    /// Events appended per second in each 10-second interval of the last ten
+    /// minutes, oldest first.
+    pub fn append_history(&self) -> Vec<f64> {
+        self.append_rate.history()
+    }
+
     /// Events read per second over the last minute.
     pub fn read_rate(&self) -> f64 {
         self.read_rate.per_second()
@@ -303,15 +309,21 @@ impl Metrics {
     }
 }
 
-/// Counts per second over the last 60 seconds, in one-second buckets.
+/// Seconds of per-second counts a [`RateWindow`] keeps: ten minutes, for the
+/// console's append-rate chart.
+const RATE_WINDOW_SECS: u64 = 600;
+/// The width of one [`RateWindow::history`] interval, in seconds.
+const HISTORY_STEP_SECS: u64 = 10;
+
+/// Counts in one-second buckets over the last ten minutes (about 10 KB).
 struct RateWindow {
-    buckets: Mutex<[(u64, u64); 60]>,
+    buckets: Mutex<Box<[(u64, u64)]>>,
 }
 
 impl Default for RateWindow {
     fn default() -> Self {
         Self {
-            buckets: Mutex::new([(0, 0); 60]),
+            buckets: Mutex::new(vec![(0, 0); RATE_WINDOW_SECS as usize].into_boxed_slice()),
         }
     }
 }
@@ -325,9 +337,12 @@ impl RateWindow {
     }
 
     fn add(&self, n: u64) {
-        let now = Self::now_secs();
+        self.add_at(Self::now_secs(), n);
+    }
+
+    fn add_at(&self, now: u64, n: u64) {
         if let Ok(mut buckets) = self.buckets.lock() {
-            let slot = &mut buckets[(now % 60) as usize];
+            let slot = &mut buckets[(now % RATE_WINDOW_SECS) as usize];
             if slot.0 != now {
                 *slot = (now, 0);
             }
@@ -335,15 +350,48 @@ impl RateWindow {
         }
     }
 
+    /// The sum of the buckets of the seconds `from..=to`.
+    fn sum(buckets: &[(u64, u64)], from: u64, to: u64) -> u64 {
+        buckets
+            .iter()
+            .filter(|(second, _)| (from..=to).contains(second))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The mean per second over the last 60 seconds.
     fn per_second(&self) -> f64 {
         let now = Self::now_secs();
-        let sum: u64 = self.buckets.lock().map_or(0, |b| {
-            b.iter()
-                .filter(|(second, _)| now.saturating_sub(*second) < 60)
-                .map(|(_, n)| n)
-                .sum()
-        });
+        let sum = self
+            .buckets
+            .lock()
+            .map_or(0, |b| Self::sum(&b, now.saturating_sub(59), now));
         sum as f64 / 60.0
+    }
+
+    fn history(&self) -> Vec<f64> {
+        self.history_at(Self::now_secs())
+    }
+
+    /// Per-second rates in each 10-second interval of the last ten minutes,
+    /// oldest first; the last interval is the current one, averaged over the
+    /// seconds it has had so far.
+    fn history_at(&self, now: u64) -> Vec<f64> {
+        let Ok(buckets) = self.buckets.lock() else {
+            return Vec::new();
+        };
+        let current = now - now % HISTORY_STEP_SECS;
+        let steps = RATE_WINDOW_SECS / HISTORY_STEP_SECS;
+        (0..steps)
+            .rev()
+            .map(|back| {
+                let Some(start) = current.checked_sub(back * HISTORY_STEP_SECS) else {
+                    return 0.0;
+                };
+                let end = (start + HISTORY_STEP_SECS - 1).min(now);
+                Self::sum(&buckets, start, end) as f64 / (end - start + 1) as f64
+            })
+            .collect()
     }
 }
 
@@ -366,6 +414,29 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_has_ten_second_intervals_of_the_last_ten_minutes() {
+        let window = RateWindow::default();
+        let now = 10_000_005;
+        window.add_at(now, 30); // the current interval, 6 seconds old
+        window.add_at(now - 10, 50); // the one before
+        window.add_at(now - 15, 50);
+        window.add_at(now - 595, 7); // the first interval of the window
+        window.add_at(now - 700, 1000); // too old: its slot was reused or is out of range
+        let history = window.history_at(now);
+        assert_eq!(history.len(), 60);
+        assert!((history[59] - 5.0).abs() < 1e-9, "{history:?}");
+        assert!((history[58] - 10.0).abs() < 1e-9, "{history:?}");
+        assert!((history[0] - 0.7).abs() < 1e-9, "{history:?}");
+        assert!(history[1..58].iter().all(|r| *r == 0.0), "{history:?}");
+        // Ten minutes on, the same slots hold new seconds and the old counts are gone.
+        let later = now + RATE_WINDOW_SECS;
+        window.add_at(later, 6);
+        let history = window.history_at(later);
+        assert!((history[59] - 1.0).abs() < 1e-9, "{history:?}");
+        assert!(history[..59].iter().all(|r| *r == 0.0), "{history:?}");
+    }
 
     #[test]
     fn rates_average_over_a_minute_and_render() {

@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod client;
 mod concurrency;
+mod console;
 mod disk_full;
 mod durability;
 mod hostile;

@@ -48,6 +48,8 @@ pub fn need(method: &Method, route: Option<&str>) -> Need {
     let read = *method == Method::GET || *method == Method::HEAD;
     match route {
         "/health/live" => Need::Open,
+        // The console's files hold no data; it asks for a token itself.
+        "/" | "/ui/" | "/ui/{file}" if read => Need::Open,
         "/streams/{stream}"
         | "/streams/{stream}/{revision}"
         | "/streams/{stream}/metadata"
@@ -88,6 +90,15 @@ impl Caller {
     /// The stream prefixes the caller is limited to; `None`: every stream.
     pub fn scope(&self) -> Option<Arc<[String]>> {
         self.0.as_ref().and_then(|p| p.prefixes.clone())
+    }
+
+    /// The token's name, role and prefixes; `None` with access control off.
+    pub fn info(&self) -> Option<skald_proto::CallerInfo> {
+        self.0.as_ref().map(|p| skald_proto::CallerInfo {
+            name: p.name.clone(),
+            role: p.role.as_str().to_owned(),
+            stream_prefixes: p.prefixes.as_deref().map(<[String]>::to_vec),
+        })
     }
 
     /// Whether the caller may see the server's configuration (paths, flags).

@@ -4,6 +4,7 @@
 mod all;
 pub mod auth;
 mod catalog;
+mod console;
 pub mod error;
 pub(crate) mod extract;
 mod jobs;
@@ -130,6 +131,9 @@ pub fn router(
         .route("/metrics", get(stats::metrics))
         .route("/health/live", get(system::live))
         .route("/info", get(system::info))
+        .route("/", get(console::root))
+        .route("/ui/", get(console::index))
+        .route("/ui/{file}", get(console::file))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside `track`, so refused requests are counted like the others.

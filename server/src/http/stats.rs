@@ -32,6 +32,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
             sst_bytes: engine.sst_bytes,
         },
         append_rate_per_sec_1m: metrics.append_rate(),
+        append_history: metrics.append_history(),
         read_rate_per_sec_1m: metrics.read_rate(),
         live_subscriptions: gauge(&metrics.subscriptions),
         long_polls_waiting: gauge(&metrics.long_polls),

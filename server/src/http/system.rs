@@ -23,5 +23,6 @@ pub async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerI
         auth: state.security.auth,
         tls: state.security.tls,
         head_position: state.service.head_position(),
+        caller: caller.info(),
     })
 }

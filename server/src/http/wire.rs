@@ -394,6 +394,7 @@ mod tests {
             disk_bytes: 1 << 20,
             rocksdb: EngineStats::default(),
             append_rate_per_sec_1m: 1.5,
+            append_history: vec![0.0, 2.5],
             read_rate_per_sec_1m: 0.0,
             live_subscriptions: 2,
             long_polls_waiting: 1,
@@ -409,6 +410,11 @@ mod tests {
             auth: true,
             tls: false,
             head_position: None,
+            caller: Some(skald_proto::CallerInfo {
+                name: "ops".into(),
+                role: "reader".into(),
+                stream_prefixes: Some(vec!["billing-".into()]),
+            }),
         };
         assert_eq!(read_as::<ServerInfo>(&info), info);
         let hidden = ServerInfo {
