@@ -655,10 +655,10 @@ const JOBS = [
 
 function jobProgress(job, eventCount) {
   if (job.phase === "compacting" && job.compaction_ranges) {
-    return [job.compaction_ranges_done ?? 0, job.compaction_ranges];
+    return [job.compaction_ranges_done ?? 0, job.compaction_ranges, "compaction ranges"];
   }
   const done = job.events_scanned ?? job.events_checked;
-  if (done !== undefined && eventCount) return [Math.min(done, eventCount), eventCount];
+  if (done !== undefined && eventCount) return [Math.min(done, eventCount), eventCount, "events"];
   return null;
 }
 
@@ -732,6 +732,7 @@ async function jobsPage(signal) {
         p.current.replaceChildren(
           h("p", {}, `Running: ${running.id}, phase ${running.phase}${running.dry_run ? " (dry run)" : ""}`),
           bar,
+          progress ? h("p", { class: "muted" }, `${num(progress[0])} of ${num(progress[1])} ${progress[2]}`) : null,
           definitionList(jobCounters(running)),
           h(
             "button",

@@ -18,8 +18,10 @@ struct Tokens {
 }
 
 /// A server with access control on: an admin token (the helpers' default) and
-/// a reader limited to streams starting with `order-`.
-fn secured(dir: &Path) -> (TestServer, Tokens) {
+/// a reader limited to streams starting with `order-`. Each range of a
+/// scavenge's compaction takes at least `compaction_delay_ms` (the test
+/// build's fault injection), so a browser can watch one run and cancel it.
+fn secured(dir: &Path, compaction_delay_ms: u64) -> (TestServer, Tokens) {
     let tokens = Tokens {
         admin: new_token().expect("random"),
         reader: new_token().expect("random"),
@@ -36,8 +38,10 @@ fn secured(dir: &Path) -> (TestServer, Tokens) {
     ]
     .join("\n");
     std::fs::write(&file, text).expect("write auth file");
-    let server = TestServer::start_secure(
+    let delay = compaction_delay_ms.to_string();
+    let server = TestServer::start_secure_with_env(
         &["--auth-file", file.to_str().expect("utf-8 path")],
+        &[("SKALD_FAULT_COMPACTION_DELAY_MS", &delay)],
         Secure {
             token: Some(tokens.admin.clone()),
             ..Secure::default()
@@ -49,7 +53,7 @@ fn secured(dir: &Path) -> (TestServer, Tokens) {
 #[tokio::test]
 async fn console_files_are_served_without_a_token_and_nothing_else_is() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (server, _tokens) = secured(dir.path());
+    let (server, _tokens) = secured(dir.path(), 0);
     let anonymous = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -123,7 +127,7 @@ async fn console_files_are_served_without_a_token_and_nothing_else_is() {
 #[tokio::test]
 async fn info_names_the_caller_and_stats_keep_an_append_history() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (server, tokens) = secured(dir.path());
+    let (server, tokens) = secured(dir.path(), 0);
     let (status, _) = server
         .append("order-1", json!("no_stream"), &["A", "B", "C"])
         .await;
@@ -200,7 +204,7 @@ async fn the_console_works_in_headless_chromium() {
     );
     let ui = ui_tests_dir();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (server, tokens) = secured(dir.path());
+    let (server, tokens) = secured(dir.path(), 250);
     for stream in [
         "order-1", "order-2", "order-3", "order-4", "order-5", "secret-1",
     ] {

@@ -129,9 +129,14 @@ impl TestServer {
 
     /// A server with access control or TLS flags in `args`, talked to as `secure` says.
     pub fn start_secure(args: &[&str], secure: Secure) -> Self {
+        Self::start_secure_with_env(args, &[], secure)
+    }
+
+    /// As `start_secure`, with environment variables (fault-injection knobs).
+    pub fn start_secure_with_env(args: &[&str], env: &[(&str, &str)], secure: Secure) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
-        Self::launch_new(data_dir, Some(temp), args, &[], secure)
+        Self::launch_new(data_dir, Some(temp), args, env, secure)
     }
 
     fn launch_new(

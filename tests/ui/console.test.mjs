@@ -262,8 +262,33 @@ try {
     null,
     WAIT,
   );
-  const scavenges = (await call("GET", "/admin/scavenges")).body.scavenges;
+  let scavenges = (await call("GET", "/admin/scavenges")).body.scavenges;
   check(scavenges[0].dry_run === true && scavenges[0].result === "completed", `the server ran a dry run: ${JSON.stringify(scavenges[0])}`);
+
+  step("a real scavenge shows its progress and can be cancelled");
+  // The server's compaction ranges are slowed down (fault injection), so
+  // this one runs for tens of seconds unless cancelled.
+  await page.uncheck("#scavenge-dry");
+  await page.click("#scavenge-start");
+  await page.waitForFunction(
+    () => {
+      const bar = document.getElementById("scavenge-progress");
+      return bar !== null && bar.hasAttribute("max") && bar.value > 0;
+    },
+    null,
+    WAIT,
+  );
+  await shot(page, "jobs-running-laptop");
+  await accessible(page, "jobs while a scavenge runs");
+  await page.click("#scavenge-current button.danger");
+  await page.waitForFunction(
+    () => document.querySelector('#scavenge-history tr[data-result="cancelled"]') !== null,
+    null,
+    WAIT,
+  );
+  scavenges = (await call("GET", "/admin/scavenges")).body.scavenges;
+  check(scavenges[0].dry_run === false && scavenges[0].result === "cancelled", `the server cancelled it: ${JSON.stringify(scavenges[0])}`);
+  check(scavenges[0].compaction_ranges_done < scavenges[0].compaction_ranges, "cancelled before the end");
   await shot(page, "jobs-laptop");
   await accessible(page, "jobs");
   check(laptop.problems.length === 0, `no script errors or CSP violations: ${laptop.problems.join("; ")}`);
