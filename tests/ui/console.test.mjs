@@ -152,6 +152,15 @@ try {
   check((await textOf(page, "#notice")).includes("order-"), "the 403 says which prefixes the token has");
   await shot(page, "forbidden-laptop");
 
+  step("the navigation works by keyboard");
+  await page.focus('[data-nav="all"]');
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.getElementById("page-title")?.textContent === "$all", null, WAIT);
+  check(
+    await page.evaluate(() => document.activeElement?.id === "page-title"),
+    "focus moves to the new page's heading",
+  );
+
   step("sign out, sign in as admin");
   await page.click("#who button");
   await signIn(page, adminToken);
@@ -178,8 +187,10 @@ try {
   step("streams: search by prefix");
   await go(page, "#/streams");
   await page.locator("#stream-prefix").waitFor(WAIT);
-  await page.fill("#stream-prefix", "order-");
-  await page.click('form[role="search"] button[type="submit"]');
+  // By keyboard only: type into the field and press Enter.
+  await page.focus("#stream-prefix");
+  await page.keyboard.type("order-");
+  await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.querySelector("#stream-table caption")?.textContent.includes("order-"), null, WAIT);
   const names = await page.locator("#stream-table tbody th").allTextContents();
   check(names.length >= 3 && names.every((n) => n.startsWith("order-")), `only order- streams listed: ${names}`);
@@ -191,7 +202,9 @@ try {
   await page.locator(".event").first().waitFor(WAIT);
   const first = page.locator(".event").first();
   check((await first.locator(".rev").textContent()) === "#2", "newest first: revision 2 on top");
-  await first.locator("summary").click();
+  // By keyboard: focus the event's summary and press Enter to unfold it.
+  await first.locator("summary").focus();
+  await page.keyboard.press("Enter");
   await first.locator("pre.json").first().waitFor({ state: "visible", ...WAIT });
   const data = await first.locator("pre.json").first().textContent();
   check(data.includes('"sku": "A-2"'), `the event's data, pretty-printed: ${data}`);
