@@ -280,6 +280,12 @@ async fn serve(args: skald_server::ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, scheme, "listening");
     // The one line on stdout: scripts and tests read the address from it.
     println!("skald listening on {scheme}://{addr}");
+    if let Some(grpc) = server.grpc_local_addr() {
+        let grpc = grpc?;
+        tracing::info!(%grpc, "KurrentDB-compatible gRPC listening");
+        // The second line, only with --grpc-listen.
+        println!("skald grpc listening on {grpc}");
+    }
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     server.serve(stop).await?;

@@ -13,6 +13,12 @@ pub struct ServeArgs {
     /// Address to listen on (use port 0 for an ephemeral port).
     #[arg(long, env = "SKALD_LISTEN", default_value = "127.0.0.1:2114")]
     pub listen: SocketAddr,
+    /// Also serve KurrentDB's gRPC client protocol on this address (off by
+    /// default): applications written for KurrentDB's official clients
+    /// connect with `kurrentdb://HOST:PORT?tls=false`. See
+    /// `docs/kurrentdb-compat.md`.
+    #[arg(long, env = "SKALD_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
     /// The auth file (TOML): the API tokens, as hashes, with their roles and
     /// stream prefixes. Turns access control on; reloaded on SIGHUP. See
     /// `docs/security.md`.
@@ -92,6 +98,10 @@ pub enum ConfigError {
         "refusing to listen on {0} without access control: anyone who can reach it could read every stream, append, delete streams for good and run admin jobs. Turn access control on with --auth-file (tokens from `skald token new`), listen on a loopback address (127.0.0.1) behind an authenticating proxy, or pass --insecure-no-auth to accept that (see docs/security.md)"
     )]
     ExposedWithoutAuth(SocketAddr),
+    #[error(
+        "--grpc-listen cannot be combined with --auth-file or --tls-cert yet: the gRPC front end does not check tokens or speak TLS, so it would bypass them (see docs/kurrentdb-compat.md)"
+    )]
+    GrpcWithoutSecurity,
     #[error("--max-connections must be at least 1")]
     MaxConnections,
     #[error("--header-timeout-secs and --idle-timeout-secs must be between 1 and 3600")]
@@ -109,6 +119,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub backup_dir: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// Where the KurrentDB-compatible gRPC front end listens, when it is on.
+    pub grpc_listen: Option<SocketAddr>,
     pub max_append_bytes: usize,
     pub max_event_bytes: usize,
     pub max_custom_metadata_bytes: usize,
@@ -133,6 +145,14 @@ impl ServeArgs {
         }
         if !self.listen.ip().is_loopback() && !self.insecure_no_auth && self.auth_file.is_none() {
             return Err(ConfigError::ExposedWithoutAuth(self.listen));
+        }
+        if let Some(grpc) = self.grpc_listen {
+            if self.auth_file.is_some() || self.tls_cert.is_some() {
+                return Err(ConfigError::GrpcWithoutSecurity);
+            }
+            if !grpc.ip().is_loopback() && !self.insecure_no_auth {
+                return Err(ConfigError::ExposedWithoutAuth(grpc));
+            }
         }
         if self.max_connections == 0 {
             return Err(ConfigError::MaxConnections);
@@ -163,6 +183,7 @@ impl ServeArgs {
             tls: self.tls_cert.zip(self.tls_key),
             backup_dir: self.backup_dir,
             listen: self.listen,
+            grpc_listen: self.grpc_listen,
             max_append_bytes: self.max_append_bytes,
             max_event_bytes: self.max_event_bytes,
             max_custom_metadata_bytes: self.max_custom_metadata_bytes,
@@ -211,6 +232,20 @@ mod tests {
             "0.0.0.0:2114"
         );
         assert!(config(&["--listen", "127.0.0.1:2114"]).is_ok());
+        assert!(matches!(
+            config(&["--grpc-listen", "0.0.0.0:2113"]),
+            Err(ConfigError::ExposedWithoutAuth(_))
+        ));
+        assert!(matches!(
+            config(&[
+                "--grpc-listen",
+                "127.0.0.1:2113",
+                "--auth-file",
+                "auth.toml"
+            ]),
+            Err(ConfigError::GrpcWithoutSecurity)
+        ));
+        assert!(config(&["--grpc-listen", "127.0.0.1:2113"]).is_ok());
         assert!(config(&["--listen", "[::1]:2114"]).is_ok());
         let with_auth = config(&["--listen", "0.0.0.0:2114", "--auth-file", "auth.toml"]);
         assert!(with_auth.expect("accepted").auth_file.is_some());

@@ -22,6 +22,7 @@ pub mod config;
 pub mod connections;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod grpc;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     /// Connections closed for not sending a complete request head in time.
     pub connections_timed_out: Counter,
+    /// gRPC (KurrentDB protocol) connections open now.
+    pub grpc_connections: Gauge,
+    /// gRPC connections closed at once for being over `--max-connections`.
+    pub grpc_connections_rejected: Counter,
     /// TLS handshakes that failed (bad client hello, unknown CA, plain HTTP).
     pub tls_handshake_failures: Counter,
     /// Failed accepts (out of file descriptors, usually).
@@ -100,6 +104,8 @@ impl Default for Metrics {
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
             connections_timed_out: Counter::default(),
+            grpc_connections: Gauge::default(),
+            grpc_connections_rejected: Counter::default(),
             accept_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
             write_failures: Counter::default(),
@@ -177,6 +183,16 @@ impl Default for Metrics {
             "connections_rejected",
             "Connections refused for being over --max-connections",
             metrics.connections_rejected.clone(),
+        );
+        registry.register(
+            "grpc_connections",
+            "gRPC (KurrentDB protocol) connections open now",
+            metrics.grpc_connections.clone(),
+        );
+        registry.register(
+            "grpc_connections_rejected",
+            "gRPC connections closed for being over --max-connections",
+            metrics.grpc_connections_rejected.clone(),
         );
         registry.register(
             "connections_timed_out",

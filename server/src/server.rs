@@ -42,6 +42,7 @@ pub enum ServerError {
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    grpc_listener: Option<TcpListener>,
     service: Arc<Service>,
     writer_thread: std::thread::JoinHandle<()>,
     shutdown: CancellationToken,
@@ -88,6 +89,14 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let grpc_listener = match config.grpc_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         tracing::info!(
             data_dir = %config.data_dir.display(),
             head_position = ?service.head_position(),
@@ -101,6 +110,7 @@ impl Server {
         Ok(Self {
             config,
             listener,
+            grpc_listener,
             service,
             writer_thread,
             shutdown,
@@ -114,11 +124,17 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address of the gRPC front end, when it is on.
+    pub fn grpc_local_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.grpc_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Serves until `stop` is cancelled, then shuts down gracefully.
     pub async fn serve(self, stop: CancellationToken) -> Result<(), ServerError> {
         let Self {
             config,
             listener,
+            grpc_listener,
             service,
             writer_thread,
             shutdown,
@@ -138,6 +154,25 @@ impl Server {
             idle_timeout: config.idle_timeout,
         };
         let connections = TaskTracker::new();
+        if let Some(grpc_listener) = grpc_listener {
+            let advertised = grpc_listener
+                .local_addr()
+                .unwrap_or_else(|_| config.grpc_listen.unwrap_or(config.listen));
+            let grpc_config = crate::grpc::GrpcConfig {
+                max_append_bytes: config.max_append_bytes,
+                max_event_bytes: config.max_event_bytes,
+                advertised,
+                max_streams_per_connection: 256,
+                max_connections: config.max_connections,
+            };
+            let (service, stop) = (Arc::clone(&service), stop.clone());
+            connections.spawn(async move {
+                if let Err(e) = crate::grpc::serve(grpc_listener, service, grpc_config, stop).await
+                {
+                    tracing::error!(error = %e, "the gRPC front end stopped");
+                }
+            });
+        }
         let metrics = Arc::clone(service.metrics());
         reload_on_hangup(auth, tls.clone(), Arc::clone(&metrics), stop.clone());
         // Returns once `stop` is cancelled; open connections then finish the

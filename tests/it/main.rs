@@ -10,6 +10,7 @@ mod console;
 mod disk_full;
 mod durability;
 mod hostile;
+mod kurrentdb;
 mod lifecycle;
 mod limits;
 mod long_poll;

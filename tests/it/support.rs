@@ -84,6 +84,9 @@ pub async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Durat
 pub struct TestServer {
     child: Option<Child>,
     pub base: String,
+    /// `host:port` of the KurrentDB-compatible gRPC front end, when the
+    /// server was started with `--grpc-listen`.
+    pub grpc: Option<String>,
     pub http: reqwest::Client,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -150,6 +153,7 @@ impl TestServer {
         let mut server = Self {
             child: None,
             base: String::new(),
+            grpc: None,
             http: reqwest::Client::new(),
             data_dir,
             _temp: temp,
@@ -194,9 +198,21 @@ impl TestServer {
         let mut child = command.spawn().expect("start skald");
         let stdout = child.stdout.take().expect("stdout piped");
         let mut line = String::new();
-        BufReader::new(stdout)
+        let mut stdout = BufReader::new(stdout);
+        stdout
             .read_line(&mut line)
             .expect("read the listening line");
+        self.grpc = if self.extra_args.iter().any(|a| a == "--grpc-listen") {
+            let mut grpc = String::new();
+            stdout.read_line(&mut grpc).expect("read the gRPC line");
+            let addr = grpc
+                .trim()
+                .strip_prefix("skald grpc listening on ")
+                .unwrap_or_else(|| panic!("unexpected second line: {grpc:?}"));
+            Some(addr.to_owned())
+        } else {
+            None
+        };
         let url = line
             .trim()
             .strip_prefix("skald listening on ")

@@ -1,0 +1,255 @@
+//! Between KurrentDB's v1 messages and Skald's domain types: stream names,
+//! event ids, expected revisions, proposed and recorded events, positions,
+//! and the errors as the official clients recognise them (status codes,
+//! messages, trailers and status details).
+
+use std::collections::HashMap;
+
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use super::pb::event_store::client::streams::read_resp::read_event::{
+    self, RecordedEvent as PbRecordedEvent,
+};
+use super::pb::event_store::client::streams::read_resp::ReadEvent;
+use super::pb::event_store::client::{uuid, StreamIdentifier, Uuid};
+use crate::model::StreamName;
+use crate::model::{check_event_type, check_json_text, ExpectedRevision, NewEvent, RecordedEvent};
+use crate::storage::WriteError;
+
+/// .NET ticks (100 ns) per microsecond: KurrentDB's `created` is ticks since
+/// the Unix epoch.
+const TICKS_PER_MICRO: u64 = 10;
+
+/// The only content type Skald stores (see docs/kurrentdb-compat.md).
+pub const JSON: &str = "application/json";
+
+pub fn ticks(micros: u64) -> i64 {
+    i64::try_from(micros.saturating_mul(TICKS_PER_MICRO)).unwrap_or(i64::MAX)
+}
+
+/// A stream name from its identifier; `INVALID_ARGUMENT` when it is not one
+/// Skald accepts (KurrentDB's system streams, `$`-prefixed, are not served).
+pub fn stream_name(id: Option<&StreamIdentifier>) -> Result<StreamName, Status> {
+    let raw = id
+        .map(|id| id.stream_name.as_slice())
+        .ok_or_else(|| Status::invalid_argument("a stream identifier is required"))?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| Status::invalid_argument("the stream name is not UTF-8"))?;
+    StreamName::parse(text)
+        .map_err(|e| Status::invalid_argument(format!("stream name {text:?} {e}")))
+}
+
+pub fn stream_identifier(stream: &StreamName) -> StreamIdentifier {
+    StreamIdentifier {
+        stream_name: stream.as_str().as_bytes().to_vec(),
+    }
+}
+
+/// An event id in either of the protocol's two forms.
+pub fn event_id(id: Option<&Uuid>) -> Result<::uuid::Uuid, Status> {
+    match id.and_then(|id| id.value.as_ref()) {
+        Some(uuid::Value::String(text)) => ::uuid::Uuid::parse_str(text)
+            .map_err(|e| Status::invalid_argument(format!("event id {text:?}: {e}"))),
+        Some(uuid::Value::Structured(s)) => {
+            let high = s.most_significant_bits as u64;
+            let low = s.least_significant_bits as u64;
+            Ok(::uuid::Uuid::from_u64_pair(high, low))
+        }
+        None => Err(Status::invalid_argument("an event id is required")),
+    }
+}
+
+/// An id as the client asked for it (`structured` or `string`).
+pub fn pb_uuid(id: ::uuid::Uuid, structured: bool) -> Uuid {
+    let value = if structured {
+        let (high, low) = id.as_u64_pair();
+        uuid::Value::Structured(uuid::Structured {
+            most_significant_bits: high as i64,
+            least_significant_bits: low as i64,
+        })
+    } else {
+        uuid::Value::String(id.to_string())
+    };
+    Uuid { value: Some(value) }
+}
+
+/// One proposed event as the writer stores it. KurrentDB's `type` and
+/// `content-type` travel in `metadata`; `custom_metadata` is the event's own
+/// metadata (bytes: Skald takes a JSON object, or nothing).
+pub fn new_event(
+    index: usize,
+    id: Option<&Uuid>,
+    metadata: &HashMap<String, String>,
+    custom_metadata: &[u8],
+    data: &[u8],
+    max_event_bytes: usize,
+) -> Result<NewEvent, Status> {
+    let id = event_id(id)?;
+    let event_type = metadata
+        .get("type")
+        .ok_or_else(|| Status::invalid_argument(format!("event {index} has no type")))?;
+    check_event_type(event_type)
+        .map_err(|e| Status::invalid_argument(format!("event {index}: type {e}")))?;
+    let content_type = metadata.get("content-type").map_or(JSON, String::as_str);
+    if content_type != JSON {
+        return Err(Status::invalid_argument(format!(
+            "event {index}: content-type {content_type:?} is not supported: Skald stores application/json payloads only"
+        )));
+    }
+    let data = json_text(index, "data", data)?;
+    let metadata = if custom_metadata.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let text = json_text(index, "metadata", custom_metadata)?;
+        if !text.trim_start().starts_with('{') {
+            return Err(Status::invalid_argument(format!(
+                "event {index}: metadata must be a JSON object"
+            )));
+        }
+        Some(text)
+    };
+    let size = data.len() + metadata.as_ref().map_or(0, String::len) + event_type.len();
+    if size > max_event_bytes {
+        return Err(Status::invalid_argument(format!(
+            "event {index} is {size} bytes, above the limit of {max_event_bytes} bytes"
+        )));
+    }
+    Ok(NewEvent {
+        id,
+        event_type: event_type.clone(),
+        data,
+        metadata,
+    })
+}
+
+fn json_text(index: usize, field: &str, bytes: &[u8]) -> Result<String, Status> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Status::invalid_argument(format!("event {index}: {field} is not UTF-8")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
+        Status::invalid_argument(format!("event {index}: {field} is not JSON: {e}"))
+    })?;
+    check_json_text(text)
+        .map_err(|e| Status::invalid_argument(format!("event {index}: {field} {e}")))?;
+    Ok(text.to_owned())
+}
+
+/// A stored event as a read answers it.
+pub fn read_event(event: RecordedEvent, structured_ids: bool) -> ReadEvent {
+    let mut metadata = HashMap::with_capacity(3);
+    metadata.insert("type".to_owned(), event.event_type);
+    metadata.insert("content-type".to_owned(), JSON.to_owned());
+    metadata.insert(
+        "created".to_owned(),
+        ticks(event.recorded_at_micros).to_string(),
+    );
+    let recorded = PbRecordedEvent {
+        id: Some(pb_uuid(event.id, structured_ids)),
+        stream_identifier: Some(stream_identifier(&event.stream)),
+        stream_revision: event.revision,
+        prepare_position: event.position,
+        commit_position: event.position,
+        metadata,
+        custom_metadata: event.metadata.map(String::into_bytes).unwrap_or_default(),
+        data: event.data.into_bytes(),
+    };
+    ReadEvent {
+        event: Some(recorded),
+        link: None,
+        position: Some(read_event::Position::CommitPosition(event.position)),
+    }
+}
+
+/// KurrentDB's number for a revision: -1 for "no stream".
+pub fn version_number(revision: Option<u64>) -> i64 {
+    revision.map_or(-1, |r| i64::try_from(r).unwrap_or(i64::MAX))
+}
+
+/// KurrentDB's number for an expectation: -1 no stream, -2 any, -4 exists.
+pub fn expected_number(expected: ExpectedRevision) -> i64 {
+    match expected {
+        ExpectedRevision::NoStream => -1,
+        ExpectedRevision::Any => -2,
+        ExpectedRevision::StreamExists => -4,
+        ExpectedRevision::Exact(r) => i64::try_from(r).unwrap_or(i64::MAX),
+    }
+}
+
+/// A status with KurrentDB's error trailers (`exception` and its details),
+/// which the .NET, Java, Go and Rust clients match on.
+pub fn status_with_trailers(
+    code: Code,
+    message: String,
+    trailers: &[(&'static str, String)],
+) -> Status {
+    let mut status = Status::new(code, message);
+    for (key, value) in trailers {
+        if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+            status.metadata_mut().insert(*key, value);
+        }
+    }
+    status
+}
+
+pub fn stream_deleted(stream: &StreamName) -> Status {
+    status_with_trailers(
+        Code::FailedPrecondition,
+        format!("Event stream '{stream}' is deleted."),
+        &[
+            ("exception", "stream-deleted".to_owned()),
+            ("stream-name", stream.to_string()),
+        ],
+    )
+}
+
+/// A wrong expected version of a delete or tombstone, as KurrentDB answers it
+/// (the Python client parses the message, the others the trailers).
+pub fn wrong_expected_version(
+    stream: &StreamName,
+    expected: ExpectedRevision,
+    actual: Option<u64>,
+) -> Status {
+    let (expected, actual) = (expected_number(expected), version_number(actual));
+    status_with_trailers(
+        Code::FailedPrecondition,
+        format!(
+            "WrongExpectedVersion. Stream: {stream}, Expected version: {expected}, Actual version: {actual}"
+        ),
+        &[
+            ("exception", "wrong-expected-version".to_owned()),
+            ("stream-name", stream.to_string()),
+            ("expected-version", expected.to_string()),
+            ("actual-version", actual.to_string()),
+        ],
+    )
+}
+
+/// A write failure that is not a wrong expected version.
+pub fn write_error(stream: &StreamName, error: WriteError) -> Status {
+    match error {
+        WriteError::StreamDeleted(_) => stream_deleted(stream),
+        WriteError::WrongExpectedRevision { expected, actual } => {
+            wrong_expected_version(stream, expected, actual)
+        }
+        WriteError::StreamNotFound(_) => {
+            wrong_expected_version(stream, ExpectedRevision::StreamExists, None)
+        }
+        WriteError::DuplicateEventId { id, position } => Status::failed_precondition(format!(
+            "event id {id} is already stored (position {position}) in a different append"
+        )),
+        WriteError::Busy | WriteError::WriterStopped => Status::unavailable(error.to_string()),
+        WriteError::Storage(e) => {
+            tracing::error!(error = %e, "a gRPC write failed in storage");
+            Status::internal("storage failure; see the server's log")
+        }
+    }
+}
+
+/// `google.protobuf.Any` holding `message` as KurrentDB packs it.
+pub fn any<M: Message>(name: &str, message: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/{name}"),
+        value: message.encode_to_vec(),
+    }
+}

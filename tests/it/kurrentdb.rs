@@ -1,0 +1,175 @@
+//! KurrentDB's official Python client (`kurrentdbclient`, pinned in
+//! tests/kurrentdb/requirements.txt) against `skald serve --grpc-listen`: the
+//! test module tests/kurrentdb/test_kurrentdb_client.py appends, reads
+//! streams and `$all` (filters included), deletes and tombstones, and checks
+//! the errors the client raises. The client runs in a virtual environment
+//! in the target directory, created here when missing (`.ci/run` creates it).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::TestServer;
+
+/// The virtual environment's Python, with the pinned client installed (made
+/// once per test run: the tests here share it).
+fn client_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_client_python).clone()
+}
+
+fn make_client_python() -> PathBuf {
+    if let Ok(python) = std::env::var("SKALD_KURRENTDB_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("kurrentdb-venv");
+    let python = venv.join("bin/python");
+    let requirements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kurrentdb/requirements.txt");
+    let installed = venv.join("requirements.txt");
+    let current = std::fs::read(&installed).ok() == std::fs::read(&requirements).ok();
+    if !python.exists() || !current {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("the KurrentDB client tests need python3 (with venv) on PATH");
+        assert!(
+            status.success(),
+            "python3 -m venv {} failed",
+            venv.display()
+        );
+        let status = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("run pip");
+        assert!(
+            status.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        std::fs::copy(&requirements, &installed).expect("record the installed requirements");
+    }
+    python
+}
+
+#[tokio::test]
+async fn the_official_python_client_runs_against_skald() {
+    let python = client_python();
+    let server = TestServer::start_with(&["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let mut child = tokio::process::Command::new(&python)
+        .args(["-m", "unittest", "-v", "test_kurrentdb_client"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kurrentdb"))
+        .env("SKALD_GRPC", &grpc)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the client's tests");
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+        .await
+        .expect("the client's tests did not finish within 300 s")
+        .expect("wait for python");
+    assert!(
+        status.success(),
+        "the KurrentDB client tests failed: {status}"
+    );
+}
+
+/// Events appended over gRPC are the HTTP API's events, and the other way
+/// round: one store, two front ends.
+#[tokio::test]
+async fn grpc_and_http_share_one_store() {
+    let python = client_python();
+    let server = TestServer::start_with(&["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let (status, _) = server
+        .append("shared-1", json!("no_stream"), &["FromHttp"])
+        .await;
+    assert_eq!(status, 201);
+    let script = r#"
+import os
+from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
+c = KurrentDBClient(uri=f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false")
+print(",".join(e.type for e in c.get_stream("shared-1")))
+c.append_to_stream("shared-1", current_version=0, events=[NewEvent(type="FromGrpc", data=b'{"n": 1}')])
+"#;
+    let output = tokio::process::Command::new(&python)
+        .args(["-c", script])
+        .env("SKALD_GRPC", &grpc)
+        .output()
+        .await
+        .expect("run python");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "FromHttp");
+    let (status, body) = server.get("/streams/shared-1").await;
+    assert_eq!(status, 200);
+    let types: Vec<&str> = body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["FromHttp", "FromGrpc"]);
+    assert_eq!(body["events"][1]["data"], json!({"n": 1}));
+}
+
+/// The gRPC port takes at most `--max-connections` connections; one more is
+/// closed at once and counted, and a place frees when a connection closes.
+#[tokio::test]
+async fn grpc_connections_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let server =
+        TestServer::start_with(&["--grpc-listen", "127.0.0.1:0", "--max-connections", "2"]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let first = tokio::net::TcpStream::connect(&grpc)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(&grpc)
+        .await
+        .expect("connect");
+    wait_for_metric(&server, "skald_grpc_connections", 2).await;
+    let mut third = tokio::net::TcpStream::connect(&grpc)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        server.metric("skald_grpc_connections_rejected_total").await,
+        Some(1)
+    );
+    drop(first);
+    wait_for_metric(&server, "skald_grpc_connections", 1).await;
+    // The freed place takes a new connection.
+    let _fourth = tokio::net::TcpStream::connect(&grpc)
+        .await
+        .expect("connect");
+    wait_for_metric(&server, "skald_grpc_connections", 2).await;
+    assert_eq!(
+        server.metric("skald_grpc_connections_rejected_total").await,
+        Some(1)
+    );
+}
+
+/// Polls `/metrics` until `name` reads exactly `value` (bounded).
+async fn wait_for_metric(server: &TestServer, name: &str, value: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.metric(name).await != Some(value) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never read {value}: {:?}",
+            server.metric(name).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

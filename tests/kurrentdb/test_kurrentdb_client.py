@@ -1,0 +1,223 @@
+"""KurrentDB's official Python client (kurrentdbclient) against Skald's gRPC
+front end. Run by tests/it/kurrentdb.rs, which starts `skald serve
+--grpc-listen` and passes its address in SKALD_GRPC; each test uses streams
+of its own, so the order of the tests does not matter."""
+
+import os
+import unittest
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
+from kurrentdbclient.exceptions import (
+    BadRequestError,
+    GrpcError,
+    NotFoundError,
+    StreamIsDeletedError,
+    WrongCurrentVersionError,
+)
+
+URI = f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false"
+
+
+def stream(prefix="order"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def event(type_="OrderPlaced", data=b'{"total": 30}', metadata=b"", id_=None):
+    return NewEvent(type=type_, data=data, metadata=metadata, id=id_ or uuid.uuid4())
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.client = KurrentDBClient(uri=URI)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+
+
+class AppendTest(ClientTest):
+    def test_expected_revisions_any_no_stream_exists_exact(self):
+        s = stream()
+        c = self.client
+        first = c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event()])
+        c.append_to_stream(s, current_version=0, events=[event()])
+        c.append_to_stream(s, current_version=StreamState.EXISTS, events=[event()])
+        last = c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
+        self.assertGreater(last, first)
+        self.assertEqual(c.get_current_version(s), 3)
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], [0, 1, 2, 3])
+
+    def test_wrong_expected_version_names_the_current_and_expected_revisions(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event(), event()])
+        with self.assertRaises(WrongCurrentVersionError) as caught:
+            c.append_to_stream(s, current_version=0, events=[event()])
+        self.assertEqual(caught.exception.actual_version, 1)
+        self.assertEqual(caught.exception.expected_version, 0)
+        with self.assertRaises(WrongCurrentVersionError) as caught:
+            c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event()])
+        self.assertEqual(caught.exception.actual_version, 1)
+        missing = stream()
+        with self.assertRaises(WrongCurrentVersionError) as caught:
+            c.append_to_stream(missing, current_version=StreamState.EXISTS, events=[event()])
+        self.assertEqual(caught.exception.actual_version, StreamState.NO_STREAM)
+        with self.assertRaises(WrongCurrentVersionError) as caught:
+            c.append_to_stream(missing, current_version=5, events=[event()])
+        self.assertEqual(caught.exception.actual_version, StreamState.NO_STREAM)
+        # Nothing of a refused append was written.
+        self.assertEqual(c.get_current_version(s), 1)
+        self.assertEqual(c.get_current_version(missing), StreamState.NO_STREAM)
+
+    def test_reappending_the_same_event_ids_returns_the_original_result(self):
+        s = stream()
+        c = self.client
+        events = [event(), event("ItemAdded", b'{"sku": "A-1"}')]
+        original = c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=events)
+        replayed = c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=events)
+        self.assertEqual(replayed, original)
+        self.assertEqual(len(c.get_stream(s)), 2)
+
+    def test_event_fields_round_trip(self):
+        s = stream()
+        c = self.client
+        id_ = uuid.uuid4()
+        before = datetime.now(timezone.utc) - timedelta(seconds=5)
+        c.append_to_stream(
+            s,
+            current_version=StreamState.NO_STREAM,
+            events=[event("ItemAdded", b'{"sku": "A-1", "n": [1, 2]}', b'{"user": "ann"}', id_)],
+        )
+        (got,) = c.get_stream(s)
+        self.assertEqual(got.id, id_)
+        self.assertEqual(got.type, "ItemAdded")
+        self.assertEqual(got.stream_name, s)
+        self.assertEqual(got.content_type, "application/json")
+        self.assertEqual(got.data, b'{"sku": "A-1", "n": [1, 2]}')
+        self.assertEqual(got.metadata, b'{"user": "ann"}')
+        self.assertEqual(got.commit_position, got.prepare_position)
+        self.assertIsNotNone(got.recorded_at)
+        self.assertGreater(got.recorded_at, before)
+        self.assertLess(got.recorded_at, datetime.now(timezone.utc) + timedelta(seconds=5))
+
+    def test_payloads_that_are_not_json_are_refused_and_nothing_is_written(self):
+        s = stream()
+        c = self.client
+        binary = NewEvent(type="Blob", data=b"\x00\x01", content_type="application/octet-stream")
+        with self.assertRaises(BadRequestError) as caught:
+            c.append_to_stream(s, current_version=StreamState.ANY, events=[binary])
+        self.assertIn("application/json payloads only", str(caught.exception))
+        with self.assertRaises(BadRequestError) as caught:
+            c.append_to_stream(s, current_version=StreamState.ANY, events=[event(data=b"not json")])
+        self.assertIn("not JSON", str(caught.exception))
+        self.assertEqual(c.get_current_version(s), StreamState.NO_STREAM)
+
+
+class ReadTest(ClientTest):
+    def test_stream_reads_forward_backward_from_a_revision_and_limited(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(
+            s,
+            current_version=StreamState.NO_STREAM,
+            events=[event(data=b'{"n": %d}' % i) for i in range(7)],
+        )
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], list(range(7)))
+        self.assertEqual(
+            [e.stream_position for e in c.get_stream(s, backwards=True)], list(range(6, -1, -1))
+        )
+        self.assertEqual([e.stream_position for e in c.get_stream(s, stream_position=4)], [4, 5, 6])
+        self.assertEqual(
+            [e.stream_position for e in c.get_stream(s, stream_position=4, backwards=True, limit=2)],
+            [4, 3],
+        )
+        self.assertEqual([e.stream_position for e in c.get_stream(s, limit=3)], [0, 1, 2])
+
+    def test_a_stream_never_written_is_not_found(self):
+        with self.assertRaises(NotFoundError):
+            self.client.get_stream(stream())
+
+    def test_all_forward_backward_and_from_a_position_inclusive(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event() for _ in range(3)])
+        mine = [e for e in c.read_all() if e.stream_name == s]
+        self.assertEqual([e.stream_position for e in mine], [0, 1, 2])
+        positions = [e.commit_position for e in mine]
+        self.assertEqual(positions, sorted(positions))
+        from_second = list(c.read_all(commit_position=positions[1], limit=2))
+        self.assertEqual([e.commit_position for e in from_second], positions[1:3])
+        newest = list(c.read_all(backwards=True, limit=1))
+        self.assertEqual(newest[0].commit_position, c.get_commit_position())
+
+    def test_all_filters_by_stream_prefix_and_event_type_regex(self):
+        tag = uuid.uuid4().hex[:8]
+        c = self.client
+        c.append_to_stream(f"alpha{tag}-1", current_version=StreamState.ANY, events=[event("Alpha")])
+        c.append_to_stream(f"beta{tag}-1", current_version=StreamState.ANY, events=[event("Beta")])
+        c.append_to_stream(f"alpha{tag}-2", current_version=StreamState.ANY, events=[event("Gamma")])
+        by_prefix = c.read_all(filter_include=[f"alpha{tag}"], filter_by_stream_name=True, filter_by_prefix=True)
+        self.assertEqual(sorted(e.stream_name for e in by_prefix), [f"alpha{tag}-1", f"alpha{tag}-2"])
+        by_regex = [
+            e for e in c.read_all(filter_include=["Alpha|Beta"]) if e.stream_name.endswith(f"{tag}-1")
+        ]
+        self.assertEqual(sorted(e.type for e in by_regex), ["Alpha", "Beta"])
+        # The default exclude filter is a negative lookahead on event types.
+        excluded = [
+            e for e in c.read_all(filter_exclude=["Gamma"]) if tag in e.stream_name
+        ]
+        self.assertEqual(sorted(e.type for e in excluded), ["Alpha", "Beta"])
+
+
+class DeleteTest(ClientTest):
+    def test_soft_delete_then_reads_are_not_found_and_appends_continue_revisions(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event(), event()])
+        c.delete_stream(s, current_version=1)
+        with self.assertRaises(NotFoundError):
+            c.get_stream(s)
+        c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], [2])
+
+    def test_delete_with_a_wrong_expected_version(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event(), event()])
+        with self.assertRaises(WrongCurrentVersionError) as caught:
+            c.delete_stream(s, current_version=0)
+        self.assertEqual(caught.exception.actual_version, 1)
+        with self.assertRaises(NotFoundError):
+            c.delete_stream(stream(), current_version=0)
+        self.assertEqual(c.get_current_version(s), 1)
+
+    def test_tombstone_refuses_reads_and_appends_for_good(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event()])
+        c.tombstone_stream(s, current_version=StreamState.ANY)
+        with self.assertRaises(StreamIsDeletedError):
+            c.get_stream(s)
+        with self.assertRaises(StreamIsDeletedError):
+            c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
+
+
+class ServerTest(ClientTest):
+    def test_gossip_names_this_node_as_the_leader(self):
+        members = self.client.read_gossip()
+        self.assertEqual(len(members), 1)
+        self.assertEqual(members[0].state, "NODE_STATE_LEADER")
+        host, port = os.environ["SKALD_GRPC"].rsplit(":", 1)
+        self.assertEqual((members[0].address, members[0].port), (host, int(port)))
+
+    def test_what_is_not_implemented_says_so(self):
+        with self.assertRaises(GrpcError) as caught:
+            list(self.client.subscribe_to_all(timeout=5))
+        self.assertIn("subscriptions", str(caught.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
