@@ -164,6 +164,7 @@ impl Server {
                 advertised,
                 max_streams_per_connection: 256,
                 max_connections: config.max_connections,
+                max_subscriptions: config.max_subscriptions,
             };
             let (service, stop) = (Arc::clone(&service), stop.clone());
             connections.spawn(async move {

@@ -1,8 +1,9 @@
 //! KurrentDB's official Python client (`kurrentdbclient`, pinned in
 //! tests/kurrentdb/requirements.txt) against `skald serve --grpc-listen`: the
 //! test module tests/kurrentdb/test_kurrentdb_client.py appends, reads
-//! streams and `$all` (filters included), deletes and tombstones, and checks
-//! the errors the client raises. The client runs in a virtual environment
+//! streams and `$all` (filters included), subscribes (catch-up, live,
+//! filtered with checkpoints), deletes and tombstones, and checks the errors
+//! the client raises. The client runs in a virtual environment
 //! in the target directory, created here when missing (`.ci/run` creates it).
 
 use std::path::{Path, PathBuf};
@@ -100,13 +101,9 @@ from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 c = KurrentDBClient(uri=f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false")
 print(",".join(e.type for e in c.get_stream("shared-1")))
 c.append_to_stream("shared-1", current_version=0, events=[NewEvent(type="FromGrpc", data=b'{"n": 1}')])
+c.close()
 "#;
-    let output = tokio::process::Command::new(&python)
-        .args(["-c", script])
-        .env("SKALD_GRPC", &grpc)
-        .output()
-        .await
-        .expect("run python");
+    let output = run_script(&python, script, &grpc).await;
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "FromHttp");
     let (status, body) = server.get("/streams/shared-1").await;
@@ -172,4 +169,64 @@ async fn wait_for_metric(server: &TestServer, name: &str, value: u64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// gRPC subscriptions are capped by `--max-subscriptions` with the error the
+/// clients recognise, and a place frees when a subscription ends.
+#[tokio::test]
+async fn grpc_subscriptions_are_capped() {
+    let python = client_python();
+    let server =
+        TestServer::start_with(&["--grpc-listen", "127.0.0.1:0", "--max-subscriptions", "1"]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let script = r#"
+import os
+from kurrentdbclient import KurrentDBClient
+from kurrentdbclient.exceptions import MaximumSubscriptionsReachedError
+c = KurrentDBClient(uri=f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false")
+first = c.subscribe_to_all(timeout=30)
+try:
+    c.subscribe_to_all(timeout=30)
+    raise SystemExit("a second subscription was accepted")
+except MaximumSubscriptionsReachedError as e:
+    print("refused:", e)
+first.stop()
+for attempt in range(200):
+    try:
+        c.subscribe_to_all(timeout=30).stop()
+        print("accepted after the first ended")
+        break
+    except MaximumSubscriptionsReachedError:
+        import time; time.sleep(0.05)
+else:
+    raise SystemExit("the place never freed")
+c.close()
+"#;
+    let output = run_script(&python, script, &grpc).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("refused: Maximum subscriptions reached"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("accepted after the first ended"),
+        "{stdout}"
+    );
+}
+
+/// Runs a Python `script` with the client, `SKALD_GRPC` set; bounded in time.
+async fn run_script(python: &Path, script: &str, grpc: &str) -> std::process::Output {
+    let child = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .env("SKALD_GRPC", grpc)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python");
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the script did not finish within 120 s")
+        .expect("wait for python")
 }

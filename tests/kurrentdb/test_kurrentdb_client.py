@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
+from kurrentdbclient.events import CaughtUp, Checkpoint
 from kurrentdbclient.exceptions import (
     BadRequestError,
     GrpcError,
@@ -205,6 +206,78 @@ class DeleteTest(ClientTest):
             c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
 
 
+class SubscriptionTest(ClientTest):
+    def test_stream_subscription_catches_up_then_goes_live(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event() for _ in range(3)])
+        seen = []
+        with c.subscribe_to_stream(s, include_caught_up=True, timeout=30) as sub:
+            for item in sub:
+                if isinstance(item, CaughtUp):
+                    seen.append("caught_up")
+                    self.assertEqual(item.stream_position, 2)
+                    c.append_to_stream(s, current_version=2, events=[event("Live")])
+                    continue
+                seen.append((item.stream_position, item.type))
+                if item.type == "Live":
+                    break
+        self.assertEqual(
+            seen,
+            [(0, "OrderPlaced"), (1, "OrderPlaced"), (2, "OrderPlaced"), "caught_up", (3, "Live")],
+        )
+
+    def test_subscribing_from_a_revision_or_position_excludes_it(self):
+        s = stream()
+        c = self.client
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event() for _ in range(4)])
+        with c.subscribe_to_stream(s, stream_position=1, timeout=30) as sub:
+            self.assertEqual([next(sub).stream_position for _ in range(2)], [2, 3])
+        events = c.get_stream(s)
+        with c.subscribe_to_all(commit_position=events[1].commit_position, timeout=30) as sub:
+            got = next(item for item in sub if item.stream_name == s)
+            self.assertEqual(got.commit_position, events[2].commit_position)
+
+    def test_filtered_all_subscription_checkpoints_and_catches_up_when_nothing_matches(self):
+        c = self.client
+        c.append_to_stream(stream(), current_version=StreamState.ANY, events=[event() for _ in range(5)])
+        head = c.get_commit_position()
+        kinds = []
+        with c.subscribe_to_all(
+            filter_include=["NoSuchType" + uuid.uuid4().hex],
+            include_checkpoints=True,
+            include_caught_up=True,
+            window_size=2,
+            checkpoint_interval_multiplier=1,
+            timeout=30,
+        ) as sub:
+            for item in sub:
+                if isinstance(item, CaughtUp):
+                    kinds.append("caught_up")
+                    self.assertEqual(item.commit_position, head)
+                    break
+                self.assertIsInstance(item, Checkpoint)
+                kinds.append("checkpoint")
+        self.assertEqual(kinds[-1], "caught_up")
+        # At least one checkpoint per two examined events that did not match.
+        self.assertGreaterEqual(kinds.count("checkpoint"), 2)
+
+    def test_all_subscription_with_a_filter_delivers_matching_live_events(self):
+        tag = uuid.uuid4().hex[:8]
+        c = self.client
+        with c.subscribe_to_all(
+            filter_include=[f"live{tag}"],
+            filter_by_stream_name=True,
+            filter_by_prefix=True,
+            from_end=True,
+            timeout=30,
+        ) as sub:
+            c.append_to_stream(f"other{tag}", current_version=StreamState.ANY, events=[event("Skipped")])
+            c.append_to_stream(f"live{tag}-1", current_version=StreamState.ANY, events=[event("Wanted")])
+            got = next(sub)
+            self.assertEqual((got.stream_name, got.type), (f"live{tag}-1", "Wanted"))
+
+
 class ServerTest(ClientTest):
     def test_gossip_names_this_node_as_the_leader(self):
         members = self.client.read_gossip()
@@ -212,11 +285,6 @@ class ServerTest(ClientTest):
         self.assertEqual(members[0].state, "NODE_STATE_LEADER")
         host, port = os.environ["SKALD_GRPC"].rsplit(":", 1)
         self.assertEqual((members[0].address, members[0].port), (host, int(port)))
-
-    def test_what_is_not_implemented_says_so(self):
-        with self.assertRaises(GrpcError) as caught:
-            list(self.client.subscribe_to_all(timeout=5))
-        self.assertIn("subscriptions", str(caught.exception))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ pub struct GrpcConfig {
     /// Connections open at once (`--max-connections`, counted apart from
     /// the HTTP API's); more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Subscriptions open at once (`--max-subscriptions`, counted apart
+    /// from the HTTP API's).
+    pub max_subscriptions: usize,
 }
 
 /// Serves the gRPC front end on `listener` until `stop` is cancelled.

@@ -46,11 +46,19 @@ const REGEX_BACKTRACK_LIMIT: usize = 100_000;
 pub struct StreamsService {
     service: Arc<Service>,
     config: GrpcConfig,
+    /// One permit per open subscription (`--max-subscriptions`, counted
+    /// apart from the HTTP API's).
+    subscriptions: Arc<tokio::sync::Semaphore>,
 }
 
 impl StreamsService {
     pub fn new(service: Arc<Service>, config: GrpcConfig) -> Self {
-        Self { service, config }
+        let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions));
+        Self {
+            service,
+            config,
+            subscriptions,
+        }
     }
 }
 
@@ -420,6 +428,7 @@ impl Streams for StreamsService {
         let this = StreamsService {
             service: Arc::clone(&self.service),
             config: self.config.clone(),
+            subscriptions: Arc::clone(&self.subscriptions),
         };
         let shutdown = self.service.shutdown_token().clone();
         self.service.spawn(async move {
@@ -532,11 +541,7 @@ impl Streams for StreamsService {
             .ok_or_else(|| Status::invalid_argument("a read needs options"))?;
         let count = match options.count_option {
             Some(CountOption::Count(n)) => n,
-            Some(CountOption::Subscription(_)) => {
-                return Err(Status::unimplemented(
-                    "Skald's gRPC front end does not serve subscriptions yet (see docs/kurrentdb-compat.md)",
-                ))
-            }
+            Some(CountOption::Subscription(_)) => return self.subscribe(options).await,
             None => u64::MAX,
         };
         let direction =
@@ -937,5 +942,237 @@ async fn read_all(
             return;
         }
         from = slice.next_position;
+    }
+}
+
+// ---- subscriptions -----------------------------------------------------------------
+
+impl StreamsService {
+    /// A catch-up subscription: the confirmation, then events from after the
+    /// start (exclusive, as KurrentDB's), caught-up and fell-behind markers,
+    /// and for a filtered `$all` a checkpoint every `window x multiplier`
+    /// examined events; live until the client goes or the server stops.
+    async fn subscribe(
+        &self,
+        options: read_req::Options,
+    ) -> Result<Response<ReceiverStream<Result<ReadResp, Status>>>, Status> {
+        use crate::subscriptions::{self as subs, Start, Target};
+        use read_req::options::StreamOption;
+        let slot = Arc::clone(&self.subscriptions)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::failed_precondition(format!(
+                    "Maximum subscriptions reached: at most {} gRPC subscriptions (--max-subscriptions)",
+                    self.config.max_subscriptions
+                ))
+            })?;
+        let structured = matches!(
+            options.uuid_option.and_then(|u| u.content),
+            Some(read_req::options::uuid_option::Content::Structured(_))
+        );
+        let (target, start, filter, checkpoint_every, stream) = match options.stream_option {
+            Some(StreamOption::Stream(s)) => {
+                use read_req::options::stream_options::RevisionOption;
+                let stream = convert::stream_name(s.stream_identifier.as_ref())?;
+                let start = match s.revision_option {
+                    Some(RevisionOption::Revision(r)) => Start::At(r.saturating_add(1)),
+                    // Resolved now, before the confirmation: whatever the
+                    // client appends after it has seen that is delivered.
+                    Some(RevisionOption::End(_)) => {
+                        match self.service.last_revision(stream.clone()).await {
+                            Ok(StreamRead::Found(Some(last))) => Start::At(last + 1),
+                            Ok(_) => Start::At(0),
+                            Err(e) => {
+                                tracing::error!(error = %e, "a gRPC subscription could not start");
+                                return Err(Status::internal(
+                                    "storage failure; see the server's log",
+                                ));
+                            }
+                        }
+                    }
+                    Some(RevisionOption::Start(_)) | None => Start::At(0),
+                };
+                (
+                    Target::Stream(stream.clone()),
+                    start,
+                    None,
+                    u64::MAX,
+                    Some(stream),
+                )
+            }
+            Some(StreamOption::All(a)) => {
+                use read_req::options::all_options::AllOption;
+                use read_req::options::filter_options::Window;
+                use read_req::options::FilterOption;
+                let start = match a.all_option {
+                    Some(AllOption::Position(p)) => Start::At(p.commit_position.saturating_add(1)),
+                    // Resolved now, before the confirmation (see above).
+                    Some(AllOption::End(_)) => {
+                        Start::At(self.service.head_position().map_or(0, |h| h + 1))
+                    }
+                    Some(AllOption::Start(_)) | None => Start::At(0),
+                };
+                let every = match &options.filter_option {
+                    Some(FilterOption::Filter(f)) => {
+                        let window = match f.window {
+                            Some(Window::Max(max)) => u64::from(max.max(1)),
+                            _ => 32,
+                        };
+                        window.saturating_mul(u64::from(f.checkpoint_interval_multiplier.max(1)))
+                    }
+                    _ => u64::MAX,
+                };
+                let filter = Filter::parse(options.filter_option)?;
+                (
+                    Target::All(AllFilter::default()),
+                    start,
+                    filter,
+                    every,
+                    None,
+                )
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "a subscription names a stream or $all",
+                ))
+            }
+        };
+        let subscription = subs::subscribe(
+            Arc::clone(&self.service),
+            subs::Options {
+                target,
+                start,
+                // Skald's own checkpoints are not forwarded: KurrentDB's count
+                // examined events against the client's window (below).
+                checkpoint_every: 10_000_000,
+                heartbeat: Duration::from_secs(60),
+                fell_behind_after: 10_000,
+            },
+        );
+        let (tx, rx) = mpsc::channel(READ_BUFFER);
+        let service = Arc::clone(&self.service);
+        self.service.spawn(async move {
+            let _slot = slot;
+            follow(
+                service,
+                subscription,
+                stream,
+                filter,
+                checkpoint_every,
+                structured,
+                tx,
+            )
+            .await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let micros = crate::storage::now_micros();
+    prost_types::Timestamp {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((micros % 1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// Turns Skald's subscription messages into KurrentDB's answers.
+async fn follow(
+    service: Arc<Service>,
+    subscription: impl futures::Stream<Item = crate::subscriptions::Message> + Send,
+    stream: Option<StreamName>,
+    filter: Option<Filter>,
+    checkpoint_every: u64,
+    structured: bool,
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+) {
+    use crate::subscriptions::Message;
+    use futures::StreamExt;
+    let confirmation = ReadResp {
+        content: Some(read_resp::Content::Confirmation(
+            read_resp::SubscriptionConfirmation {
+                subscription_id: ::uuid::Uuid::now_v7().to_string(),
+            },
+        )),
+    };
+    if !send(&service, &tx, Ok(confirmation)).await {
+        return;
+    }
+    let position = |p: u64| read_resp::Position {
+        commit_position: p,
+        prepare_position: p,
+    };
+    let mut examined: u64 = 0;
+    let mut subscription = std::pin::pin!(subscription);
+    loop {
+        // A client that went away frees its place at once, not at the next
+        // event (a quiet subscription may wait long for one).
+        let message = tokio::select! {
+            message = subscription.next() => message,
+            () = tx.closed() => return,
+        };
+        let Some(message) = message else {
+            return;
+        };
+        let answer = match message {
+            Message::Event(event) => {
+                let at = event.position;
+                examined += 1;
+                if filter.as_ref().is_none_or(|f| f.matches(&event)) {
+                    examined = 0;
+                    Ok(event_resp(event, structured))
+                } else if examined >= checkpoint_every {
+                    examined = 0;
+                    Ok(ReadResp {
+                        content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+                            commit_position: at,
+                            prepare_position: at,
+                            timestamp: Some(now_timestamp()),
+                        })),
+                    })
+                } else {
+                    continue;
+                }
+            }
+            Message::CaughtUp { position: at } => {
+                let (stream_revision, all_position) = match &stream {
+                    Some(_) => (at.and_then(|r| i64::try_from(r).ok()), None),
+                    None => (None, at.map(position)),
+                };
+                Ok(ReadResp {
+                    content: Some(read_resp::Content::CaughtUp(read_resp::CaughtUp {
+                        timestamp: Some(now_timestamp()),
+                        stream_revision,
+                        position: all_position,
+                    })),
+                })
+            }
+            Message::FellBehind { position: at } => {
+                let (stream_revision, all_position) = match &stream {
+                    Some(_) => (i64::try_from(at).ok(), None),
+                    None => (None, Some(position(at))),
+                };
+                Ok(ReadResp {
+                    content: Some(read_resp::Content::FellBehind(read_resp::FellBehind {
+                        timestamp: Some(now_timestamp()),
+                        stream_revision,
+                        position: all_position,
+                    })),
+                })
+            }
+            Message::Checkpoint { .. } | Message::Heartbeat => continue,
+            Message::Error { code, message } => {
+                let status = match (code, &stream) {
+                    ("stream_deleted", Some(stream)) => convert::stream_deleted(stream),
+                    ("shutting_down", _) => Status::unavailable(message),
+                    _ => Status::aborted(message),
+                };
+                let _ = send(&service, &tx, Err(status)).await;
+                return;
+            }
+        };
+        if !send(&service, &tx, answer).await {
+            return;
+        }
     }
 }
