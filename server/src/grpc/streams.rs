@@ -64,17 +64,29 @@ impl StreamsService {
 
 // ---- expected revisions ------------------------------------------------------
 
-fn expected_append(
-    option: Option<append_req::options::ExpectedStreamRevision>,
-) -> ExpectedRevision {
-    use append_req::options::ExpectedStreamRevision as E;
-    match option {
-        Some(E::Revision(r)) => ExpectedRevision::Exact(r),
-        Some(E::NoStream(_)) => ExpectedRevision::NoStream,
-        Some(E::StreamExists(_)) => ExpectedRevision::StreamExists,
-        Some(E::Any(_)) | None => ExpectedRevision::Any,
-    }
+/// `expected_*`: one request kind's expected-revision oneof as Skald's
+/// expectation (absent: any). The generated types differ per request; the
+/// variants are the same.
+macro_rules! expected_revision {
+    ($name:ident, $oneof:path) => {
+        fn $name(option: Option<$oneof>) -> ExpectedRevision {
+            use $oneof as E;
+            match option {
+                Some(E::Revision(r)) => ExpectedRevision::Exact(r),
+                Some(E::NoStream(_)) => ExpectedRevision::NoStream,
+                Some(E::StreamExists(_)) => ExpectedRevision::StreamExists,
+                Some(E::Any(_)) | None => ExpectedRevision::Any,
+            }
+        }
+    };
 }
+
+expected_revision!(expected_append, append_req::options::ExpectedStreamRevision);
+expected_revision!(expected_delete, delete_req::options::ExpectedStreamRevision);
+expected_revision!(
+    expected_tombstone,
+    tombstone_req::options::ExpectedStreamRevision
+);
 
 fn expected_batch(
     option: Option<&batch_append_req::options::ExpectedStreamPosition>,
@@ -82,30 +94,6 @@ fn expected_batch(
     use batch_append_req::options::ExpectedStreamPosition as E;
     match option {
         Some(E::StreamPosition(r)) => ExpectedRevision::Exact(*r),
-        Some(E::NoStream(_)) => ExpectedRevision::NoStream,
-        Some(E::StreamExists(_)) => ExpectedRevision::StreamExists,
-        Some(E::Any(_)) | None => ExpectedRevision::Any,
-    }
-}
-
-fn expected_delete(
-    option: Option<delete_req::options::ExpectedStreamRevision>,
-) -> ExpectedRevision {
-    use delete_req::options::ExpectedStreamRevision as E;
-    match option {
-        Some(E::Revision(r)) => ExpectedRevision::Exact(r),
-        Some(E::NoStream(_)) => ExpectedRevision::NoStream,
-        Some(E::StreamExists(_)) => ExpectedRevision::StreamExists,
-        Some(E::Any(_)) | None => ExpectedRevision::Any,
-    }
-}
-
-fn expected_tombstone(
-    option: Option<tombstone_req::options::ExpectedStreamRevision>,
-) -> ExpectedRevision {
-    use tombstone_req::options::ExpectedStreamRevision as E;
-    match option {
-        Some(E::Revision(r)) => ExpectedRevision::Exact(r),
         Some(E::NoStream(_)) => ExpectedRevision::NoStream,
         Some(E::StreamExists(_)) => ExpectedRevision::StreamExists,
         Some(E::Any(_)) | None => ExpectedRevision::Any,
