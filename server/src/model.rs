@@ -360,6 +360,20 @@ pub struct StreamState {
     /// rewrites on every append carries only this flag; `metadata.custom` is
     /// loaded separately, by the reads that show it.
     pub has_custom: bool,
+    /// Which change of the metadata this is; `None` before the first.
+    pub metadata_version: Option<MetadataVersion>,
+}
+
+/// When a stream's metadata was last set: what KurrentDB's clients see as the
+/// last event of the stream's `$$` metadata stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetadataVersion {
+    /// 0 for the first change, then one more for each.
+    pub revision: u64,
+    /// When the change committed, µs since the epoch.
+    pub set_at_micros: u64,
+    /// The last position committed before it (0 for an empty store).
+    pub position: u64,
 }
 
 impl StreamState {

@@ -161,6 +161,7 @@ impl Server {
             let grpc_config = crate::grpc::GrpcConfig {
                 max_append_bytes: config.max_append_bytes,
                 max_event_bytes: config.max_event_bytes,
+                max_custom_metadata_bytes: config.max_custom_metadata_bytes,
                 advertised,
                 max_streams_per_connection: 256,
                 max_connections: config.max_connections,

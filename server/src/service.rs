@@ -342,13 +342,16 @@ impl Service {
             .map(|_| ())
     }
 
-    /// Replaces `stream`'s metadata; returns the stream's new state.
+    /// Replaces `stream`'s metadata when `expected` admits the revision of
+    /// its current metadata version; returns the stream's new state.
     pub async fn set_metadata(
         &self,
         stream: StreamName,
         metadata: StreamMetadata,
+        expected: ExpectedRevision,
     ) -> Result<StreamState, WriteError> {
-        match self.write(stream, WriteOp::SetMetadata(metadata)).await? {
+        let op = WriteOp::SetMetadata { metadata, expected };
+        match self.write(stream, op).await? {
             WriteOutcome::MetadataSet(state) => Ok(state),
             other => unreachable_outcome(&other),
         }

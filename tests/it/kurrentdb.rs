@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::TestServer;
 
@@ -95,17 +95,37 @@ async fn grpc_and_http_share_one_store() {
         .append("shared-1", json!("no_stream"), &["FromHttp"])
         .await;
     assert_eq!(status, 201);
+    let metadata = json!({"max_count": 5, "custom": {"owner": "http"}});
+    let response = server
+        .http
+        .put(server.url("/streams/shared-1/metadata"))
+        .json(&metadata)
+        .send()
+        .await
+        .expect("put metadata");
+    assert_eq!(response.status(), 200);
     let script = r#"
-import os
+import json, os
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 c = KurrentDBClient(uri=f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false")
 print(",".join(e.type for e in c.get_stream("shared-1")))
+metadata, version = c.get_stream_metadata("shared-1")
+print(json.dumps(metadata, sort_keys=True), version)
+c.set_stream_metadata("shared-1", metadata={"$maxAge": 86400, "owner": "grpc"}, current_version=0)
 c.append_to_stream("shared-1", current_version=0, events=[NewEvent(type="FromGrpc", data=b'{"n": 1}')])
 c.close()
 "#;
     let output = run_script(&python, script, &grpc).await;
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "FromHttp");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "FromHttp\n{\"$maxCount\": 5, \"owner\": \"http\"} 0"
+    );
+    let (status, body) = server.get("/streams/shared-1/metadata").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["max_age_secs"], 86400, "{body}");
+    assert_eq!(body["max_count"], Value::Null, "{body}");
+    assert_eq!(body["custom"], json!({"owner": "grpc"}), "{body}");
     let (status, body) = server.get("/streams/shared-1").await;
     assert_eq!(status, 200);
     let types: Vec<&str> = body["events"]

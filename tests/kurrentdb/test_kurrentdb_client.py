@@ -12,6 +12,7 @@ from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.events import CaughtUp, Checkpoint
 from kurrentdbclient.exceptions import (
     BadRequestError,
+    FailedPreconditionError,
     GrpcError,
     NotFoundError,
     StreamIsDeletedError,
@@ -204,6 +205,71 @@ class DeleteTest(ClientTest):
             c.get_stream(s)
         with self.assertRaises(StreamIsDeletedError):
             c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
+
+
+class MetadataTest(ClientTest):
+    def test_metadata_is_read_and_written_as_the_metadata_stream_with_versions(self):
+        s = stream()
+        c = self.client
+        self.assertEqual(c.get_stream_metadata(s), ({}, StreamState.NO_STREAM))
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[event() for _ in range(5)])
+        wanted = {"$maxCount": 2, "$maxAge": 3600, "owner": "billing", "tags": ["a", "b"]}
+        c.set_stream_metadata(s, metadata=wanted, current_version=StreamState.NO_STREAM)
+        metadata, version = c.get_stream_metadata(s)
+        self.assertEqual((metadata, version), (wanted, 0))
+        # $maxCount is Skald's max_count: only the newest two events are visible.
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], [3, 4])
+        # The version is checked like a stream's revision.
+        with self.assertRaises(WrongCurrentVersionError):
+            c.set_stream_metadata(s, metadata={"$tb": 4}, current_version=StreamState.NO_STREAM)
+        with self.assertRaises(WrongCurrentVersionError):
+            c.set_stream_metadata(s, metadata={"$tb": 4}, current_version=5)
+        c.set_stream_metadata(s, metadata={"$tb": 4}, current_version=0)
+        self.assertEqual(c.get_stream_metadata(s), ({"$tb": 4}, 1))
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], [4])
+        c.set_stream_metadata(s, metadata={})
+        self.assertEqual(c.get_stream_metadata(s), ({}, 2))
+        self.assertEqual([e.stream_position for e in c.get_stream(s)], [0, 1, 2, 3, 4])
+
+    def test_the_metadata_stream_reads_as_one_metadata_event(self):
+        s = stream()
+        c = self.client
+        c.set_stream_metadata(s, metadata={"$maxCount": 7})
+        c.set_stream_metadata(s, metadata={"$maxCount": 8})
+        events = c.get_stream(f"$${s}")
+        self.assertEqual(len(events), 1)
+        e = events[0]
+        self.assertEqual((e.type, e.stream_name, e.stream_position), ("$metadata", f"$${s}", 1))
+        self.assertEqual(e.content_type, "application/json")
+        self.assertEqual(c.get_stream(f"$${s}", stream_position=2), ())
+        self.assertEqual(c.get_stream(f"$${s}", backwards=True, limit=1)[0].id, e.id)
+        # Metadata can be set before the stream's first event.
+        with self.assertRaises(NotFoundError):
+            c.get_stream(s)
+
+    def test_metadata_skald_cannot_keep_is_refused(self):
+        s = stream()
+        c = self.client
+        for bad in ({"$maxCount": 0}, {"$maxAge": "1h"}, {"$acl": {"$r": "$all"}}):
+            with self.assertRaises(GrpcError, msg=str(bad)):
+                c.set_stream_metadata(s, metadata=bad)
+        with self.assertRaises(BadRequestError):
+            c.append_to_stream(f"$${s}", current_version=StreamState.ANY, events=[event()])
+        self.assertEqual(c.get_stream_metadata(s), ({}, StreamState.NO_STREAM))
+
+    def test_a_tombstoned_stream_has_no_metadata_to_read_or_write(self):
+        s = stream()
+        c = self.client
+        c.set_stream_metadata(s, metadata={"$maxCount": 3})
+        c.append_to_stream(s, current_version=StreamState.ANY, events=[event()])
+        c.tombstone_stream(s, current_version=StreamState.ANY)
+        with self.assertRaises(StreamIsDeletedError):
+            c.get_stream_metadata(s)
+        # An Append answered with the stream-deleted status: this client raises
+        # it as FailedPreconditionError (it does for KurrentDB too).
+        with self.assertRaises(FailedPreconditionError) as caught:
+            c.set_stream_metadata(s, metadata={})
+        self.assertIn("is deleted", str(caught.exception))
 
 
 class SubscriptionTest(ClientTest):

@@ -9,13 +9,14 @@ use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use super::metadata;
 use super::pb::event_store::client::streams::read_resp::read_event::{
     self, RecordedEvent as PbRecordedEvent,
 };
 use super::pb::event_store::client::streams::read_resp::ReadEvent;
 use super::pb::event_store::client::{uuid, StreamIdentifier, Uuid};
-use crate::model::StreamName;
 use crate::model::{check_event_type, check_json_text, ExpectedRevision, NewEvent, RecordedEvent};
+use crate::model::{MetadataVersion, StreamMetadata, StreamName};
 use crate::storage::WriteError;
 
 /// .NET ticks (100 ns) per microsecond: KurrentDB's `created` is ticks since
@@ -29,16 +30,44 @@ pub fn ticks(micros: u64) -> i64 {
     i64::try_from(micros.saturating_mul(TICKS_PER_MICRO)).unwrap_or(i64::MAX)
 }
 
-/// A stream name from its identifier; `INVALID_ARGUMENT` when it is not one
-/// Skald accepts (KurrentDB's system streams, `$`-prefixed, are not served).
-pub fn stream_name(id: Option<&StreamIdentifier>) -> Result<StreamName, Status> {
+/// What a stream identifier names.
+pub enum Target {
+    Stream(StreamName),
+    /// `$$name`: the stream's metadata (see `metadata`).
+    Metadata(StreamName),
+}
+
+/// A stream, or a stream's metadata stream, from its identifier;
+/// `INVALID_ARGUMENT` when it is neither (KurrentDB's other system streams,
+/// `$`-prefixed, are not served).
+pub fn target(id: Option<&StreamIdentifier>) -> Result<Target, Status> {
     let raw = id
         .map(|id| id.stream_name.as_slice())
         .ok_or_else(|| Status::invalid_argument("a stream identifier is required"))?;
     let text = std::str::from_utf8(raw)
         .map_err(|_| Status::invalid_argument("the stream name is not UTF-8"))?;
-    StreamName::parse(text)
-        .map_err(|e| Status::invalid_argument(format!("stream name {text:?} {e}")))
+    let (name, metadata) = match text.strip_prefix(metadata::PREFIX) {
+        Some(name) => (name, true),
+        None => (text, false),
+    };
+    let stream = StreamName::parse(name)
+        .map_err(|e| Status::invalid_argument(format!("stream name {name:?} {e}")))?;
+    Ok(if metadata {
+        Target::Metadata(stream)
+    } else {
+        Target::Stream(stream)
+    })
+}
+
+/// A stream name from its identifier, for the calls that do not take a
+/// metadata stream (deletes, subscriptions).
+pub fn stream_name(id: Option<&StreamIdentifier>) -> Result<StreamName, Status> {
+    match target(id)? {
+        Target::Stream(stream) => Ok(stream),
+        Target::Metadata(stream) => Err(Status::invalid_argument(format!(
+            "metadata stream $${stream}: Skald reads and appends stream metadata, it does not delete or subscribe to it"
+        ))),
+    }
 }
 
 pub fn stream_identifier(stream: &StreamName) -> StreamIdentifier {
@@ -137,27 +166,70 @@ fn json_text(index: usize, field: &str, bytes: &[u8]) -> Result<String, Status> 
 
 /// A stored event as a read answers it.
 pub fn read_event(event: RecordedEvent, structured_ids: bool) -> ReadEvent {
-    let mut metadata = HashMap::with_capacity(3);
-    metadata.insert("type".to_owned(), event.event_type);
-    metadata.insert("content-type".to_owned(), JSON.to_owned());
-    metadata.insert(
-        "created".to_owned(),
-        ticks(event.recorded_at_micros).to_string(),
-    );
-    let recorded = PbRecordedEvent {
-        id: Some(pb_uuid(event.id, structured_ids)),
-        stream_identifier: Some(stream_identifier(&event.stream)),
-        stream_revision: event.revision,
-        prepare_position: event.position,
-        commit_position: event.position,
-        metadata,
-        custom_metadata: event.metadata.map(String::into_bytes).unwrap_or_default(),
-        data: event.data.into_bytes(),
-    };
+    pb_read_event(
+        PbRecordedEvent {
+            id: Some(pb_uuid(event.id, structured_ids)),
+            stream_identifier: Some(stream_identifier(&event.stream)),
+            stream_revision: event.revision,
+            prepare_position: event.position,
+            commit_position: event.position,
+            metadata: HashMap::new(),
+            custom_metadata: event.metadata.map(String::into_bytes).unwrap_or_default(),
+            data: event.data.into_bytes(),
+        },
+        event.event_type,
+        event.recorded_at_micros,
+    )
+}
+
+/// A metadata version as the event of `$$stream` that stands for it.
+pub fn metadata_event(
+    stream: &StreamName,
+    metadata: &StreamMetadata,
+    version: &MetadataVersion,
+    structured_ids: bool,
+) -> ReadEvent {
+    pb_read_event(
+        PbRecordedEvent {
+            id: Some(pb_uuid(metadata::event_id(stream, version), structured_ids)),
+            stream_identifier: Some(metadata_identifier(stream)),
+            stream_revision: version.revision,
+            prepare_position: version.position,
+            commit_position: version.position,
+            metadata: HashMap::new(),
+            custom_metadata: Vec::new(),
+            data: metadata::to_json(metadata),
+        },
+        metadata::EVENT_TYPE.to_owned(),
+        version.set_at_micros,
+    )
+}
+
+pub fn metadata_identifier(stream: &StreamName) -> StreamIdentifier {
+    StreamIdentifier {
+        stream_name: format!("{}{stream}", metadata::PREFIX).into_bytes(),
+    }
+}
+
+/// `recorded` with KurrentDB's system metadata (type, content type, created
+/// in ticks) filled in.
+fn pb_read_event(
+    mut recorded: PbRecordedEvent,
+    event_type: String,
+    recorded_at_micros: u64,
+) -> ReadEvent {
+    recorded.metadata.insert("type".to_owned(), event_type);
+    recorded
+        .metadata
+        .insert("content-type".to_owned(), JSON.to_owned());
+    recorded
+        .metadata
+        .insert("created".to_owned(), ticks(recorded_at_micros).to_string());
+    let position = recorded.commit_position;
     ReadEvent {
         event: Some(recorded),
         link: None,
-        position: Some(read_event::Position::CommitPosition(event.position)),
+        position: Some(read_event::Position::CommitPosition(position)),
     }
 }
 

@@ -5,12 +5,14 @@
 //!
 //! `pb` is the code generated from the vendored protos (`proto/kurrentdb`);
 //! `convert` maps between its messages and Skald's domain types; `streams`
-//! serves `event_store.client.streams.Streams`; `info` serves gossip and the
+//! serves `event_store.client.streams.Streams`, with `metadata` mapping the
+//! `$$name` metadata streams onto stream metadata; `info` serves gossip and the
 //! server-features probe. What is and is not implemented is listed in
 //! `docs/kurrentdb-compat.md`.
 
 mod convert;
 mod info;
+mod metadata;
 mod streams;
 
 use std::net::SocketAddr;
@@ -54,6 +56,8 @@ pub struct GrpcConfig {
     pub max_append_bytes: usize,
     /// The largest single event (`--max-event-bytes`).
     pub max_event_bytes: usize,
+    /// The largest custom stream metadata (`--max-custom-metadata-bytes`).
+    pub max_custom_metadata_bytes: usize,
     /// Where clients reach this node, as gossip tells them.
     pub advertised: SocketAddr,
     /// Streams (calls) one connection may have open at once.

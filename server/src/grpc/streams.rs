@@ -1,7 +1,8 @@
 //! `event_store.client.streams.Streams`: Append, BatchAppend, Read (stream
 //! and `$all`, forward and backward, with KurrentDB's stream-name and
 //! event-type filters), Delete and Tombstone, each through the same service
-//! (single writer, snapshot reads) as the HTTP API.
+//! (single writer, snapshot reads) as the HTTP API. Appends to and reads of a
+//! `$$name` metadata stream set and show the stream's metadata (`metadata`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{self, any, expected_number};
+use super::convert::{self, any, expected_number, Target};
+use super::metadata;
 use super::pb::event_store::client::streams::{
     append_req, append_resp, batch_append_req, batch_append_resp, delete_req, delete_resp,
     read_req, read_resp, streams_server::Streams, tombstone_req, tombstone_resp, AppendReq,
@@ -25,8 +27,8 @@ use super::pb::event_store::client::{
 use super::pb::google::rpc::{Code as RpcCode, Status as RpcStatus};
 use super::GrpcConfig;
 use crate::model::{
-    AllFilter, AppendOutcome, Direction, ExpectedRevision, NewEvent, RecordedEvent, StreamName,
-    StreamRead, MAX_EVENTS_PER_APPEND,
+    AllFilter, AppendOutcome, Direction, ExpectedRevision, NewEvent, RecordedEvent, StreamMetadata,
+    StreamName, StreamRead, StreamState, MAX_EVENTS_PER_APPEND,
 };
 use crate::service::{AllQuery, Service, StreamQuery};
 use crate::storage::WriteError;
@@ -216,6 +218,59 @@ impl StreamsService {
     }
 }
 
+impl StreamsService {
+    /// The metadata that an append to a `$$` stream sets: one `$metadata`
+    /// event, whose JSON `metadata::from_json` maps.
+    fn metadata_of(&self, events: Vec<NewEvent>) -> Result<StreamMetadata, Status> {
+        let [event] = <[NewEvent; 1]>::try_from(events).map_err(|events| {
+            Status::invalid_argument(format!(
+                "an append to a metadata stream holds exactly one {} event, not {}",
+                metadata::EVENT_TYPE,
+                events.len()
+            ))
+        })?;
+        if event.event_type != metadata::EVENT_TYPE {
+            return Err(Status::invalid_argument(format!(
+                "a metadata stream takes {} events, not {:?}",
+                metadata::EVENT_TYPE,
+                event.event_type
+            )));
+        }
+        metadata::from_json(event.data.as_bytes(), self.config.max_custom_metadata_bytes)
+    }
+
+    /// Sets `stream`'s metadata, the expectation checked against the
+    /// revision of its current version, as an append to `$$stream` would be.
+    async fn set_metadata(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Result<Appended, WriteError> {
+        match self
+            .service
+            .set_metadata(stream.clone(), metadata, expected)
+            .await
+        {
+            Ok(state) => {
+                let version = state.metadata_version.unwrap_or_default();
+                tracing::info!(stream = %stream, revision = version.revision, "stream metadata set over gRPC");
+                Ok(Appended::Done(AppendOutcome {
+                    first_revision: version.revision,
+                    last_revision: version.revision,
+                    first_position: version.position,
+                    last_position: version.position,
+                    idempotent_replay: false,
+                }))
+            }
+            Err(WriteError::WrongExpectedRevision { expected, actual }) => {
+                Ok(Appended::WrongExpected { expected, actual })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn append_success(appended: &Appended) -> append_resp::Success {
     use append_resp::success::{CurrentRevisionOption, PositionOption};
     let (revision, position) = match appended {
@@ -350,7 +405,7 @@ enum BatchError {
 /// One batch of a `BatchAppend` call, until its final chunk.
 struct OpenBatch {
     options: batch_append_req::Options,
-    stream: Result<StreamName, Status>,
+    target: Result<Target, Status>,
     events: Vec<NewEvent>,
     bytes: usize,
     refused: Option<BatchError>,
@@ -376,7 +431,7 @@ impl Streams for StreamsService {
                 "an append must start with its options",
             ));
         };
-        let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+        let target = convert::target(options.stream_identifier.as_ref())?;
         let expected = expected_append(options.expected_stream_revision);
         let mut collector = Collector::new(&self.config);
         while let Some(message) = messages.message().await? {
@@ -392,10 +447,16 @@ impl Streams for StreamsService {
                     Refusal::Invalid(status) => status,
                 })?;
         }
-        let appended = self
-            .append_events(&stream, expected, collector.events)
-            .await
-            .map_err(|e| convert::write_error(&stream, e))?;
+        let appended = match &target {
+            Target::Stream(stream) => self.append_events(stream, expected, collector.events).await,
+            Target::Metadata(stream) => {
+                let metadata = self.metadata_of(collector.events)?;
+                self.set_metadata(stream, expected, metadata).await
+            }
+        };
+        let appended = appended.map_err(|e| match &target {
+            Target::Stream(stream) | Target::Metadata(stream) => convert::write_error(stream, e),
+        })?;
         let result = match appended {
             Appended::WrongExpected { expected, actual } => {
                 append_resp::Result::WrongExpectedVersion(append_wrong_expected(expected, actual))
@@ -460,12 +521,12 @@ impl Streams for StreamsService {
                             .await;
                         return;
                     };
-                    let stream = convert::stream_name(options.stream_identifier.as_ref());
+                    let target = convert::target(options.stream_identifier.as_ref());
                     open.insert(
                         correlation,
                         OpenBatch {
                             options,
-                            stream,
+                            target,
                             events: Vec::new(),
                             bytes: 0,
                             refused: None,
@@ -475,7 +536,7 @@ impl Streams for StreamsService {
                 let Some(batch) = open.get_mut(&correlation) else {
                     return;
                 };
-                if batch.refused.is_none() && batch.stream.is_ok() {
+                if batch.refused.is_none() && batch.target.is_ok() {
                     let mut collector = Collector {
                         config: &this.config,
                         events: std::mem::take(&mut batch.events),
@@ -547,7 +608,7 @@ impl Streams for StreamsService {
         match options.stream_option {
             Some(StreamOption::Stream(s)) => {
                 use read_req::options::stream_options::RevisionOption;
-                let stream = convert::stream_name(s.stream_identifier.as_ref())?;
+                let target = convert::target(s.stream_identifier.as_ref())?;
                 let from = match s.revision_option {
                     Some(RevisionOption::Revision(r)) => Some(r),
                     // Backward from the end: the last revision; forward: nothing.
@@ -556,15 +617,26 @@ impl Streams for StreamsService {
                     }
                     Some(RevisionOption::Start(_)) | None => Some(0),
                 };
-                service.spawn(read_stream(
-                    service.clone(),
-                    stream,
-                    from,
-                    direction,
-                    count,
-                    structured,
-                    tx,
-                ));
+                match target {
+                    Target::Stream(stream) => service.spawn(read_stream(
+                        service.clone(),
+                        stream,
+                        from,
+                        direction,
+                        count,
+                        structured,
+                        tx,
+                    )),
+                    Target::Metadata(stream) => service.spawn(read_metadata(
+                        service.clone(),
+                        stream,
+                        from,
+                        direction,
+                        count,
+                        structured,
+                        tx,
+                    )),
+                };
             }
             Some(StreamOption::All(a)) => {
                 use read_req::options::all_options::AllOption;
@@ -673,8 +745,8 @@ impl StreamsService {
             expected_stream_position: echo,
             result: None,
         };
-        let stream = match batch.stream {
-            Ok(stream) => stream,
+        let target = match batch.target {
+            Ok(target) => target,
             Err(status) => {
                 answer.result = Some(batch_append_resp::Result::Error(RpcStatus {
                     code: RpcCode::InvalidArgument as i32,
@@ -689,16 +761,30 @@ impl StreamsService {
                 return answer;
             }
         };
-        let outcome = match batch.refused {
-            Some(refusal) => Err(refusal),
-            None => match self.append_events(&stream, expected, batch.events).await {
-                Ok(Appended::WrongExpected { expected, actual }) => {
-                    Err(BatchError::WrongExpected { expected, actual })
-                }
-                Ok(appended) => Ok(appended),
-                Err(WriteError::StreamDeleted(_)) => Err(BatchError::Deleted),
-                Err(e) => Err(BatchError::Other(convert::write_error(&stream, e))),
+        let (Target::Stream(stream) | Target::Metadata(stream)) = &target;
+        let write_error = |e| match e {
+            WriteError::StreamDeleted(_) => BatchError::Deleted,
+            e => BatchError::Other(convert::write_error(stream, e)),
+        };
+        let appended = match (batch.refused, &target) {
+            (Some(refusal), _) => Err(refusal),
+            (None, Target::Stream(_)) => self
+                .append_events(stream, expected, batch.events)
+                .await
+                .map_err(write_error),
+            (None, Target::Metadata(_)) => match self.metadata_of(batch.events) {
+                Ok(metadata) => self
+                    .set_metadata(stream, expected, metadata)
+                    .await
+                    .map_err(write_error),
+                Err(status) => Err(BatchError::Other(status)),
             },
+        };
+        let outcome = match appended {
+            Ok(Appended::WrongExpected { expected, actual }) => {
+                Err(BatchError::WrongExpected { expected, actual })
+            }
+            other => other,
         };
         answer.result = Some(match outcome {
             Ok(appended) => {
@@ -721,7 +807,7 @@ impl StreamsService {
                     }),
                 })
             }
-            Err(error) => batch_append_resp::Result::Error(batch_error(&stream, error)),
+            Err(error) => batch_append_resp::Result::Error(batch_error(stream, error)),
         });
         answer
     }
@@ -812,6 +898,53 @@ async fn read_stream(
             _ => return,
         }
     }
+}
+
+/// Reads `$$stream`: one event, the current metadata at its version's
+/// revision, when that revision is in the range asked for; not found before
+/// the first metadata change.
+async fn read_metadata(
+    service: Arc<Service>,
+    stream: StreamName,
+    from: Option<u64>,
+    direction: Direction,
+    count: u64,
+    structured: bool,
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+) {
+    let answer = match service.stream_state(stream.clone()).await {
+        Ok(Some(state)) if state.tombstoned => Err(convert::stream_deleted(&stream)),
+        Ok(Some(StreamState {
+            metadata_version: Some(version),
+            metadata,
+            ..
+        })) => {
+            let in_range = from.is_none_or(|from| match direction {
+                Direction::Forward => version.revision >= from,
+                Direction::Backward => version.revision <= from,
+            });
+            if !in_range || count == 0 {
+                return;
+            }
+            Ok(ReadResp {
+                content: Some(read_resp::Content::Event(convert::metadata_event(
+                    &stream, &metadata, &version, structured,
+                ))),
+            })
+        }
+        Ok(_) => Ok(ReadResp {
+            content: Some(read_resp::Content::StreamNotFound(
+                read_resp::StreamNotFound {
+                    stream_identifier: Some(convert::metadata_identifier(&stream)),
+                },
+            )),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "a gRPC metadata read failed");
+            Err(Status::internal("storage failure; see the server's log"))
+        }
+    };
+    send(&service, &tx, answer).await;
 }
 
 /// KurrentDB's server-side filter: stream names or event types, matching any

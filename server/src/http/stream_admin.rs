@@ -80,7 +80,10 @@ pub async fn put_metadata(
     )
     .await?;
     let metadata = decode_metadata(&bytes, max_custom)?;
-    let updated: StreamState = state.service.set_metadata(stream.clone(), metadata).await?;
+    let updated: StreamState = state
+        .service
+        .set_metadata(stream.clone(), metadata, ExpectedRevision::Any)
+        .await?;
     tracing::info!(stream = %stream, "stream metadata set");
     Ok(Json(metadata_answer(stream.as_str(), &updated.metadata)).into_response())
 }

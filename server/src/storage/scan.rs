@@ -475,7 +475,9 @@ mod tests {
 
     use super::*;
     use crate::model::{ExpectedRevision, NewEvent, StreamMetadata};
-    use crate::storage::writer::{self, WriteOp, WriteOutcome, WriteRequest, WriterHandle};
+    use crate::storage::writer::{
+        self, WriteError, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
+    };
 
     fn write(writer: &WriterHandle, stream: &StreamName, op: WriteOp) -> WriteOutcome {
         let (reply, answer) = oneshot::channel();
@@ -558,7 +560,14 @@ mod tests {
             custom,
             ..StreamMetadata::default()
         };
-        let set = write(writer, stream, WriteOp::SetMetadata(metadata));
+        let set = write(
+            writer,
+            stream,
+            WriteOp::SetMetadata {
+                metadata,
+                expected: ExpectedRevision::Any,
+            },
+        );
         assert!(matches!(set, WriteOutcome::MetadataSet(_)));
     }
 
@@ -592,7 +601,7 @@ mod tests {
         for n in 0..20 {
             append_one(&writer, &stream, n);
         }
-        assert!(raw_state_len(&store, &stream) <= 66);
+        assert!(raw_state_len(&store, &stream) <= 90);
         let lean = store.stream_state(&stream).expect("state").expect("exists");
         assert!(lean.has_custom && lean.metadata.custom.is_none());
         let full = store.stream_state_with_custom(&stream).expect("state");
@@ -610,6 +619,61 @@ mod tests {
         assert!(!cleared.has_custom && cleared.metadata.custom.is_none());
         let cf = store.cf(keys::CF_STREAM_CUSTOM);
         assert_eq!(store.db.get_cf(cf, b"s").expect("read"), None);
+        drop(writer);
+        thread.join().expect("writer exits");
+    }
+
+    /// Each metadata change takes the next version, checked like an append's
+    /// expected revision; a refused change changes nothing.
+    #[test]
+    fn metadata_changes_are_versioned_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
+        let stream = StreamName::parse("s").expect("valid");
+        let set = |max_count: u64, expected: ExpectedRevision| {
+            let (reply, answer) = oneshot::channel();
+            let metadata = StreamMetadata {
+                max_count: Some(max_count),
+                ..StreamMetadata::default()
+            };
+            let op = WriteOp::SetMetadata { metadata, expected };
+            let request = WriteRequest {
+                stream: stream.clone(),
+                op,
+                reply,
+                admission: Vec::new(),
+            };
+            assert!(writer.submit(request).is_ok());
+            answer.blocking_recv().expect("answered")
+        };
+        let version = || {
+            let state = store.stream_state(&stream).expect("state");
+            state.and_then(|s| s.metadata_version).map(|v| v.revision)
+        };
+        assert!(matches!(
+            set(5, ExpectedRevision::Exact(0)),
+            Err(WriteError::WrongExpectedRevision { actual: None, .. })
+        ));
+        assert_eq!(version(), None);
+        assert!(set(5, ExpectedRevision::NoStream).is_ok());
+        append_one(&writer, &stream, 1);
+        assert!(set(6, ExpectedRevision::Exact(0)).is_ok());
+        assert_eq!(version(), Some(1));
+        assert!(matches!(
+            set(7, ExpectedRevision::NoStream),
+            Err(WriteError::WrongExpectedRevision {
+                actual: Some(1),
+                ..
+            })
+        ));
+        let state = store.stream_state(&stream).expect("state").expect("exists");
+        assert_eq!(state.metadata.max_count, Some(6));
+        let v = state.metadata_version.expect("versioned");
+        assert_eq!(v.position, 0, "set after the event at position 0");
+        assert!(set(8, ExpectedRevision::StreamExists).is_ok());
+        assert!(set(9, ExpectedRevision::Any).is_ok());
+        assert_eq!(version(), Some(3));
         drop(writer);
         thread.join().expect("writer exits");
     }
@@ -638,7 +702,7 @@ mod tests {
 
         let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
         append_one(&writer, &stream, 1);
-        assert!(raw_state_len(&store, &stream) <= 66);
+        assert!(raw_state_len(&store, &stream) <= 90);
         let after = store.stream_state_with_custom(&stream).expect("state");
         let after = after.expect("exists");
         assert_eq!(after.last_revision, Some(5));

@@ -3,7 +3,8 @@
 //!
 //! Layout (version 3, big-endian): `version u8 | flags u8 | last_revision u64 |
 //! deleted_before u64 | created_at µs u64 | last_appended_at µs u64 | bytes u64 |
-//! [max_count u64] [max_age_secs u64] [truncate_before u64]`, at most 66 bytes.
+//! [max_count u64] [max_age_secs u64] [truncate_before u64] [metadata revision
+//! u64 | metadata set at µs u64 | metadata position u64]`, at most 90 bytes.
 //! Custom metadata is not part of it (only its `HAS_CUSTOM` flag is): the writer
 //! rewrites this state on every append, so it must cost the same whatever the
 //! stream's custom metadata holds; the custom JSON lives in `CF_STREAM_CUSTOM`.
@@ -12,7 +13,7 @@
 //! moves a version 2 state's custom metadata out on its next write.
 
 use super::codec::{CodecError, Reader};
-pub use crate::model::{StreamMetadata, StreamState};
+pub use crate::model::{MetadataVersion, StreamMetadata, StreamState};
 
 const VERSION: u8 = 3;
 const VERSION_2: u8 = 2;
@@ -22,6 +23,7 @@ const HAS_MAX_COUNT: u8 = 1 << 2;
 const HAS_MAX_AGE: u8 = 1 << 3;
 const HAS_TRUNCATE: u8 = 1 << 4;
 const HAS_CUSTOM: u8 = 1 << 5;
+const HAS_METADATA_VERSION: u8 = 1 << 6;
 
 /// Encodes a stream state: everything but the custom metadata's bytes, which
 /// the caller stores apart (see the module docs).
@@ -35,6 +37,7 @@ pub fn encode(state: &StreamState) -> Vec<u8> {
         (m.max_age_secs.is_some(), HAS_MAX_AGE),
         (m.truncate_before.is_some(), HAS_TRUNCATE),
         (state.has_custom || m.custom.is_some(), HAS_CUSTOM),
+        (state.metadata_version.is_some(), HAS_METADATA_VERSION),
     ] {
         if set {
             flags |= bit;
@@ -57,6 +60,11 @@ pub fn encode(state: &StreamState) -> Vec<u8> {
         .flatten()
     {
         out.extend_from_slice(&n.to_be_bytes());
+    }
+    if let Some(v) = state.metadata_version {
+        for n in [v.revision, v.set_at_micros, v.position] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
     }
     out
 }
@@ -82,6 +90,7 @@ pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
                 bytes: r.u64()?,
                 metadata: StreamMetadata::default(),
                 has_custom: flags & HAS_CUSTOM != 0,
+                metadata_version: None,
             };
             let m = &mut state.metadata;
             m.max_count = if flags & HAS_MAX_COUNT != 0 {
@@ -99,6 +108,14 @@ pub fn decode(bytes: &[u8]) -> Result<StreamState, CodecError> {
             } else {
                 None
             };
+            if flags & HAS_METADATA_VERSION != 0 {
+                state.metadata_version = Some(MetadataVersion {
+                    revision: r.u64()?,
+                    set_at_micros: r.u64()?,
+                    position: r.u64()?,
+                });
+            }
+            let m = &mut state.metadata;
             m.custom = if version == VERSION_2 && flags & HAS_CUSTOM != 0 {
                 let len = r.u32()? as usize;
                 Some(r.text(len)?)
@@ -129,9 +146,20 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
             any::<bool>(),
+            proptest::option::of(any::<(u64, u64, u64)>()),
         )
             .prop_map(
-                |(last_revision, deleted_before, tombstoned, (c, a, b), mc, ma, tb, has_custom)| {
+                |(
+                    last_revision,
+                    deleted_before,
+                    tombstoned,
+                    (c, a, b),
+                    mc,
+                    ma,
+                    tb,
+                    has_custom,
+                    mv,
+                )| {
                     StreamState {
                         last_revision,
                         deleted_before,
@@ -146,6 +174,13 @@ mod tests {
                             custom: None,
                         },
                         has_custom,
+                        metadata_version: mv.map(|(revision, set_at_micros, position)| {
+                            MetadataVersion {
+                                revision,
+                                set_at_micros,
+                                position,
+                            }
+                        }),
                     }
                 },
             )
@@ -202,8 +237,13 @@ mod tests {
             },
             ..StreamState::default()
         };
+        state.metadata_version = Some(MetadataVersion {
+            revision: u64::MAX,
+            set_at_micros: u64::MAX,
+            position: u64::MAX,
+        });
         let bytes = encode(&state);
-        assert!(bytes.len() <= 66, "{} bytes", bytes.len());
+        assert!(bytes.len() <= 90, "{} bytes", bytes.len());
         let decoded = decode(&bytes).expect("decodes");
         assert!(decoded.has_custom && decoded.metadata.custom.is_none());
         state.metadata.custom = None;

@@ -16,7 +16,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::stream_state::{self, StreamMetadata, StreamState};
+use super::stream_state::{self, MetadataVersion, StreamMetadata, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, StreamName};
 
@@ -63,7 +63,12 @@ pub enum WriteOp {
         expected: ExpectedRevision,
         hard: bool,
     },
-    SetMetadata(StreamMetadata),
+    /// Replaces the metadata when `expected` admits the current metadata
+    /// version's revision (`None` before the first change).
+    SetMetadata {
+        metadata: StreamMetadata,
+        expected: ExpectedRevision,
+    },
     /// Removes these hidden events (scavenging); each is re-checked against the
     /// stream's current state first, so a change of limits since the scan can
     /// never make the scavenger remove a visible event.
@@ -490,7 +495,19 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 self.put_state(stream, state, overlay, out);
                 Ok(WriteOutcome::Deleted)
             }
-            WriteOp::SetMetadata(metadata) => {
+            WriteOp::SetMetadata { metadata, expected } => {
+                let actual = state.metadata_version.map(|v| v.revision);
+                if !expected.admits(actual) {
+                    return Err(WriteError::WrongExpectedRevision {
+                        expected: *expected,
+                        actual,
+                    });
+                }
+                state.metadata_version = Some(MetadataVersion {
+                    revision: actual.map_or(0, |r| r + 1),
+                    set_at_micros: out.now_micros,
+                    position: out.next_position.saturating_sub(1),
+                });
                 state.metadata = metadata.clone();
                 state.has_custom = metadata.custom.is_some();
                 if metadata.custom.is_none() {
@@ -1027,7 +1044,8 @@ mod tests {
                         let stream = format!("s{stream}");
                         let want = model.set_max_count(&stream, *max_count);
                         let metadata = StreamMetadata { max_count: *max_count, ..StreamMetadata::default() };
-                        Some((stream, WriteOp::SetMetadata(metadata), want))
+                        let op = WriteOp::SetMetadata { metadata, expected: ExpectedRevision::Any };
+                        Some((stream, op, want))
                     }
                     Op::Remove { stream } => {
                         let stream = format!("s{stream}");
