@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "streams.proto",
         "gossip.proto",
         "serverfeatures.proto",
+        "persistent_list.proto",
         "status.proto",
         "code.proto",
     ];

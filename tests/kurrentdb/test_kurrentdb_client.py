@@ -352,6 +352,14 @@ class ServerTest(ClientTest):
         host, port = os.environ["SKALD_GRPC"].rsplit(":", 1)
         self.assertEqual((members[0].address, members[0].port), (host, int(port)))
 
+    def test_persistent_subscriptions_list_none_and_the_rest_is_unimplemented(self):
+        c = self.client
+        self.assertEqual(c.list_subscriptions(), [])
+        self.assertEqual(c.list_subscriptions_to_stream(stream()), [])
+        with self.assertRaises(GrpcError) as caught:
+            c.create_subscription_to_all(group_name="g")
+        self.assertIn("UNIMPLEMENTED", str(caught.exception))
+
 
 if __name__ == "__main__":
     unittest.main()

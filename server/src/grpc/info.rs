@@ -1,6 +1,7 @@
-//! `event_store.client.gossip.Gossip` (this node, the only member) and
+//! `event_store.client.gossip.Gossip` (this node, the only member),
 //! `event_store.client.server_features.ServerFeatures` (exactly the methods
-//! Skald implements).
+//! Skald implements) and the persistent subscriptions' `List` (none: Skald
+//! has no persistent subscriptions, and clients that probe for them work).
 
 use std::net::SocketAddr;
 
@@ -8,6 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::pb::event_store::client::gossip::{
     gossip_server::Gossip, member_info::VNodeState, ClusterInfo, EndPoint, MemberInfo,
+};
+use super::pb::event_store::client::persistent_subscriptions::{
+    persistent_subscriptions_server::PersistentSubscriptions, ListReq, ListResp,
 };
 use super::pb::event_store::client::server_features::{
     server_features_server::ServerFeatures, SupportedMethod, SupportedMethods,
@@ -69,6 +73,11 @@ const SUPPORTED: &[(&str, &str, &[&str])] = &[
     ("event_store.client.streams.streams", "tombstone", &[]),
     ("event_store.client.gossip.gossip", "read", &[]),
     (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "list",
+        &[],
+    ),
+    (
         "event_store.client.server_features.serverfeatures",
         "getsupportedmethods",
         &[],
@@ -92,6 +101,18 @@ impl ServerFeatures for FeaturesService {
         Ok(Response::new(SupportedMethods {
             methods,
             event_store_server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}
+
+pub struct PersistentSubscriptionsService;
+
+#[tonic::async_trait]
+impl PersistentSubscriptions for PersistentSubscriptionsService {
+    /// Skald has no persistent subscriptions: every list is empty.
+    async fn list(&self, _request: Request<ListReq>) -> Result<Response<ListResp>, Status> {
+        Ok(Response::new(ListResp {
+            subscriptions: Vec::new(),
         }))
     }
 }

@@ -39,6 +39,9 @@ pub mod pb {
             pub mod server_features {
                 tonic::include_proto!("event_store.client.server_features");
             }
+            pub mod persistent_subscriptions {
+                tonic::include_proto!("event_store.client.persistent_subscriptions");
+            }
         }
     }
     pub mod google {
@@ -79,6 +82,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     use pb::event_store::client::{
         gossip::gossip_server::GossipServer,
+        persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer,
         server_features::server_features_server::ServerFeaturesServer,
         streams::streams_server::StreamsServer,
     };
@@ -99,6 +103,9 @@ pub async fn serve(
             config.advertised,
         )))
         .add_service(ServerFeaturesServer::new(info::FeaturesService))
+        .add_service(PersistentSubscriptionsServer::new(
+            info::PersistentSubscriptionsService,
+        ))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
 }
