@@ -98,10 +98,6 @@ pub enum ConfigError {
         "refusing to listen on {0} without access control: anyone who can reach it could read every stream, append, delete streams for good and run admin jobs. Turn access control on with --auth-file (tokens from `skald token new`), listen on a loopback address (127.0.0.1) behind an authenticating proxy, or pass --insecure-no-auth to accept that (see docs/security.md)"
     )]
     ExposedWithoutAuth(SocketAddr),
-    #[error(
-        "--grpc-listen cannot be combined with --auth-file or --tls-cert yet: the gRPC front end does not check tokens or speak TLS, so it would bypass them (see docs/kurrentdb-compat.md)"
-    )]
-    GrpcWithoutSecurity,
     #[error("--max-connections must be at least 1")]
     MaxConnections,
     #[error("--header-timeout-secs and --idle-timeout-secs must be between 1 and 3600")]
@@ -147,10 +143,7 @@ impl ServeArgs {
             return Err(ConfigError::ExposedWithoutAuth(self.listen));
         }
         if let Some(grpc) = self.grpc_listen {
-            if self.auth_file.is_some() || self.tls_cert.is_some() {
-                return Err(ConfigError::GrpcWithoutSecurity);
-            }
-            if !grpc.ip().is_loopback() && !self.insecure_no_auth {
+            if !grpc.ip().is_loopback() && !self.insecure_no_auth && self.auth_file.is_none() {
                 return Err(ConfigError::ExposedWithoutAuth(grpc));
             }
         }
@@ -236,15 +229,8 @@ mod tests {
             config(&["--grpc-listen", "0.0.0.0:2113"]),
             Err(ConfigError::ExposedWithoutAuth(_))
         ));
-        assert!(matches!(
-            config(&[
-                "--grpc-listen",
-                "127.0.0.1:2113",
-                "--auth-file",
-                "auth.toml"
-            ]),
-            Err(ConfigError::GrpcWithoutSecurity)
-        ));
+        let grpc_with_auth = config(&["--grpc-listen", "0.0.0.0:2113", "--auth-file", "auth.toml"]);
+        assert!(grpc_with_auth.is_ok());
         assert!(config(&["--grpc-listen", "127.0.0.1:2113"]).is_ok());
         assert!(config(&["--listen", "[::1]:2114"]).is_ok());
         let with_auth = config(&["--listen", "0.0.0.0:2114", "--auth-file", "auth.toml"]);

@@ -251,12 +251,12 @@ impl Default for Metrics {
         );
         registry.register(
             "auth_unauthorized",
-            "Requests answered 401: no token, or an unknown one",
+            "Requests answered 401 (gRPC calls UNAUTHENTICATED): no token, or an unknown one",
             metrics.auth_unauthorized.clone(),
         );
         registry.register(
             "auth_forbidden",
-            "Requests answered 403: a known token without the right",
+            "Requests answered 403 (gRPC calls PERMISSION_DENIED): a known token without the right",
             metrics.auth_forbidden.clone(),
         );
         registry.register(

@@ -167,10 +167,16 @@ impl Server {
                 max_connections: config.max_connections,
                 max_subscriptions: config.max_subscriptions,
             };
+            let security = crate::grpc::Security {
+                auth: auth.clone(),
+                tls: tls.clone(),
+                handshake_timeout: config.header_timeout,
+            };
             let (service, stop) = (Arc::clone(&service), stop.clone());
             connections.spawn(async move {
-                if let Err(e) = crate::grpc::serve(grpc_listener, service, grpc_config, stop).await
-                {
+                let served =
+                    crate::grpc::serve(grpc_listener, service, grpc_config, security, stop).await;
+                if let Err(e) = served {
                     tracing::error!(error = %e, "the gRPC front end stopped");
                 }
             });

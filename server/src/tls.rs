@@ -1,5 +1,6 @@
-//! HTTPS: the certificate and key from `--tls-cert`/`--tls-key` (PEM), loaded
-//! into a rustls acceptor (aws-lc-rs crypto, no OpenSSL), and reloaded on
+//! HTTPS (and gRPC over TLS): the certificate and key from `--tls-cert`/
+//! `--tls-key` (PEM), loaded into rustls acceptors (aws-lc-rs crypto, no
+//! OpenSSL), and reloaded on
 //! SIGHUP so a renewed certificate takes effect without a restart.
 
 use std::path::{Path, PathBuf};
@@ -20,11 +21,19 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The acceptor in force and the files it came from.
+/// The acceptors in force and the files they came from.
 pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
-    acceptor: RwLock<TlsAcceptor>,
+    acceptors: RwLock<Acceptors>,
+}
+
+/// One certificate, two protocols: the HTTP API speaks HTTP/1.1, the gRPC
+/// front end HTTP/2 (negotiated by ALPN, which gRPC clients require).
+#[derive(Clone)]
+struct Acceptors {
+    http: TlsAcceptor,
+    grpc: TlsAcceptor,
 }
 
 impl Tls {
@@ -33,13 +42,22 @@ impl Tls {
         Ok(Self {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            acceptor: RwLock::new(acceptor(cert, key)?),
+            acceptors: RwLock::new(acceptors(cert, key)?),
         })
     }
 
-    /// The acceptor for a new connection.
+    /// The acceptor for a new HTTP API connection.
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor
+        self.current().http
+    }
+
+    /// The acceptor for a new gRPC connection.
+    pub fn grpc_acceptor(&self) -> TlsAcceptor {
+        self.current().grpc
+    }
+
+    fn current(&self) -> Acceptors {
+        self.acceptors
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -48,16 +66,16 @@ impl Tls {
     /// Reads the files again; on success new connections use them, on failure
     /// the ones in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = acceptor(&self.cert, &self.key)?;
+        let fresh = acceptors(&self.cert, &self.key)?;
         *self
-            .acceptor
+            .acceptors
             .write()
             .unwrap_or_else(PoisonError::into_inner) = fresh;
         Ok(())
     }
 }
 
-fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
+fn acceptors(cert_path: &Path, key_path: &Path) -> Result<Acceptors, TlsError> {
     let cert_error = |reason: String| TlsError::Certificate {
         path: cert_path.display().to_string(),
         reason,
@@ -78,6 +96,11 @@ fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> 
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    let mut grpc = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Acceptors {
+        http: TlsAcceptor::from(Arc::new(config)),
+        grpc: TlsAcceptor::from(Arc::new(grpc)),
+    })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::TestServer;
+use crate::support::{Secure, TestServer};
 
 /// The virtual environment's Python, with the pinned client installed (made
 /// once per test run: the tests here share it).
@@ -176,6 +176,140 @@ async fn grpc_connections_are_capped() {
         server.metric("skald_grpc_connections_rejected_total").await,
         Some(1)
     );
+}
+
+/// With `--auth-file` and `--tls-cert`, the gRPC port speaks TLS and takes
+/// the HTTP API's tokens as `user:password` (name:token): no or unknown
+/// credentials are `UNAUTHENTICATED`, too small a role or a stream outside
+/// the token's prefixes `PERMISSION_DENIED` (each counted), and a
+/// prefix-limited token's `$all` reads and subscriptions hold only its streams.
+#[tokio::test]
+async fn grpc_over_tls_takes_the_http_apis_tokens() {
+    use crate::tls::{install, path, pki};
+    use skald_server::auth::{file_entry, new_token, Role};
+    let python = client_python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = pki("grpc");
+    let (cert, key) = install(dir.path(), &pki);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write the CA");
+    let [admin, reader, writer] = [(); 3].map(|()| new_token().expect("random"));
+    let prefixes = ["orders-".to_owned()];
+    let auth = dir.path().join("auth.toml");
+    let entries = [
+        file_entry("ops", Role::Admin, &[], &admin),
+        file_entry("watch", Role::Reader, &[], &reader),
+        file_entry("shop", Role::Writer, &prefixes, &writer),
+    ];
+    std::fs::write(&auth, entries.join("\n")).expect("auth file");
+    let server = TestServer::start_secure(
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+            "--auth-file",
+            path(&auth),
+        ],
+        Secure {
+            token: Some(admin.clone()),
+            ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+            ..Secure::default()
+        },
+    );
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    for stream in ["users-1", "orders-0"] {
+        let (status, body) = server.append(stream, json!("any"), &["Placed"]).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let script = r#"
+import os
+from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
+from kurrentdbclient.exceptions import AccessDeniedError, UnauthenticatedError
+grpc_addr, ca = os.environ["SKALD_GRPC"], open(os.environ["SKALD_CA"]).read()
+clients = []
+def client(user, token):
+    c = KurrentDBClient(uri=f"kurrentdb://{user}:{token}@{grpc_addr}?tls=true", root_certificates=ca)
+    clients.append(c)
+    return c
+def event():
+    return NewEvent(type="Placed", data=b'{"n": 1}')
+def refused(kind, call):
+    try:
+        call()
+    except kind:
+        return
+    raise SystemExit(f"not refused with {kind.__name__}")
+def bare_call(metadata):
+    # The client needs credentials with TLS; a bare call shows what the
+    # server answers a call without (or with other) credentials.
+    import grpc
+    from kurrentdbclient.protos.v1 import persistent_pb2, persistent_pb2_grpc, shared_pb2
+    with grpc.secure_channel(grpc_addr, grpc.ssl_channel_credentials(ca.encode())) as channel:
+        stub = persistent_pb2_grpc.PersistentSubscriptionsStub(channel)
+        options = persistent_pb2.ListReq.Options(list_all_subscriptions=shared_pb2.Empty())
+        try:
+            stub.List(persistent_pb2.ListReq(options=options), metadata=metadata, timeout=30)
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+try:
+    print("no credentials:", bare_call(()))
+    print("bearer:", bare_call((("authorization", "Bearer " + os.environ["SKALD_READER"]),)))
+    unknown = client("shop", "skald_" + "0" * 64)
+    refused(UnauthenticatedError, lambda: unknown.get_stream("orders-0"))
+    other_name = client("ops", os.environ["SKALD_WRITER"])
+    refused(UnauthenticatedError, lambda: other_name.get_stream("orders-0"))
+    reader = client("watch", os.environ["SKALD_READER"])
+    print("reader reads", len(reader.get_stream("orders-0")))
+    refused(AccessDeniedError, lambda: reader.append_to_stream("orders-1", current_version=StreamState.ANY, events=[event()]))
+    shop = client("shop", os.environ["SKALD_WRITER"])
+    shop.append_to_stream("orders-1", current_version=StreamState.NO_STREAM, events=[event()])
+    shop.append_event("orders-1", current_version=0, event=event())
+    refused(AccessDeniedError, lambda: shop.append_to_stream("users-2", current_version=StreamState.ANY, events=[event()]))
+    refused(AccessDeniedError, lambda: shop.get_stream("users-1"))
+    refused(AccessDeniedError, lambda: shop.delete_stream("orders-1", current_version=StreamState.ANY))
+    refused(AccessDeniedError, lambda: shop.set_stream_metadata("orders-1", metadata={"$maxCount": 1}))
+    print("shop sees", ",".join(e.stream_name for e in shop.read_all()))
+    subscription = shop.subscribe_to_all(timeout=30)
+    print("shop follows", ",".join(next(subscription).stream_name for _ in range(3)))
+    subscription.stop()
+    ops = client("ops", os.environ["SKALD_ADMIN"])
+    ops.set_stream_metadata("orders-1", metadata={"$maxCount": 5})
+    ops.delete_stream("orders-1", current_version=1)
+    print("admin done")
+finally:
+    for c in clients:
+        c.close()
+"#;
+    let child = tokio::process::Command::new(&python)
+        .args(["-c", script])
+        .env("SKALD_GRPC", &grpc)
+        .env("SKALD_CA", &ca)
+        .env("SKALD_ADMIN", &admin)
+        .env("SKALD_READER", &reader)
+        .env("SKALD_WRITER", &writer)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python");
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the script did not finish within 120 s")
+        .expect("wait for python");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "no credentials: UNAUTHENTICATED\nbearer: OK\nreader reads 1\nshop sees orders-0,orders-1,orders-1\nshop follows orders-0,orders-1,orders-1\nadmin done"
+    );
+    assert_eq!(
+        server.metric("skald_auth_unauthorized_total").await,
+        Some(3)
+    );
+    assert_eq!(server.metric("skald_auth_forbidden_total").await, Some(5));
 }
 
 /// Polls `/metrics` until `name` reads exactly `value` (bounded).

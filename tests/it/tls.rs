@@ -16,13 +16,13 @@ use skald_server::auth::{file_entry, new_token, Role};
 use crate::support::{read_until_closed, Secure, TestServer};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and localhost.
-struct Pki {
-    ca_pem: String,
+pub(crate) struct Pki {
+    pub ca_pem: String,
     cert_pem: String,
     key_pem: String,
 }
 
-fn pki(name: &str) -> Pki {
+pub(crate) fn pki(name: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -43,14 +43,14 @@ fn pki(name: &str) -> Pki {
 }
 
 /// Writes the server's certificate and key into `dir`; their paths.
-fn install(dir: &Path, pki: &Pki) -> (PathBuf, PathBuf) {
+pub(crate) fn install(dir: &Path, pki: &Pki) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, &pki.cert_pem).expect("write cert");
     std::fs::write(&key, &pki.key_pem).expect("write key");
     (cert, key)
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 

@@ -105,12 +105,15 @@ impl ServerFeatures for FeaturesService {
     }
 }
 
-pub struct PersistentSubscriptionsService;
+pub struct PersistentSubscriptionsService {
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
 
 #[tonic::async_trait]
 impl PersistentSubscriptions for PersistentSubscriptionsService {
     /// Skald has no persistent subscriptions: every list is empty.
-    async fn list(&self, _request: Request<ListReq>) -> Result<Response<ListResp>, Status> {
+    async fn list(&self, request: Request<ListReq>) -> Result<Response<ListResp>, Status> {
+        super::auth::Access::of(&request).need(crate::auth::Role::Reader, &self.metrics)?;
         Ok(Response::new(ListResp {
             subscriptions: Vec::new(),
         }))

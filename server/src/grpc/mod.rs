@@ -7,9 +7,10 @@
 //! `convert` maps between its messages and Skald's domain types; `streams`
 //! serves `event_store.client.streams.Streams`, with `metadata` mapping the
 //! `$$name` metadata streams onto stream metadata; `info` serves gossip and the
-//! server-features probe. What is and is not implemented is listed in
-//! `docs/kurrentdb-compat.md`.
+//! server-features probe; `auth` checks the HTTP API's tokens on every call.
+//! What is and is not implemented is listed in `docs/kurrentdb-compat.md`.
 
+mod auth;
 mod convert;
 mod info;
 mod metadata;
@@ -18,10 +19,12 @@ mod streams;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::service::Service;
+use crate::tls::Tls;
 
 /// Code generated from the vendored protos, in modules named after their
 /// packages (the generated code refers to other packages by relative path).
@@ -73,11 +76,23 @@ pub struct GrpcConfig {
     pub max_subscriptions: usize,
 }
 
+/// Access control and TLS, shared with the HTTP API (`--auth-file`,
+/// `--tls-cert`): the same tokens, the same certificate, both reloaded on
+/// SIGHUP.
+#[derive(Clone, Default)]
+pub struct Security {
+    pub auth: Option<Arc<Authenticator>>,
+    pub tls: Option<Arc<Tls>>,
+    /// How long a new connection may take over its TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+}
+
 /// Serves the gRPC front end on `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<Service>,
     config: GrpcConfig,
+    security: Security,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     use pb::event_store::client::{
@@ -85,6 +100,11 @@ pub async fn serve(
         persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer,
         server_features::server_features_server::ServerFeaturesServer,
         streams::streams_server::StreamsServer,
+    };
+    use tonic::service::interceptor::InterceptedService;
+    let authenticate = auth::Authenticate {
+        auth: security.auth.clone(),
+        metrics: Arc::clone(service.metrics()),
     };
     // A request may carry a whole append: its events plus protobuf framing.
     let max_message = config.max_append_bytes + (1 << 20);
@@ -94,35 +114,61 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let incoming = counted_incoming(listener, &service, config.max_connections);
+    let persistent = PersistentSubscriptionsServer::new(info::PersistentSubscriptionsService {
+        metrics: Arc::clone(service.metrics()),
+    });
+    let incoming = incoming(listener, &service, config.max_connections, security);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.max_streams_per_connection))
         .tcp_nodelay(true)
-        .add_service(streams)
+        .add_service(InterceptedService::new(streams, authenticate.clone()))
         .add_service(GossipServer::new(info::GossipService::new(
             config.advertised,
         )))
         .add_service(ServerFeaturesServer::new(info::FeaturesService))
-        .add_service(PersistentSubscriptionsServer::new(
-            info::PersistentSubscriptionsService,
-        ))
+        .add_service(InterceptedService::new(persistent, authenticate))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
 }
 
-/// An accepted connection holding its place under `--max-connections`.
+/// An accepted connection (after its TLS handshake, with TLS on) holding
+/// its place under `--max-connections`.
 struct Counted {
-    io: tokio::net::TcpStream,
+    io: Io,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _open: crate::metrics::GaugeGuard,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl tonic::transport::server::Connected for Counted {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        match &self.io {
+            Io::Plain(tcp) => tcp.connect_info(),
+            Io::Tls(tls) => tls.get_ref().0.connect_info(),
+        }
     }
+}
+
+/// Forwards each I/O call to the plain or TLS stream.
+macro_rules! forward {
+    ($self:ident, $io:ident => $call:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = std::pin::Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = std::pin::Pin::new($io.as_mut());
+                $call
+            }
+        }
+    };
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -131,7 +177,7 @@ impl tokio::io::AsyncRead for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        forward!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -141,60 +187,94 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        forward!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        forward!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        forward!(self, io => io.poll_shutdown(cx))
     }
 }
 
-/// Accepted connections, each holding one of `max` places; one past the cap
-/// is closed at once (and counted). Accept errors (out of file descriptors)
-/// are logged and retried after a pause, not handed to tonic.
-fn counted_incoming(
+/// Accepted connections, each holding one of `max` places from its accept
+/// on; one past the cap is closed at once (and counted). With TLS, each
+/// handshake runs on its own task, bounded by the handshake timeout, so a
+/// client that never completes one holds up nobody else. Accept errors (out
+/// of file descriptors) are logged and retried after a pause, not handed to
+/// tonic. The accept loop ends when tonic drops the stream (shutdown).
+fn incoming(
     listener: TcpListener,
     service: &Service,
     max: usize,
-) -> impl futures::Stream<Item = Result<Counted, std::io::Error>> {
+    security: Security,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Counted, std::io::Error>> {
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let metrics = Arc::clone(service.metrics());
-    futures::stream::unfold(
-        (listener, slots, metrics),
-        |(listener, slots, metrics)| async move {
-            loop {
-                let io = match listener.accept().await {
-                    Ok((io, _)) => io,
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
                     Err(e) => {
                         metrics.accept_errors.inc();
                         tracing::warn!(error = %e, "gRPC accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
-                };
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    metrics.grpc_connections_rejected.inc();
-                    drop(io);
-                    continue;
-                };
-                let _ = io.set_nodelay(true);
+                },
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                metrics.grpc_connections_rejected.inc();
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let open = crate::metrics::GaugeGuard::new(&metrics.grpc_connections);
+            let Some(tls) = &security.tls else {
                 let counted = Counted {
-                    io,
+                    io: Io::Plain(tcp),
                     _slot: slot,
-                    _open: crate::metrics::GaugeGuard::new(&metrics.grpc_connections),
+                    _open: open,
                 };
-                return Some((Ok(counted), (listener, slots, metrics)));
-            }
-        },
-    )
+                if tx.send(Ok(counted)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let (acceptor, tx, metrics) = (tls.grpc_acceptor(), tx.clone(), Arc::clone(&metrics));
+            let timeout = security.handshake_timeout;
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let counted = Counted {
+                            io: Io::Tls(Box::new(stream)),
+                            _slot: slot,
+                            _open: open,
+                        };
+                        let _ = tx.send(Ok(counted)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake_failures.inc();
+                        tracing::debug!(error = %e, "gRPC TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.connections_timed_out.inc();
+                        tracing::debug!("gRPC connection closed: no TLS handshake in time");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

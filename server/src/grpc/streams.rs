@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Access;
 use super::convert::{self, any, expected_number, Target};
 use super::metadata;
 use super::pb::event_store::client::streams::{
@@ -26,6 +27,7 @@ use super::pb::event_store::client::{
 };
 use super::pb::google::rpc::{Code as RpcCode, Status as RpcStatus};
 use super::GrpcConfig;
+use crate::auth::Role;
 use crate::model::{
     AllFilter, AppendOutcome, Direction, ExpectedRevision, NewEvent, RecordedEvent, StreamMetadata,
     StreamName, StreamRead, StreamState, MAX_EVENTS_PER_APPEND,
@@ -219,6 +221,16 @@ impl StreamsService {
 }
 
 impl StreamsService {
+    /// Appending to a stream needs a writer, setting its metadata an admin,
+    /// each within the caller's stream prefixes.
+    fn check_write(&self, access: &Access, target: &Target) -> Result<(), Status> {
+        let metrics = self.service.metrics();
+        match target {
+            Target::Stream(stream) => access.need_stream(Role::Writer, stream, metrics),
+            Target::Metadata(stream) => access.need_stream(Role::Admin, stream, metrics),
+        }
+    }
+
     /// The metadata that an append to a `$$` stream sets: one `$metadata`
     /// event, whose JSON `metadata::from_json` maps.
     fn metadata_of(&self, events: Vec<NewEvent>) -> Result<StreamMetadata, Status> {
@@ -420,6 +432,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
+        let access = Access::of(&request);
         let mut messages = request.into_inner();
         let Some(first) = messages.message().await? else {
             return Err(Status::invalid_argument(
@@ -432,6 +445,7 @@ impl Streams for StreamsService {
             ));
         };
         let target = convert::target(options.stream_identifier.as_ref())?;
+        self.check_write(&access, &target)?;
         let expected = expected_append(options.expected_stream_revision);
         let mut collector = Collector::new(&self.config);
         while let Some(message) = messages.message().await? {
@@ -472,6 +486,8 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        let access = Access::of(&request);
+        access.need(Role::Writer, self.service.metrics())?;
         let mut messages = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_OPEN_BATCHES);
         let this = StreamsService {
@@ -522,6 +538,12 @@ impl Streams for StreamsService {
                         return;
                     };
                     let target = convert::target(options.stream_identifier.as_ref());
+                    // A batch the caller may not write ends the call, with
+                    // the status the clients raise as access denied.
+                    if let Some(Err(denied)) = target.as_ref().ok().map(|t| this.check_write(&access, t)) {
+                        let _ = tx.send(Err(denied)).await;
+                        return;
+                    }
                     open.insert(
                         correlation,
                         OpenBatch {
@@ -584,13 +606,16 @@ impl Streams for StreamsService {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         use read_req::options::{CountOption, StreamOption};
+        let access = Access::of(&request);
+        let metrics = self.service.metrics();
+        access.need(Role::Reader, metrics)?;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a read needs options"))?;
         let count = match options.count_option {
             Some(CountOption::Count(n)) => n,
-            Some(CountOption::Subscription(_)) => return self.subscribe(options).await,
+            Some(CountOption::Subscription(_)) => return self.subscribe(options, &access).await,
             None => u64::MAX,
         };
         let direction =
@@ -609,6 +634,8 @@ impl Streams for StreamsService {
             Some(StreamOption::Stream(s)) => {
                 use read_req::options::stream_options::RevisionOption;
                 let target = convert::target(s.stream_identifier.as_ref())?;
+                let (Target::Stream(stream) | Target::Metadata(stream)) = &target;
+                access.check_stream(stream, metrics)?;
                 let from = match s.revision_option {
                     Some(RevisionOption::Revision(r)) => Some(r),
                     // Backward from the end: the last revision; forward: nothing.
@@ -650,13 +677,19 @@ impl Streams for StreamsService {
                     (_, Direction::Forward) => Some(0),
                     (_, Direction::Backward) => Some(0),
                 };
-                let filter = Filter::parse(options.filter_option)?;
+                let filters = Filters {
+                    kurrent: Filter::parse(options.filter_option)?,
+                    store: AllFilter {
+                        scope: access.scope(),
+                        ..AllFilter::default()
+                    },
+                };
                 service.spawn(read_all(
                     service.clone(),
                     from,
                     direction,
                     count,
-                    filter,
+                    filters,
                     structured,
                     tx,
                 ));
@@ -667,11 +700,13 @@ impl Streams for StreamsService {
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        let access = Access::of(&request);
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a delete needs options"))?;
         let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+        access.need_stream(Role::Admin, &stream, self.service.metrics())?;
         let expected = expected_delete(options.expected_stream_revision);
         let position = self.delete_stream(&stream, expected, false).await?;
         Ok(Response::new(DeleteResp {
@@ -689,11 +724,13 @@ impl Streams for StreamsService {
         &self,
         request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
+        let access = Access::of(&request);
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a tombstone needs options"))?;
         let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+        access.need_stream(Role::Admin, &stream, self.service.metrics())?;
         let expected = expected_tombstone(options.expected_stream_revision);
         let position = self.delete_stream(&stream, expected, true).await?;
         Ok(Response::new(TombstoneResp {
@@ -835,6 +872,13 @@ async fn send(
         sent = tx.send(item) => sent.is_ok(),
         () = service.shutdown_token().cancelled() => false,
     }
+}
+
+/// What a `$all` read passes: the client's filter, and the store's (the
+/// caller's stream prefixes, when its token is limited to some).
+struct Filters {
+    kurrent: Option<Filter>,
+    store: AllFilter,
 }
 
 /// Streams one stream's events to `tx`, a page at a time, until `count`
@@ -1019,7 +1063,7 @@ async fn read_all(
     mut from: Option<u64>,
     direction: Direction,
     mut count: u64,
-    filter: Option<Filter>,
+    filters: Filters,
     structured: bool,
     tx: mpsc::Sender<Result<ReadResp, Status>>,
 ) {
@@ -1028,7 +1072,7 @@ async fn read_all(
             from,
             direction,
             limit: READ_PAGE,
-            filter: AllFilter::default(),
+            filter: filters.store.clone(),
             wait: Duration::ZERO,
         };
         let slice = match service.read_all_once(query, READ_PAGE).await {
@@ -1047,7 +1091,7 @@ async fn read_all(
             if count == 0 {
                 return;
             }
-            if filter.as_ref().is_some_and(|f| !f.matches(&event)) {
+            if filters.kurrent.as_ref().is_some_and(|f| !f.matches(&event)) {
                 continue;
             }
             count -= 1;
@@ -1076,6 +1120,7 @@ impl StreamsService {
     async fn subscribe(
         &self,
         options: read_req::Options,
+        access: &Access,
     ) -> Result<Response<ReceiverStream<Result<ReadResp, Status>>>, Status> {
         use crate::subscriptions::{self as subs, Start, Target};
         use read_req::options::StreamOption;
@@ -1095,6 +1140,7 @@ impl StreamsService {
             Some(StreamOption::Stream(s)) => {
                 use read_req::options::stream_options::RevisionOption;
                 let stream = convert::stream_name(s.stream_identifier.as_ref())?;
+                access.check_stream(&stream, self.service.metrics())?;
                 let start = match s.revision_option {
                     Some(RevisionOption::Revision(r)) => Start::At(r.saturating_add(1)),
                     // Resolved now, before the confirmation: whatever the
@@ -1144,13 +1190,11 @@ impl StreamsService {
                     _ => u64::MAX,
                 };
                 let filter = Filter::parse(options.filter_option)?;
-                (
-                    Target::All(AllFilter::default()),
-                    start,
-                    filter,
-                    every,
-                    None,
-                )
+                let scope = AllFilter {
+                    scope: access.scope(),
+                    ..AllFilter::default()
+                };
+                (Target::All(scope), start, filter, every, None)
             }
             None => {
                 return Err(Status::invalid_argument(
@@ -1278,6 +1322,19 @@ async fn follow(
                         timestamp: Some(now_timestamp()),
                         stream_revision,
                         position: all_position,
+                    })),
+                })
+            }
+            // Events outside a prefix-limited token's streams never reach
+            // this loop: Skald's own checkpoints (every 3 s while such
+            // events pass) keep a filtered subscription's checkpoints moving.
+            Message::Checkpoint { position: at } if filter.is_some() => {
+                examined = 0;
+                Ok(ReadResp {
+                    content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+                        commit_position: at,
+                        prepare_position: at,
+                        timestamp: Some(now_timestamp()),
                     })),
                 })
             }
