@@ -11,6 +11,7 @@ mod disk_full;
 mod durability;
 mod hostile;
 mod kurrentdb;
+mod kurrentdb_rust;
 mod lifecycle;
 mod limits;
 mod long_poll;

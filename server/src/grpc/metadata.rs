@@ -57,7 +57,7 @@ pub fn from_json(data: &[u8], max_custom_bytes: usize) -> Result<StreamMetadata,
         Ok(_) => return Err(invalid("must be a JSON object".into())),
         Err(e) => return Err(invalid(format!("not JSON: {e}"))),
     };
-    if fields.contains_key(ACL) {
+    if fields.remove(ACL).is_some_and(|acl| !acl.is_null()) {
         return Err(invalid(
             "$acl is not supported: Skald's access control is its API tokens (docs/security.md)"
                 .into(),
@@ -144,6 +144,7 @@ mod tests {
             (r#"{"$maxAge": "1h"}"#, "$maxAge"),
             (r#"{"$tb": 1.5}"#, "$tb"),
             (r#"{"$acl": {"$r": "$all"}}"#, "$acl"),
+            (r#"{"$acl": "$admins"}"#, "$acl"),
             ("[1]", "object"),
             ("{", "JSON"),
         ] {
