@@ -18,6 +18,7 @@ fn event(data_len: usize) -> RecordedEvent {
         data: format!("{{\"payload\":\"{}\"}}", "x".repeat(data_len)),
         metadata: Some("{\"user\":\"ann\"}".into()),
         recorded_at_micros: 1_790_000_000_000_000,
+        content_type: skald_server::model::ContentType::Json,
     }
 }
 

@@ -64,6 +64,11 @@ pub struct RecordedEvent<D = Value> {
     pub metadata: Option<D>,
     /// Commit time, UTC, as the server formats it (RFC 3339, microseconds).
     pub recorded_at: String,
+    /// `Some("application/octet-stream")` for a binary payload appended
+    /// through the KurrentDB-compatible gRPC front end: `data` is then a JSON
+    /// string holding the standard base64 of its bytes. Absent for JSON data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 impl RecordedEvent {

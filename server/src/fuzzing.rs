@@ -57,6 +57,7 @@ pub fn append_body(bytes: &[u8]) {
     };
     for (revision, event) in events.into_iter().enumerate() {
         let stored = RecordedEvent {
+            content_type: crate::model::ContentType::Json,
             position: revision as u64,
             stream: StreamName::parse("fuzz").expect("valid"),
             revision: revision as u64,
@@ -243,6 +244,7 @@ mod tests {
             flip in any::<(usize, u8)>(),
         ) {
             let event = RecordedEvent {
+                content_type: crate::model::ContentType::Json,
                 position: 7,
                 stream: StreamName::parse("s").expect("valid"),
                 revision: 1,

@@ -191,6 +191,31 @@ pub struct NewEvent {
     pub event_type: String,
     pub data: String,
     pub metadata: Option<String>,
+    pub content_type: ContentType,
+}
+
+/// What an event's data is. The HTTP API stores JSON; the gRPC front end
+/// also stores KurrentDB's `application/octet-stream` payloads, byte for
+/// byte, as the base64 of the bytes in a JSON string, so that every stored
+/// `data` stays a JSON text every reader decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentType {
+    #[default]
+    Json,
+    /// `data` is a JSON string holding the standard, padded base64 of the
+    /// payload's bytes.
+    Binary,
+}
+
+impl ContentType {
+    /// The media type KurrentDB's clients (and the HTTP API's
+    /// `content_type`) name it by.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ContentType::Json => "application/json",
+            ContentType::Binary => "application/octet-stream",
+        }
+    }
 }
 
 /// One event as stored.
@@ -207,6 +232,7 @@ pub struct RecordedEvent {
     pub metadata: Option<String>,
     /// Commit time, microseconds since the Unix epoch (UTC).
     pub recorded_at_micros: u64,
+    pub content_type: ContentType,
 }
 
 /// The kinds of maintenance jobs.

@@ -113,6 +113,8 @@ metadata, version = c.get_stream_metadata("shared-1")
 print(json.dumps(metadata, sort_keys=True), version)
 c.set_stream_metadata("shared-1", metadata={"$maxAge": 86400, "owner": "grpc"}, current_version=0)
 c.append_to_stream("shared-1", current_version=0, events=[NewEvent(type="FromGrpc", data=b'{"n": 1}')])
+blob = NewEvent(type="Blob", data=bytes([0, 159, 146, 150, 255]), content_type="application/octet-stream")
+c.append_to_stream("shared-2", current_version=StreamState.NO_STREAM, events=[blob])
 c.close()
 "#;
     let output = run_script(&python, script, &grpc).await;
@@ -136,6 +138,25 @@ c.close()
         .collect();
     assert_eq!(types, ["FromHttp", "FromGrpc"]);
     assert_eq!(body["events"][1]["data"], json!({"n": 1}));
+    // JSON events carry no content type: the HTTP API's answers are unchanged.
+    assert_eq!(body["events"][1].get("content_type"), None, "{body}");
+    // A binary payload reads over HTTP as the base64 of its bytes, marked.
+    let (status, body) = server.get("/streams/shared-2").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["events"][0]["data"], json!("AJ+Slv8="), "{body}");
+    assert_eq!(
+        body["events"][0]["content_type"],
+        "application/octet-stream"
+    );
+    let page = server
+        .client()
+        .read_stream_page("shared-2", &Default::default())
+        .await
+        .expect("the Rust client reads a binary event");
+    assert_eq!(
+        page.events[0].content_type.as_deref(),
+        Some("application/octet-stream")
+    );
 }
 
 /// The gRPC port takes at most `--max-connections` connections; one more is

@@ -3,8 +3,8 @@
 //! for KurrentDB, unchanged but for its connection string. Appends with each
 //! kind of expected revision and the wrong-expected-version error, reads of a
 //! stream forward and backward, `$all` with a filter, a stream subscription
-//! that catches up and goes live, stream metadata, a soft delete and a
-//! tombstone with the errors the client raises for them.
+//! that catches up and goes live, stream metadata, a binary payload, a soft
+//! delete and a tombstone with the errors the client raises for them.
 
 use std::time::Duration;
 
@@ -130,6 +130,23 @@ async fn the_official_rust_client_runs_against_skald() {
         .await
         .expect("idempotent re-append");
     assert_eq!(once.position, again.position);
+
+    // A binary payload comes back byte for byte, marked as not JSON.
+    let blob = bytes::Bytes::from_static(&[0, 0xff, 0xfe, b'{', 1]);
+    c.append_to_stream(
+        "blob-1",
+        &expect(StreamState::NoStream),
+        EventData::binary("Blob", blob.clone()),
+    )
+    .await
+    .expect("append binary");
+    let mut read = c
+        .read_stream("blob-1", &ReadStreamOptions::default())
+        .await
+        .expect("read");
+    let got = read.next().await.expect("read").expect("one event");
+    assert_eq!(got.get_original_event().data, blob);
+    assert!(!got.get_original_event().is_json);
 
     // Reads: forward from a revision with a count, backward from the end.
     let forward = ReadStreamOptions::default()

@@ -105,13 +105,33 @@ class AppendTest(ClientTest):
         self.assertGreater(got.recorded_at, before)
         self.assertLess(got.recorded_at, datetime.now(timezone.utc) + timedelta(seconds=5))
 
-    def test_payloads_that_are_not_json_are_refused_and_nothing_is_written(self):
+    def test_binary_payloads_round_trip_byte_for_byte(self):
         s = stream()
         c = self.client
-        binary = NewEvent(type="Blob", data=b"\x00\x01", content_type="application/octet-stream")
+        blobs = [bytes(range(256)), b"", b"\xff\xfe not UTF-8 \x00", b'{"looks": "like JSON"}']
+        events = [
+            NewEvent(type="Blob", data=blob, content_type="application/octet-stream")
+            for blob in blobs
+        ]
+        c.append_to_stream(s, current_version=StreamState.NO_STREAM, events=events)
+        got = c.get_stream(s)
+        self.assertEqual([e.data for e in got], blobs)
+        self.assertEqual({e.content_type for e in got}, {"application/octet-stream"})
+        # Through $all and a subscription too.
+        position = got[0].commit_position
+        from_all = c.read_all(commit_position=position, limit=4)
+        self.assertEqual([e.data for e in from_all], blobs)
+        subscription = c.subscribe_to_stream(s, timeout=30)
+        self.assertEqual([next(subscription).data for _ in blobs], blobs)
+        subscription.stop()
+
+    def test_payloads_skald_cannot_keep_are_refused_and_nothing_is_written(self):
+        s = stream()
+        c = self.client
+        text = NewEvent(type="Note", data=b"hello", content_type="text/plain")
         with self.assertRaises(BadRequestError) as caught:
-            c.append_to_stream(s, current_version=StreamState.ANY, events=[binary])
-        self.assertIn("application/json payloads only", str(caught.exception))
+            c.append_to_stream(s, current_version=StreamState.ANY, events=[event(), text])
+        self.assertIn("application/octet-stream", str(caught.exception))
         with self.assertRaises(BadRequestError) as caught:
             c.append_to_stream(s, current_version=StreamState.ANY, events=[event(data=b"not json")])
         self.assertIn("not JSON", str(caught.exception))

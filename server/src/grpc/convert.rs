@@ -16,15 +16,17 @@ use super::pb::event_store::client::streams::read_resp::read_event::{
 use super::pb::event_store::client::streams::read_resp::ReadEvent;
 use super::pb::event_store::client::{uuid, StreamIdentifier, Uuid};
 use crate::model::{check_event_type, check_json_text, ExpectedRevision, NewEvent, RecordedEvent};
-use crate::model::{MetadataVersion, StreamMetadata, StreamName};
+use crate::model::{ContentType, MetadataVersion, StreamMetadata, StreamName};
 use crate::storage::WriteError;
 
 /// .NET ticks (100 ns) per microsecond: KurrentDB's `created` is ticks since
 /// the Unix epoch.
 const TICKS_PER_MICRO: u64 = 10;
 
-/// The only content type Skald stores (see docs/kurrentdb-compat.md).
+/// KurrentDB's content types: JSON data is stored as the HTTP API's events
+/// are; anything else is stored as binary (see `ContentType`).
 pub const JSON: &str = "application/json";
+pub const OCTET_STREAM: &str = "application/octet-stream";
 
 pub fn ticks(micros: u64) -> i64 {
     i64::try_from(micros.saturating_mul(TICKS_PER_MICRO)).unwrap_or(i64::MAX)
@@ -121,13 +123,16 @@ pub fn new_event(
         .ok_or_else(|| Status::invalid_argument(format!("event {index} has no type")))?;
     check_event_type(event_type)
         .map_err(|e| Status::invalid_argument(format!("event {index}: type {e}")))?;
-    let content_type = metadata.get("content-type").map_or(JSON, String::as_str);
-    if content_type != JSON {
-        return Err(Status::invalid_argument(format!(
-            "event {index}: content-type {content_type:?} is not supported: Skald stores application/json payloads only"
-        )));
-    }
-    let data = json_text(index, "data", data)?;
+    let (data_text, content_type) = match metadata.get("content-type").map_or(JSON, String::as_str)
+    {
+        JSON => (json_text(index, "data", data)?, ContentType::Json),
+        OCTET_STREAM => (binary_text(data), ContentType::Binary),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "event {index}: content-type {other:?} is not supported: {JSON} or {OCTET_STREAM}"
+            )))
+        }
+    };
     let metadata = if custom_metadata.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -139,6 +144,7 @@ pub fn new_event(
         }
         Some(text)
     };
+    // The size the client sent (binary data is stored a third larger).
     let size = data.len() + metadata.as_ref().map_or(0, String::len) + event_type.len();
     if size > max_event_bytes {
         return Err(Status::invalid_argument(format!(
@@ -148,9 +154,40 @@ pub fn new_event(
     Ok(NewEvent {
         id,
         event_type: event_type.clone(),
-        data,
+        data: data_text,
         metadata,
+        content_type,
     })
+}
+
+/// Binary data as stored: its base64 in a JSON string.
+fn binary_text(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let mut text = String::with_capacity(bytes.len() / 3 * 4 + 6);
+    text.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut text);
+    text.push('"');
+    text
+}
+
+/// An event's data as KurrentDB's clients get it: the stored JSON text, or
+/// the bytes of binary data.
+fn payload(event: &RecordedEvent) -> Vec<u8> {
+    use base64::Engine;
+    match event.content_type {
+        ContentType::Json => event.data.clone().into_bytes(),
+        ContentType::Binary => {
+            let encoded = event.data.trim_matches('"');
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_else(|e| {
+                    // Written by `binary_text` under the record's CRC: only a
+                    // bug gets here. Hand over what is stored, and say so.
+                    tracing::error!(position = event.position, error = %e, "stored binary data is not base64");
+                    event.data.clone().into_bytes()
+                })
+        }
+    }
 }
 
 fn json_text(index: usize, field: &str, bytes: &[u8]) -> Result<String, Status> {
@@ -166,6 +203,7 @@ fn json_text(index: usize, field: &str, bytes: &[u8]) -> Result<String, Status> 
 
 /// A stored event as a read answers it.
 pub fn read_event(event: RecordedEvent, structured_ids: bool) -> ReadEvent {
+    let data = payload(&event);
     pb_read_event(
         PbRecordedEvent {
             id: Some(pb_uuid(event.id, structured_ids)),
@@ -175,9 +213,10 @@ pub fn read_event(event: RecordedEvent, structured_ids: bool) -> ReadEvent {
             commit_position: event.position,
             metadata: HashMap::new(),
             custom_metadata: event.metadata.map(String::into_bytes).unwrap_or_default(),
-            data: event.data.into_bytes(),
+            data,
         },
         event.event_type,
+        event.content_type,
         event.recorded_at_micros,
     )
 }
@@ -201,6 +240,7 @@ pub fn metadata_event(
             data: metadata::to_json(metadata),
         },
         metadata::EVENT_TYPE.to_owned(),
+        ContentType::Json,
         version.set_at_micros,
     )
 }
@@ -216,12 +256,14 @@ pub fn metadata_identifier(stream: &StreamName) -> StreamIdentifier {
 fn pb_read_event(
     mut recorded: PbRecordedEvent,
     event_type: String,
+    content_type: ContentType,
     recorded_at_micros: u64,
 ) -> ReadEvent {
     recorded.metadata.insert("type".to_owned(), event_type);
-    recorded
-        .metadata
-        .insert("content-type".to_owned(), JSON.to_owned());
+    recorded.metadata.insert(
+        "content-type".to_owned(),
+        content_type.media_type().to_owned(),
+    );
     recorded
         .metadata
         .insert("created".to_owned(), ticks(recorded_at_micros).to_string());

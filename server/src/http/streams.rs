@@ -17,7 +17,7 @@ use super::{parse_direction, AppState};
 use crate::model::{
     check_event_type, ExpectedRevision, NewEvent, StreamName, MAX_EVENTS_PER_APPEND,
 };
-use crate::model::{Direction, StreamRead};
+use crate::model::{ContentType, Direction, StreamRead};
 use crate::service::{StreamQuery, MAX_WAIT};
 
 /// Most events one read returns.
@@ -230,6 +230,7 @@ fn validate_events(
                 ));
             }
             Ok(NewEvent {
+                content_type: ContentType::Json,
                 id,
                 event_type: event.event_type,
                 data: event.data.get().to_owned(),

@@ -238,6 +238,7 @@ mod tests {
     #[test]
     fn every_line_round_trips_into_the_client_type() {
         let event = RecordedEvent {
+            content_type: crate::model::ContentType::Json,
             position: 7,
             stream: crate::model::StreamName::parse("s").expect("name"),
             revision: 2,

@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 use skald_proto as wire;
 
 use super::error::ApiError;
-use crate::model::StreamMetadata;
 use crate::model::{AppendOutcome, RecordedEvent};
+use crate::model::{ContentType, StreamMetadata};
 
 /// Body of `POST /streams/{stream}`.
 pub type AppendBody = wire::AppendRequest<Box<RawValue>>;
@@ -83,6 +83,10 @@ pub fn event_json(e: RecordedEvent) -> Result<EventJson, ApiError> {
         data,
         metadata,
         recorded_at: humantime::format_rfc3339_micros(at).to_string(),
+        content_type: match e.content_type {
+            ContentType::Json => None,
+            binary => Some(binary.media_type().to_owned()),
+        },
     })
 }
 
@@ -166,6 +170,7 @@ mod tests {
 
     fn stored_event() -> RecordedEvent {
         RecordedEvent {
+            content_type: crate::model::ContentType::Json,
             position: 12,
             stream: StreamName::parse("order-1").expect("name"),
             revision: 3,

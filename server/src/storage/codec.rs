@@ -5,17 +5,23 @@
 //! ```text
 //! version u8 (=1) | position u64 | revision u64 | recorded_at µs u64 | id [16]
 //! | stream_len u16 | stream | type_len u16 | type | data_len u32 | data
-//! | has_metadata u8 | [metadata_len u32 | metadata] | crc32 u32
+//! | flags u8 | [metadata_len u32 | metadata] | crc32 u32
 //! ```
 //!
-//! The CRC32 covers every byte before it, the version byte included. The record
-//! repeats its position so that a record found under the wrong key is detected.
+//! `flags`: bit 0, the record has metadata; bit 1, its data is binary (the
+//! base64 of the payload in a JSON string, `ContentType::Binary`). Records
+//! written before binary data existed have 0 or 1 there, so they read as
+//! they were. The CRC32 covers every byte before it, the version byte
+//! included. The record repeats its position so that a record found under
+//! the wrong key is detected.
 
-use crate::model::{RecordedEvent, StreamName};
+use crate::model::{ContentType, RecordedEvent, StreamName};
 use uuid::Uuid;
 
 /// Record format version written by this code.
 pub const RECORD_VERSION: u8 = 1;
+const HAS_METADATA: u8 = 1;
+const BINARY_DATA: u8 = 1 << 1;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +49,7 @@ pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
         event_type: &event.event_type,
         data: &event.data,
         metadata: event.metadata.as_deref(),
+        content_type: event.content_type,
     })
 }
 
@@ -57,6 +64,7 @@ pub struct RecordRef<'a> {
     pub event_type: &'a str,
     pub data: &'a str,
     pub metadata: Option<&'a str>,
+    pub content_type: ContentType,
 }
 
 /// Encodes a record from its borrowed fields.
@@ -83,12 +91,16 @@ pub fn encode_record(event: &RecordRef<'_>) -> Vec<u8> {
     put_short(&mut out, event.stream);
     put_short(&mut out, event.event_type);
     put_long(&mut out, event.data);
+    let binary = match event.content_type {
+        ContentType::Json => 0,
+        ContentType::Binary => BINARY_DATA,
+    };
     match event.metadata {
         Some(metadata) => {
-            out.push(1);
+            out.push(HAS_METADATA | binary);
             put_long(&mut out, metadata);
         }
-        None => out.push(0),
+        None => out.push(binary),
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
@@ -125,12 +137,17 @@ pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecE
     let event_type = r.text(type_len)?;
     let data_len = r.u32()? as usize;
     let data = r.text(data_len)?;
-    let metadata = match r.u8()? {
-        0 => None,
-        _ => {
-            let len = r.u32()? as usize;
-            Some(r.text(len)?)
-        }
+    let flags = r.u8()?;
+    let metadata = if flags & HAS_METADATA != 0 {
+        let len = r.u32()? as usize;
+        Some(r.text(len)?)
+    } else {
+        None
+    };
+    let content_type = if flags & BINARY_DATA != 0 {
+        ContentType::Binary
+    } else {
+        ContentType::Json
     };
     if !r.0.is_empty() {
         return Err(CodecError::Truncated);
@@ -144,6 +161,7 @@ pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecE
         data,
         metadata,
         recorded_at_micros,
+        content_type,
     })
 }
 
@@ -214,17 +232,25 @@ mod tests {
             ".{0,200}",
             proptest::option::of(".{0,50}"),
             any::<u64>(),
+            any::<bool>(),
         )
             .prop_map(
-                |(position, stream, revision, id, event_type, data, metadata, at)| RecordedEvent {
-                    position,
-                    stream: StreamName::parse(&stream).expect("valid by construction"),
-                    revision,
-                    id: Uuid::from_u128(id),
-                    event_type,
-                    data,
-                    metadata,
-                    recorded_at_micros: at,
+                |(position, stream, revision, id, event_type, data, metadata, at, binary)| {
+                    RecordedEvent {
+                        position,
+                        stream: StreamName::parse(&stream).expect("valid by construction"),
+                        revision,
+                        id: Uuid::from_u128(id),
+                        event_type,
+                        data,
+                        metadata,
+                        recorded_at_micros: at,
+                        content_type: if binary {
+                            ContentType::Binary
+                        } else {
+                            ContentType::Json
+                        },
+                    }
                 },
             )
     }
@@ -254,9 +280,42 @@ mod tests {
 
     }
 
+    /// The layout before binary data: a flags byte of 0 or 1 (metadata or
+    /// not) reads as JSON data, as it was written.
+    #[test]
+    fn records_from_before_binary_data_read_as_json() {
+        for metadata in [None, Some("{\"m\":1}".to_owned())] {
+            let mut body = vec![RECORD_VERSION];
+            for n in [3u64, 0, 42] {
+                body.extend_from_slice(&n.to_be_bytes());
+            }
+            body.extend_from_slice(&[7; 16]);
+            for text in ["s", "T"] {
+                body.extend_from_slice(&(text.len() as u16).to_be_bytes());
+                body.extend_from_slice(text.as_bytes());
+            }
+            body.extend_from_slice(&2u32.to_be_bytes());
+            body.extend_from_slice(b"{}");
+            match &metadata {
+                Some(m) => {
+                    body.push(1);
+                    body.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    body.extend_from_slice(m.as_bytes());
+                }
+                None => body.push(0),
+            }
+            let crc = crc32fast::hash(&body);
+            body.extend_from_slice(&crc.to_be_bytes());
+            let event = decode_event(3, &body).expect("decodes");
+            assert_eq!(event.content_type, ContentType::Json);
+            assert_eq!((event.data.as_str(), event.metadata), ("{}", metadata));
+        }
+    }
+
     #[test]
     fn a_record_under_the_wrong_key_is_detected() {
         let event = RecordedEvent {
+            content_type: ContentType::Json,
             position: 7,
             stream: StreamName::parse("s").expect("valid"),
             revision: 0,

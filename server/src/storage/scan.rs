@@ -506,6 +506,7 @@ mod tests {
         let stream = StreamName::parse("s").expect("valid");
         let events = (1..=3u128)
             .map(|n| NewEvent {
+                content_type: crate::model::ContentType::Json,
                 id: Uuid::from_u128(n),
                 event_type: "T".into(),
                 data: "{}".into(),
@@ -573,6 +574,7 @@ mod tests {
 
     fn append_one(writer: &WriterHandle, stream: &StreamName, n: u128) {
         let events = vec![NewEvent {
+            content_type: crate::model::ContentType::Json,
             id: Uuid::from_u128(n),
             event_type: "T".into(),
             data: "{}".into(),

@@ -582,6 +582,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 event_type: &event.event_type,
                 data: &event.data,
                 metadata: event.metadata.as_deref(),
+                content_type: event.content_type,
             });
             state.bytes += record.len() as u64;
             out.bytes += record.len() as u64;
@@ -922,6 +923,7 @@ mod tests {
 
     fn new_event(id: Uuid) -> NewEvent {
         NewEvent {
+            content_type: crate::model::ContentType::Json,
             id,
             event_type: "T".into(),
             data: "{}".into(),
