@@ -199,6 +199,68 @@ async fn grpc_connections_are_capped() {
     );
 }
 
+/// Appends past `--max-append-bytes` are refused as KurrentDB refuses them
+/// (`MaximumAppendSizeExceeded`, which the Python client raises as its own
+/// error), an event past `--max-event-bytes` as a bad request, and a message
+/// past the gRPC limit (the append limit plus 1 MiB), which the transport
+/// refuses before any handler sees it, with the same append-size status;
+/// none writes anything.
+#[tokio::test]
+async fn grpc_appends_past_the_size_limits_are_refused_as_the_clients_expect() {
+    let python = client_python();
+    let server = TestServer::start_with(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--max-append-bytes",
+        "100000",
+        "--max-event-bytes",
+        "60000",
+    ]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let script = r#"
+import os
+from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
+from kurrentdbclient.exceptions import BadRequestError, GrpcError, MaximumAppendSizeExceededError
+c = KurrentDBClient(uri=f"kurrentdb://{os.environ['SKALD_GRPC']}?tls=false")
+def blob(n):
+    return NewEvent(type="Blob", data=b"x" * n, content_type="application/octet-stream")
+def outcome(events):
+    try:
+        c.append_to_stream("big", current_version=StreamState.ANY, events=events)
+        return "appended"
+    except MaximumAppendSizeExceededError as e:
+        return "maximum append size: " + str(e)
+    except BadRequestError as e:
+        return "bad request: " + str(e)
+    except GrpcError as e:
+        said = "Maximum Append Size of 100000 Exceeded." in str(e)
+        return "grpc error" + (", maximum append size" if said else "")
+try:
+    print(outcome([blob(50000), blob(50000)]))
+    print(outcome([blob(70000)]))
+    print(outcome([blob(1200000)]))
+    print(outcome([blob(50000)]))
+    print(len(c.get_stream("big")))
+finally:
+    c.close()
+"#;
+    let output = run_script(&python, script, &grpc).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert!(
+        lines[0].starts_with("maximum append size: ") && lines[0].contains("100000"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("bad request: ") && lines[1].contains("60000"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "grpc error, maximum append size", "{stdout}");
+    assert_eq!(&lines[3..], ["appended", "1"], "{stdout}");
+}
+
 /// With `--auth-file` and `--tls-cert`, the gRPC port speaks TLS and takes
 /// the HTTP API's tokens as `user:password` (name:token): no or unknown
 /// credentials are `UNAUTHENTICATED`, too small a role or a stream outside

@@ -179,6 +179,19 @@ fn max_append_status(max: usize) -> Status {
     )
 }
 
+/// A request message past the transport's limit (the append limit plus
+/// 1 MiB) as the append-size refusal the clients know; any other status as
+/// it is.
+fn oversized(status: Status, max_append_bytes: usize) -> Status {
+    let too_large = status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large");
+    if too_large {
+        max_append_status(max_append_bytes)
+    } else {
+        status
+    }
+}
+
 /// What an append came to.
 enum Appended {
     Done(AppendOutcome),
@@ -434,7 +447,8 @@ impl Streams for StreamsService {
     ) -> Result<Response<AppendResp>, Status> {
         let access = Access::of(&request);
         let mut messages = request.into_inner();
-        let Some(first) = messages.message().await? else {
+        let max = self.config.max_append_bytes;
+        let Some(first) = messages.message().await.map_err(|e| oversized(e, max))? else {
             return Err(Status::invalid_argument(
                 "an append must start with its options",
             ));
@@ -448,7 +462,7 @@ impl Streams for StreamsService {
         self.check_write(&access, &target)?;
         let expected = expected_append(options.expected_stream_revision);
         let mut collector = Collector::new(&self.config);
-        while let Some(message) = messages.message().await? {
+        while let Some(message) = messages.message().await.map_err(|e| oversized(e, max))? {
             let Some(append_req::Content::ProposedMessage(m)) = message.content else {
                 return Err(Status::invalid_argument(
                     "only the first message carries options",
@@ -507,6 +521,7 @@ impl Streams for StreamsService {
                     Ok(Some(m)) => m,
                     Ok(None) => return,
                     Err(status) => {
+                        let status = oversized(status, this.config.max_append_bytes);
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
