@@ -23,14 +23,18 @@ use crate::model::StreamName;
 pub struct Access(Option<Arc<Principal>>);
 
 impl Access {
-    /// What the interceptor found on `request` (everything, for a service
-    /// not behind it: only tests build one that way).
-    pub fn of<T>(request: &Request<T>) -> Self {
+    /// What the interceptor left on `request`; `INTERNAL` for a call that
+    /// did not pass it (a service added without it), so a mistake there
+    /// refuses everything rather than allowing it.
+    pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
         request
             .extensions()
             .get::<Access>()
             .cloned()
-            .unwrap_or(Access(None))
+            .ok_or_else(|| {
+                tracing::error!("a gRPC call reached a handler without an access check");
+                Status::internal("the call passed no access check")
+            })
     }
 
     /// `PERMISSION_DENIED` unless the caller's role includes `role`.
@@ -146,4 +150,58 @@ fn credentials<T>(request: &Request<T>) -> Result<(Option<String>, String), Stat
         .split_once(':')
         .ok_or_else(|| Status::unauthenticated(HOW))?;
     Ok((Some(user.to_owned()), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(authorization: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(value) = authorization {
+            let value = value.parse().expect("ASCII");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    #[test]
+    fn basic_credentials_are_a_token_name_and_the_token() {
+        let basic = |user_password: &str| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(user_password);
+            credentials(&with(Some(&format!("Basic {encoded}"))))
+        };
+        let (user, token) = basic("shop:skald_abc").expect("valid");
+        assert_eq!(
+            (user.as_deref(), token.as_str()),
+            (Some("shop"), "skald_abc")
+        );
+        // A password may hold ':'; the user name may not.
+        let (user, token) = basic("shop:a:b").expect("valid");
+        assert_eq!((user.as_deref(), token.as_str()), (Some("shop"), "a:b"));
+        let (user, token) = credentials(&with(Some("bearer  skald_xyz "))).expect("valid");
+        assert_eq!((user, token.as_str()), (None, "skald_xyz"));
+    }
+
+    #[test]
+    fn missing_or_malformed_credentials_are_unauthenticated() {
+        for value in [
+            None,
+            Some("Basic"),
+            Some("Basic !!!not-base64"),
+            Some("Basic c2hvcA=="), // "shop": no ':'
+            Some("Bearer "),
+            Some("Digest abc"),
+        ] {
+            let refused = credentials(&with(value)).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{value:?}");
+            assert!(refused.message().contains("NAME:TOKEN"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_call_that_passed_no_interceptor_is_refused() {
+        let refused = Access::of(&with(None)).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Internal);
+    }
 }

@@ -113,7 +113,7 @@ pub struct PersistentSubscriptionsService {
 impl PersistentSubscriptions for PersistentSubscriptionsService {
     /// Skald has no persistent subscriptions: every list is empty.
     async fn list(&self, request: Request<ListReq>) -> Result<Response<ListResp>, Status> {
-        super::auth::Access::of(&request).need(crate::auth::Role::Reader, &self.metrics)?;
+        super::auth::Access::of(&request)?.need(crate::auth::Role::Reader, &self.metrics)?;
         Ok(Response::new(ListResp {
             subscriptions: Vec::new(),
         }))

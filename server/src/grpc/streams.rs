@@ -179,6 +179,20 @@ fn max_append_status(max: usize) -> Status {
     )
 }
 
+/// The position option of a delete's or a tombstone's answer: the two
+/// messages differ only in their module's name.
+macro_rules! deletion_position {
+    ($module:ident, $position:expr) => {
+        Some(match $position {
+            Some(p) => $module::PositionOption::Position($module::Position {
+                commit_position: p,
+                prepare_position: p,
+            }),
+            None => $module::PositionOption::NoPosition(Default::default()),
+        })
+    };
+}
+
 /// A request message past the transport's limit (the append limit plus
 /// 1 MiB) as the append-size refusal the clients know; any other status as
 /// it is.
@@ -445,7 +459,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
-        let access = Access::of(&request);
+        let access = Access::of(&request)?;
         let mut messages = request.into_inner();
         let max = self.config.max_append_bytes;
         let Some(first) = messages.message().await.map_err(|e| oversized(e, max))? else {
@@ -500,7 +514,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
-        let access = Access::of(&request);
+        let access = Access::of(&request)?;
         access.need(Role::Writer, self.service.metrics())?;
         let mut messages = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_OPEN_BATCHES);
@@ -621,7 +635,7 @@ impl Streams for StreamsService {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         use read_req::options::{CountOption, StreamOption};
-        let access = Access::of(&request);
+        let access = Access::of(&request)?;
         let metrics = self.service.metrics();
         access.need(Role::Reader, metrics)?;
         let options = request
@@ -715,7 +729,7 @@ impl Streams for StreamsService {
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
-        let access = Access::of(&request);
+        let access = Access::of(&request)?;
         let options = request
             .into_inner()
             .options
@@ -725,13 +739,7 @@ impl Streams for StreamsService {
         let expected = expected_delete(options.expected_stream_revision);
         let position = self.delete_stream(&stream, expected, false).await?;
         Ok(Response::new(DeleteResp {
-            position_option: Some(match position {
-                Some(p) => delete_resp::PositionOption::Position(delete_resp::Position {
-                    commit_position: p,
-                    prepare_position: p,
-                }),
-                None => delete_resp::PositionOption::NoPosition(Default::default()),
-            }),
+            position_option: deletion_position!(delete_resp, position),
         }))
     }
 
@@ -739,7 +747,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
-        let access = Access::of(&request);
+        let access = Access::of(&request)?;
         let options = request
             .into_inner()
             .options
@@ -749,13 +757,7 @@ impl Streams for StreamsService {
         let expected = expected_tombstone(options.expected_stream_revision);
         let position = self.delete_stream(&stream, expected, true).await?;
         Ok(Response::new(TombstoneResp {
-            position_option: Some(match position {
-                Some(p) => tombstone_resp::PositionOption::Position(tombstone_resp::Position {
-                    commit_position: p,
-                    prepare_position: p,
-                }),
-                None => tombstone_resp::PositionOption::NoPosition(Default::default()),
-            }),
+            position_option: deletion_position!(tombstone_resp, position),
         }))
     }
 }
