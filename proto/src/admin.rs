@@ -56,6 +56,11 @@ pub struct StreamMetadataAnswer<D = Value> {
     pub truncate_before: Option<u64>,
     /// The custom JSON object.
     pub custom: Option<D>,
+    /// Which change of the metadata this is: 0 for the first, one more for
+    /// each (over HTTP or gRPC); absent before the first. KurrentDB clients
+    /// see it as the revision of the `$$stream` metadata event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 impl<D> StreamMetadataAnswer<D> {

@@ -126,6 +126,8 @@ c.close()
     let (status, body) = server.get("/streams/shared-1/metadata").await;
     assert_eq!(status, 200);
     assert_eq!(body["max_age_secs"], 86400, "{body}");
+    // The HTTP PUT was version 0, the gRPC append to $$shared-1 version 1.
+    assert_eq!(body["version"], 1, "{body}");
     assert_eq!(body["max_count"], Value::Null, "{body}");
     assert_eq!(body["custom"], json!({"owner": "grpc"}), "{body}");
     let (status, body) = server.get("/streams/shared-1").await;

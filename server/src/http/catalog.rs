@@ -131,7 +131,7 @@ fn describe(entry: &CatalogEntry) -> StreamInfo {
         last_appended_at: time_text(s.last_appended_micros),
         deleted: !s.tombstoned && s.last_revision.is_some() && !s.exists(),
         tombstoned: s.tombstoned,
-        metadata: metadata_answer(entry.name.as_str(), &s.metadata),
+        metadata: metadata_answer(entry.name.as_str(), s),
     }
 }
 

@@ -54,7 +54,7 @@ pub async fn get_metadata(
     if current.tombstoned {
         return Err(ApiError::StreamDeleted(stream));
     }
-    Ok(Json(metadata_answer(stream.as_str(), &current.metadata)).into_response())
+    Ok(Json(metadata_answer(stream.as_str(), &current)).into_response())
 }
 
 /// Bytes a metadata body may hold beyond `--max-custom-metadata-bytes`.
@@ -85,7 +85,7 @@ pub async fn put_metadata(
         .set_metadata(stream.clone(), metadata, ExpectedRevision::Any)
         .await?;
     tracing::info!(stream = %stream, "stream metadata set");
-    Ok(Json(metadata_answer(stream.as_str(), &updated.metadata)).into_response())
+    Ok(Json(metadata_answer(stream.as_str(), &updated)).into_response())
 }
 
 /// Decodes and checks the body of `PUT /streams/{stream}/metadata`.

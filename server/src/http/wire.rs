@@ -11,7 +11,7 @@ use skald_proto as wire;
 
 use super::error::ApiError;
 use crate::model::{AppendOutcome, RecordedEvent};
-use crate::model::{ContentType, StreamMetadata};
+use crate::model::{ContentType, StreamState};
 
 /// Body of `POST /streams/{stream}`.
 pub type AppendBody = wire::AppendRequest<Box<RawValue>>;
@@ -35,8 +35,10 @@ pub type CatalogPage = wire::CatalogPage<Box<RawValue>>;
 pub type SubscriptionLine = wire::SubscriptionLine<Box<RawValue>>;
 
 /// A stream's metadata as the API shows it.
-pub fn metadata_answer(stream: &str, metadata: &StreamMetadata) -> MetadataAnswer {
+pub fn metadata_answer(stream: &str, state: &StreamState) -> MetadataAnswer {
+    let metadata = &state.metadata;
     MetadataAnswer {
+        version: state.metadata_version.map(|v| v.revision),
         stream: stream.to_owned(),
         max_count: metadata.max_count,
         max_age_secs: metadata.max_age_secs,
@@ -324,15 +326,23 @@ mod tests {
 
     #[test]
     fn metadata_and_the_catalog() {
-        let metadata = StreamMetadata {
+        let metadata = crate::model::StreamMetadata {
             max_count: Some(10),
             max_age_secs: None,
             truncate_before: Some(2),
             custom: Some(r#"{"k":[1]}"#.into()),
         };
-        let answer = metadata_answer("s", &metadata);
+        let state = StreamState {
+            metadata,
+            metadata_version: Some(crate::model::MetadataVersion {
+                revision: 3,
+                ..Default::default()
+            }),
+            ..StreamState::default()
+        };
+        let answer = metadata_answer("s", &state);
         let client: skald_proto::StreamMetadataAnswer = read_as(&answer);
-        assert_eq!(client.stream, "s");
+        assert_eq!((client.stream.as_str(), client.version), ("s", Some(3)));
         let client = client.into_metadata();
         assert_eq!(
             (client.max_count, client.truncate_before),
@@ -350,7 +360,7 @@ mod tests {
                 last_appended_at: None,
                 deleted: false,
                 tombstoned: false,
-                metadata: metadata_answer("s", &metadata),
+                metadata: metadata_answer("s", &state),
             }],
             next_after: Some("s".into()),
         };
