@@ -22,8 +22,8 @@ use super::pb::event_store::client::streams::{
     TombstoneReq, TombstoneResp,
 };
 use super::pb::event_store::client::{
-    AllStreamPosition, BadRequest, MaximumAppendSizeExceeded, StreamDeleted, Uuid,
-    WrongExpectedVersion,
+    AllStreamPosition, BadRequest, MaximumAppendSizeExceeded, StreamDeleted, StreamIdentifier,
+    Uuid, WrongExpectedVersion,
 };
 use super::pb::google::rpc::{Code as RpcCode, Status as RpcStatus};
 use super::GrpcConfig;
@@ -734,10 +734,9 @@ impl Streams for StreamsService {
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a delete needs options"))?;
-        let stream = convert::stream_name(options.stream_identifier.as_ref())?;
-        access.need_stream(Role::Admin, &stream, self.service.metrics())?;
         let expected = expected_delete(options.expected_stream_revision);
-        let position = self.delete_stream(&stream, expected, false).await?;
+        let id = options.stream_identifier.as_ref();
+        let position = self.delete_stream(&access, id, expected, false).await?;
         Ok(Response::new(DeleteResp {
             position_option: deletion_position!(delete_resp, position),
         }))
@@ -752,10 +751,9 @@ impl Streams for StreamsService {
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a tombstone needs options"))?;
-        let stream = convert::stream_name(options.stream_identifier.as_ref())?;
-        access.need_stream(Role::Admin, &stream, self.service.metrics())?;
         let expected = expected_tombstone(options.expected_stream_revision);
-        let position = self.delete_stream(&stream, expected, true).await?;
+        let id = options.stream_identifier.as_ref();
+        let position = self.delete_stream(&access, id, expected, true).await?;
         Ok(Response::new(TombstoneResp {
             position_option: deletion_position!(tombstone_resp, position),
         }))
@@ -763,14 +761,18 @@ impl Streams for StreamsService {
 }
 
 impl StreamsService {
-    /// Deletes through the writer; the head position afterwards (a delete
-    /// takes no position of its own in Skald).
+    /// Deletes (or tombstones) the stream `id` names, which takes an admin
+    /// within its prefixes, through the writer; the head position afterwards
+    /// (a delete takes no position of its own in Skald).
     async fn delete_stream(
         &self,
-        stream: &StreamName,
+        access: &Access,
+        id: Option<&StreamIdentifier>,
         expected: ExpectedRevision,
         hard: bool,
     ) -> Result<Option<u64>, Status> {
+        let stream = &convert::stream_name(id)?;
+        access.need_stream(Role::Admin, stream, self.service.metrics())?;
         match self.service.delete(stream.clone(), expected, hard).await {
             Ok(()) => Ok(self.service.head_position()),
             Err(WriteError::StreamNotFound(_)) => {
