@@ -3,6 +3,8 @@
 
 mod admin_cli;
 mod cli;
+#[cfg(feature = "profiling")]
+mod profiling;
 
 /// mimalloc instead of glibc's malloc: the server allocates on tokio's
 /// threads and frees on the writer's (and back), which glibc serves with
@@ -288,7 +290,13 @@ async fn serve(args: skald_server::ServeArgs) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
+    #[cfg(feature = "profiling")]
+    let profile = profiling::start();
     server.serve(stop).await?;
+    #[cfg(feature = "profiling")]
+    if let Some(profile) = profile {
+        profile.finish();
+    }
     Ok(())
 }
 
