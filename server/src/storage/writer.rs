@@ -24,6 +24,8 @@ use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, 
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Most payload bytes committed in one group (a single larger request still goes alone).
 const MAX_GROUP_BYTES: usize = 32 << 20;
+/// Stream states the writer keeps in memory, per generation (two generations).
+const STATE_CACHE_GENERATION: usize = 16_384;
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ pub fn spawn(
         next_position,
         removed_events,
         on_commit,
+        states: StateCache::default(),
         failed: false,
         disk_full: false,
         #[cfg(test)]
@@ -191,6 +194,8 @@ struct Writer<F> {
     /// Events removed by scavenging, ever (kept in `meta`).
     removed_events: u64,
     on_commit: F,
+    /// The states of the streams written most recently, as committed.
+    states: StateCache,
     /// Set after a failed write other than a full disk: the engine's state is
     /// then unknown, so the writer refuses further writes instead of guessing
     /// (fail-stop).
@@ -200,6 +205,39 @@ struct Writer<F> {
     /// Tests: the next group that writes fails with this error.
     #[cfg(test)]
     fail_next_write: Option<StorageError>,
+}
+
+/// The committed states of recently written streams, so that an append to a
+/// stream written lately does not look its state up in RocksDB (a memtable
+/// search per request). Only the writer changes states, so the cache is
+/// exact: it takes a group's states once the group is on disk and nothing of a
+/// failed group. States here never carry custom metadata (it lives in its own
+/// column family). Bounded: two generations of `STATE_CACHE_GENERATION`
+/// streams; when the newer fills up, the older is dropped, so a stream written
+/// in either of the last two generations is found.
+#[derive(Default)]
+struct StateCache {
+    current: HashMap<StreamName, StreamState>,
+    previous: HashMap<StreamName, StreamState>,
+}
+
+impl StateCache {
+    fn get(&self, stream: &StreamName) -> Option<&StreamState> {
+        self.current
+            .get(stream)
+            .or_else(|| self.previous.get(stream))
+    }
+
+    fn insert(&mut self, stream: StreamName, state: StreamState) {
+        debug_assert!(
+            state.metadata.custom.is_none(),
+            "custom metadata is never cached"
+        );
+        if self.current.len() >= STATE_CACHE_GENERATION && !self.current.contains_key(&stream) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(stream, state);
+    }
 }
 
 /// What an earlier request of the same group wrote for an event id.
@@ -342,6 +380,9 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     }
                     self.next_position = out.next_position;
                     self.removed_events = overlay.removed_events;
+                    for (stream, state) in overlay.states.drain() {
+                        self.states.insert(stream, state);
+                    }
                     (self.on_commit)(CommitInfo {
                         last_position: out.next_position.checked_sub(1),
                         requests,
@@ -414,7 +455,11 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         stream: &StreamName,
         overlay: &GroupOverlay,
     ) -> Result<Option<StreamState>, WriteError> {
-        match overlay.states.get(stream) {
+        match overlay
+            .states
+            .get(stream)
+            .or_else(|| self.states.get(stream))
+        {
             Some(state) => Ok(Some(state.clone())),
             None => Ok(self.store.stream_state(stream)?),
         }
@@ -984,6 +1029,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_state_cache_keeps_the_last_two_generations() {
+        let name = |i: usize| StreamName::parse(&format!("s{i}")).expect("valid");
+        let state = |i: usize| StreamState {
+            last_revision: Some(i as u64),
+            ..StreamState::default()
+        };
+        let mut cache = StateCache::default();
+        let total = 3 * STATE_CACHE_GENERATION + 5;
+        for i in 0..total {
+            cache.insert(name(i), state(i));
+            // Rewriting a stream already in the newer generation never rolls it over.
+            cache.insert(name(i), state(i));
+            assert!(cache.current.len() + cache.previous.len() <= 2 * STATE_CACHE_GENERATION);
+        }
+        // The newest two generations are found, with their latest states...
+        for i in total - STATE_CACHE_GENERATION - 5..total {
+            assert_eq!(cache.get(&name(i)), Some(&state(i)), "stream {i}");
+        }
+        // ...and the oldest are gone (the writer then reads them from the store).
+        assert_eq!(cache.get(&name(0)), None);
+        assert_eq!(cache.get(&name(STATE_CACHE_GENERATION)), None);
+    }
+
     proptest! {
         #![proptest_config(crate::testing::proptest_config(96))]
         #[test]
@@ -997,7 +1066,8 @@ mod tests {
             let store = Arc::new(Store::open(dir.path()).expect("open"));
             let mut writer = Writer {
                 store: Arc::clone(&store), next_position: 0, removed_events: 0,
-                on_commit: |_| {}, failed: false, disk_full: false, fail_next_write: None,
+                on_commit: |_| {}, states: StateCache::default(), failed: false, disk_full: false,
+                fail_next_write: None,
             };
             let mut model = Model::default();
             let mut group_start = model.clone();
