@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{Secure, TestServer};
+use crate::support::TestServer;
 
 /// The virtual environment's Python, with the pinned client installed (made
 /// once per test run: the tests here share it).
@@ -270,39 +270,26 @@ finally:
 /// prefix-limited token's `$all` reads and subscriptions hold only its streams.
 #[tokio::test]
 async fn grpc_over_tls_takes_the_http_apis_tokens() {
-    use crate::tls::{install, path, pki};
+    use crate::tls::{pki, start_with_tls_and_auth};
     use skald_server::auth::{file_entry, new_token, Role};
     let python = client_python();
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = pki("grpc");
-    let (cert, key) = install(dir.path(), &pki);
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).expect("write the CA");
     let [admin, reader, writer] = [(); 3].map(|()| new_token().expect("random"));
     let prefixes = ["orders-".to_owned()];
-    let auth = dir.path().join("auth.toml");
     let entries = [
         file_entry("ops", Role::Admin, &[], &admin),
         file_entry("watch", Role::Reader, &[], &reader),
         file_entry("shop", Role::Writer, &prefixes, &writer),
     ];
-    std::fs::write(&auth, entries.join("\n")).expect("auth file");
-    let server = TestServer::start_secure(
-        &[
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            path(&cert),
-            "--tls-key",
-            path(&key),
-            "--auth-file",
-            path(&auth),
-        ],
-        Secure {
-            token: Some(admin.clone()),
-            ca_pem: Some(pki.ca_pem.clone().into_bytes()),
-            ..Secure::default()
-        },
+    let server = start_with_tls_and_auth(
+        dir.path(),
+        &pki,
+        &entries,
+        &admin,
+        &["--grpc-listen", "127.0.0.1:0"],
     );
     let grpc = server.grpc.clone().expect("the gRPC address");
     for stream in ["users-1", "orders-0"] {

@@ -54,29 +54,45 @@ pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Starts a server that serves `pki`'s certificate (installed in `dir`) and
+/// takes the tokens of the auth file lines `entries` (written to `dir`), with
+/// `extra` flags first; the test client trusts `pki`'s CA and sends `token`.
+pub(crate) fn start_with_tls_and_auth(
+    dir: &Path,
+    pki: &Pki,
+    entries: &[String],
+    token: &str,
+    extra: &[&str],
+) -> TestServer {
+    let (cert, key) = install(dir, pki);
+    let auth = dir.join("auth.toml");
+    std::fs::write(&auth, entries.join("\n")).expect("auth file");
+    let mut args = extra.to_vec();
+    args.extend([
+        "--tls-cert",
+        path(&cert),
+        "--tls-key",
+        path(&key),
+        "--auth-file",
+        path(&auth),
+    ]);
+    TestServer::start_secure(
+        &args,
+        Secure {
+            token: Some(token.to_owned()),
+            ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+            ..Secure::default()
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_reads_and_a_subscription_work_over_tls_with_a_token() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = pki("main");
-    let (cert, key) = install(dir.path(), &pki);
     let token = new_token().expect("random");
-    let auth = dir.path().join("auth.toml");
-    std::fs::write(&auth, file_entry("ops", Role::Admin, &[], &token)).expect("auth file");
-    let server = TestServer::start_secure(
-        &[
-            "--tls-cert",
-            path(&cert),
-            "--tls-key",
-            path(&key),
-            "--auth-file",
-            path(&auth),
-        ],
-        Secure {
-            token: Some(token.clone()),
-            ca_pem: Some(pki.ca_pem.clone().into_bytes()),
-            ..Secure::default()
-        },
-    );
+    let entries = [file_entry("ops", Role::Admin, &[], &token)];
+    let server = start_with_tls_and_auth(dir.path(), &pki, &entries, &token, &[]);
     assert!(
         server.base.starts_with("https://127.0.0.1:"),
         "{}",
