@@ -1288,6 +1288,11 @@ async fn follow(
     };
     let mut examined: u64 = 0;
     let mut subscription = std::pin::pin!(subscription);
+    // Where a subscription is: a stream revision, or a `$all` position.
+    let place = |at: Option<u64>| match &stream {
+        Some(_) => (at.and_then(|r| i64::try_from(r).ok()), None),
+        None => (None, at.map(position)),
+    };
     loop {
         // A client that went away frees its place at once, not at the next
         // event (a quiet subscription may wait long for one).
@@ -1307,22 +1312,13 @@ async fn follow(
                     Ok(event_resp(event, structured))
                 } else if examined >= checkpoint_every {
                     examined = 0;
-                    Ok(ReadResp {
-                        content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
-                            commit_position: at,
-                            prepare_position: at,
-                            timestamp: Some(now_timestamp()),
-                        })),
-                    })
+                    Ok(checkpoint_resp(at))
                 } else {
                     continue;
                 }
             }
             Message::CaughtUp { position: at } => {
-                let (stream_revision, all_position) = match &stream {
-                    Some(_) => (at.and_then(|r| i64::try_from(r).ok()), None),
-                    None => (None, at.map(position)),
-                };
+                let (stream_revision, all_position) = place(at);
                 Ok(ReadResp {
                     content: Some(read_resp::Content::CaughtUp(read_resp::CaughtUp {
                         timestamp: Some(now_timestamp()),
@@ -1332,10 +1328,7 @@ async fn follow(
                 })
             }
             Message::FellBehind { position: at } => {
-                let (stream_revision, all_position) = match &stream {
-                    Some(_) => (i64::try_from(at).ok(), None),
-                    None => (None, Some(position(at))),
-                };
+                let (stream_revision, all_position) = place(Some(at));
                 Ok(ReadResp {
                     content: Some(read_resp::Content::FellBehind(read_resp::FellBehind {
                         timestamp: Some(now_timestamp()),
@@ -1349,13 +1342,7 @@ async fn follow(
             // events pass) keep a filtered subscription's checkpoints moving.
             Message::Checkpoint { position: at } if filter.is_some() => {
                 examined = 0;
-                Ok(ReadResp {
-                    content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
-                        commit_position: at,
-                        prepare_position: at,
-                        timestamp: Some(now_timestamp()),
-                    })),
-                })
+                Ok(checkpoint_resp(at))
             }
             Message::Checkpoint { .. } | Message::Heartbeat => continue,
             Message::Error { code, message } => {
@@ -1371,5 +1358,16 @@ async fn follow(
         if !send(&service, &tx, answer).await {
             return;
         }
+    }
+}
+
+/// A checkpoint at `at`, as both halves of KurrentDB's position.
+fn checkpoint_resp(at: u64) -> ReadResp {
+    ReadResp {
+        content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+            commit_position: at,
+            prepare_position: at,
+            timestamp: Some(now_timestamp()),
+        })),
     }
 }
