@@ -59,6 +59,9 @@ pub struct Metrics {
     pub writer_queue_requests: Gauge,
     /// KiB of payload queued for or being committed by the writer.
     pub writer_queue_kib: Gauge,
+    /// Committed event ids the id index holds in memory only (not yet in
+    /// `event_ids`; read back from the log after a crash).
+    pub unindexed_event_ids: Gauge,
     pub scavenge_events_scanned: Gauge,
     pub scavenge_events_removed: Gauge,
     pub scavenge_bytes_reclaimed: Gauge,
@@ -112,6 +115,7 @@ impl Default for Metrics {
             disk_full: Gauge::default(),
             writer_queue_requests: Gauge::default(),
             writer_queue_kib: Gauge::default(),
+            unindexed_event_ids: Gauge::default(),
             scavenge_events_scanned: Gauge::default(),
             scavenge_events_removed: Gauge::default(),
             scavenge_bytes_reclaimed: Gauge::default(),
@@ -225,6 +229,11 @@ impl Default for Metrics {
             metrics.writer_queue_kib.clone(),
         );
         registry.register(
+            "unindexed_event_ids",
+            "Committed event ids the id index holds in memory only (read back from the log after a crash)",
+            metrics.unindexed_event_ids.clone(),
+        );
+        registry.register(
             "scavenge_running",
             "1 while a scavenge runs",
             metrics.scavenge_running.clone(),
@@ -291,6 +300,8 @@ impl Metrics {
         self.appended_events.inc_by(info.events as u64);
         self.appended_bytes.inc_by(info.bytes);
         self.append_rate.add(info.events as u64);
+        self.unindexed_event_ids
+            .set(i64::try_from(info.unindexed_ids).unwrap_or(i64::MAX));
     }
 
     /// Records events handed to a reader.
@@ -464,10 +475,12 @@ mod tests {
             bytes: 600,
             write_duration: Duration::from_millis(1),
             streams: Vec::new(),
+            unindexed_ids: 6,
         });
         assert!((metrics.append_rate() - 0.1).abs() < 1e-9);
         let text = metrics.render();
         assert!(text.contains("skald_appended_events_total 6"), "{text}");
+        assert!(text.contains("skald_unindexed_event_ids 6"), "{text}");
         assert!(
             text.contains("skald_group_commit_fsync_seconds_bucket"),
             "{text}"

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::TestServer;
+use crate::support::{assert_error, wait_job, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_kill_9() {
@@ -48,6 +48,77 @@ async fn acknowledged_appends_survive_kill_9() {
         assert_eq!(body["first_revision"], 20);
         assert_eq!(body["first_position"], after.len() as u64);
     }
+}
+
+/// Idempotency across `kill -9`: the id index keeps the newest ids in memory
+/// (runs of 64 here), so at the kill some ids are in `event_ids` and some only
+/// in the log; after the restart every retry is still recognised, as a replay
+/// of its original answer or as a duplicate elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_are_recognised_after_kill_9_wherever_their_ids_were() {
+    let mut server = TestServer::start_with_env(&[], &[("SKALD_FAULT_ID_RUN", "64")]);
+    let batch = |b: u64| {
+        let events: Vec<_> = (0..10)
+            .map(|i| json!({"id": format!("01900000-0000-7000-8000-{:012x}", b * 10 + i), "type": "T", "data": {"b": b}}))
+            .collect();
+        json!({"expected_revision": "any", "events": events})
+    };
+    let mut answers = Vec::new();
+    for b in 0..40u64 {
+        let (status, body) = server
+            .post(&format!("/streams/r-{}", b % 5), &batch(b))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        answers.push(body);
+    }
+    // Wait (appending probes) until the indexer has taken every whole run:
+    // then between 1 and 63 ids are in memory only, the rest on disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut probes = 0;
+    loop {
+        let (status, body) = server.append("probe", json!("any"), &["P"]).await;
+        assert_eq!(status, 201, "{body}");
+        probes += 1;
+        let unindexed = server
+            .metric("skald_unindexed_event_ids")
+            .await
+            .expect("gauge");
+        if (1..64).contains(&unindexed) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the id index never caught up: {unindexed}"
+        );
+    }
+
+    server.kill_and_restart();
+    for (b, answer) in (0..40u64).zip(&answers) {
+        let (status, body) = server
+            .post(&format!("/streams/r-{}", b % 5), &batch(b))
+            .await;
+        assert_eq!(
+            (status, &body),
+            (200, answer),
+            "batch {b} after the restart"
+        );
+        let (status, body) = server.post("/streams/elsewhere", &batch(b)).await;
+        assert_error(status, &body, 409, "duplicate_event_id");
+    }
+    let (_, info) = server.get("/info").await;
+    assert_eq!(
+        info["head_position"],
+        400 + probes - 1,
+        "the retries wrote nothing"
+    );
+    let (_, verify) = server.post("/admin/verify", &json!(null)).await;
+    let id = verify["id"].as_str().expect("id");
+    let report = wait_job(&server, &format!("/admin/verify/{id}")).await;
+    assert_eq!(
+        (report["result"].as_str(), report["problems_found"].as_u64()),
+        (Some("completed"), Some(0)),
+        "{report}"
+    );
 }
 
 #[tokio::test]

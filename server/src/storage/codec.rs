@@ -107,8 +107,20 @@ pub fn encode_record(event: &RecordRef<'_>) -> Vec<u8> {
     out
 }
 
-/// Decodes and checks a record stored under `position`.
-pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecError> {
+/// The event id of a record stored under `position`, checked like
+/// `decode_event` checks the whole record (the id index reads the log's end
+/// back with it on open).
+pub fn decode_id(position: u64, bytes: &[u8]) -> Result<Uuid, CodecError> {
+    let mut r = checked(position, bytes)?;
+    r.take(16)?; // revision and recorded_at
+    Ok(Uuid::from_bytes(
+        r.take(16)?.try_into().map_err(|_| CodecError::Truncated)?,
+    ))
+}
+
+/// The record's body, its CRC, version and position checked, read up to the
+/// revision.
+fn checked(position: u64, bytes: &[u8]) -> Result<Reader<'_>, CodecError> {
     let body_len = bytes.len().checked_sub(4).ok_or(CodecError::Truncated)?;
     let (body, crc) = bytes.split_at(body_len);
     let stored = u32::from_be_bytes(crc.try_into().map_err(|_| CodecError::Truncated)?);
@@ -128,6 +140,12 @@ pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecE
             found,
         });
     }
+    Ok(r)
+}
+
+/// Decodes and checks a record stored under `position`.
+pub fn decode_event(position: u64, bytes: &[u8]) -> Result<RecordedEvent, CodecError> {
+    let mut r = checked(position, bytes)?;
     let revision = r.u64()?;
     let recorded_at_micros = r.u64()?;
     let id = Uuid::from_bytes(r.take(16)?.try_into().map_err(|_| CodecError::Truncated)?);
@@ -269,6 +287,14 @@ mod tests {
             let i = index % bytes.len();
             bytes[i] ^= 1 << bit;
             prop_assert!(decode_event(event.position, &bytes).is_err());
+            prop_assert!(decode_id(event.position, &bytes).is_err());
+        }
+
+        #[test]
+        fn the_id_alone_reads_as_the_whole_record_does(event in arb_event()) {
+            let bytes = encode_event(&event);
+            prop_assert_eq!(decode_id(event.position, &bytes), Ok(event.id));
+            prop_assert!(decode_id(event.position.wrapping_add(1), &bytes).is_err());
         }
 
         #[test]

@@ -14,7 +14,8 @@ pub const CF_STREAMS: &str = "streams";
 /// Custom stream metadata: `stream bytes` -> the JSON object's text. Apart from
 /// `CF_STREAMS` so that the state rewritten on every append stays small.
 pub const CF_STREAM_CUSTOM: &str = "stream_custom";
-/// Idempotency index: `event id (16 bytes)` -> `position (u64 BE)`.
+/// Idempotency index: `event id (16 bytes)` -> `position (u64 BE)`, up to
+/// `META_IDS_INDEXED_BEFORE` (see `id_index`).
 pub const CF_EVENT_IDS: &str = "event_ids";
 /// Store-wide values, keyed by the constants below.
 pub const CF_META: &str = "meta";
@@ -53,8 +54,13 @@ pub fn job_history_key(kind: crate::model::JobKind) -> &'static [u8] {
 }
 /// `CF_META` key of the on-disk layout version (one byte).
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
-/// The layout version this code writes and reads.
-pub const LAYOUT_VERSION: u8 = 1;
+/// The layout version this code writes and reads. 2: `event_ids` may lag the
+/// log (`META_IDS_INDEXED_BEFORE`); 1 (upgraded on open): every id indexed
+/// at commit.
+pub const LAYOUT_VERSION: u8 = 2;
+/// `CF_META` key of the id index's mark (u64 BE): every stored event id at a
+/// position below it is in `CF_EVENT_IDS`.
+pub const META_IDS_INDEXED_BEFORE: &[u8] = b"ids_indexed_before";
 
 /// Key of a stream's state in `CF_STREAMS`: the name's bytes.
 pub fn stream_key(stream: &str) -> &[u8] {

@@ -6,6 +6,7 @@
 // record codec (benchmarked), `Store::open` and the test-only `fault` hooks are
 // public.
 pub mod codec;
+mod id_index;
 pub(crate) mod keys;
 mod read;
 pub(crate) mod scan;
@@ -89,6 +90,20 @@ pub struct Store {
     path: PathBuf,
     /// Kept for the statistics tickers (write amplification).
     options: Options,
+    /// The options of `event_ids`, which the id index's files are written with.
+    event_ids_options: Options,
+}
+
+/// The options of every column family, its blocks cached in `cache`.
+fn cf_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Point lookups (stream state, event ids, stream index seeks) skip files early.
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_block_based_table_factory(&table);
+    opts
 }
 
 impl Store {
@@ -105,29 +120,15 @@ impl Store {
         // with callgrind: docs/benchmarks.md).
         db_opts.enable_statistics();
         db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
-        let cfs = keys::ALL_CFS.iter().map(|name| {
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            // Point lookups (stream state, event ids, stream index seeks) skip files early.
-            table.set_bloom_filter(10.0, false);
-            let mut opts = Options::default();
-            opts.set_compression_type(DBCompressionType::Lz4);
-            opts.set_block_based_table_factory(&table);
-            if *name == keys::CF_EVENT_IDS {
-                // Every appended event's id is looked up, and nearly all are
-                // new: a bloom filter over the memtable's keys answers those
-                // misses without searching the skiplist (about 1.3 MiB per
-                // 64 MiB memtable).
-                opts.set_memtable_prefix_bloom_ratio(0.02);
-                opts.set_memtable_whole_key_filtering(true);
-            }
-            ColumnFamilyDescriptor::new(*name, opts)
-        });
+        let cfs = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(&cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let store = Self {
             db,
             path: path.to_owned(),
             options: db_opts,
+            event_ids_options: cf_options(&cache),
         };
         store.check_layout()?;
         Ok(store)
@@ -144,25 +145,57 @@ impl Store {
             .expect("every column family is opened in Store::open")
     }
 
+    /// Checks the layout version; a new store gets the current one, and a
+    /// store of layout 1 (every event id indexed at commit) gets the id
+    /// index's mark at its head.
     fn check_layout(&self) -> Result<(), StorageError> {
         let meta = self.cf(keys::CF_META);
-        match self.db.get_cf(meta, keys::META_LAYOUT_VERSION)? {
-            Some(v) if v.as_slice() == [keys::LAYOUT_VERSION] => Ok(()),
-            Some(v) => Err(StorageError::UnsupportedLayout(
-                v.first().copied().unwrap_or(0),
-            )),
-            None => {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(true);
-                self.db.put_cf_opt(
-                    meta,
-                    keys::META_LAYOUT_VERSION,
-                    [keys::LAYOUT_VERSION],
-                    &opts,
-                )?;
-                Ok(())
+        let mark = |batch: &mut rocksdb::WriteBatch, before: u64| {
+            batch.put_cf(
+                meta,
+                keys::META_IDS_INDEXED_BEFORE,
+                keys::position_key(before),
+            );
+            batch.put_cf(meta, keys::META_LAYOUT_VERSION, [keys::LAYOUT_VERSION]);
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        match self.db.get_cf(meta, keys::META_LAYOUT_VERSION)?.as_deref() {
+            Some([keys::LAYOUT_VERSION]) => return Ok(()),
+            Some([1]) => {
+                let head = self.next_position()?;
+                tracing::info!(
+                    from = 1,
+                    to = keys::LAYOUT_VERSION,
+                    "data directory layout upgraded (the id index marks position {head})"
+                );
+                mark(&mut batch, head);
             }
+            Some(v) => {
+                return Err(StorageError::UnsupportedLayout(
+                    v.first().copied().unwrap_or(0),
+                ))
+            }
+            None => mark(&mut batch, 0),
         }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Every stored event id at a position below this is in `event_ids`; the
+    /// others are read back from the log on open (`id_index`).
+    fn ids_indexed_before(&self) -> Result<u64, StorageError> {
+        self.db
+            .get_cf(self.cf(keys::CF_META), keys::META_IDS_INDEXED_BEFORE)?
+            .as_deref()
+            .and_then(keys::decode_position)
+            .ok_or_else(|| StorageError::CorruptIndex("the id index's mark is missing".into()))
+    }
+
+    /// The options `event_ids` was opened with.
+    fn event_ids_options(&self) -> &Options {
+        &self.event_ids_options
     }
 
     /// The next global position to assign, recovered from disk.
@@ -248,6 +281,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
+            event_ids_options: Options::default(),
             options: opts,
         };
         Ok(store.next_position()?.checked_sub(1))
@@ -323,6 +357,14 @@ pub mod fault {
         if let Some(ms) = delay {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
+    }
+
+    /// The id index's run length from `SKALD_FAULT_ID_RUN` (when set), so a
+    /// test can have runs ingested and read back after a few events.
+    pub(super) fn id_run() -> Option<usize> {
+        std::env::var("SKALD_FAULT_ID_RUN")
+            .ok()
+            .and_then(|n| n.parse().ok())
     }
 
     /// Makes every compaction range take at least `SKALD_FAULT_COMPACTION_DELAY_MS`

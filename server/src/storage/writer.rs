@@ -16,6 +16,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::id_index::{self, IdIndex};
 use super::stream_state::{self, MetadataVersion, StreamMetadata, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, StreamName};
@@ -141,6 +142,8 @@ pub struct CommitInfo {
     pub write_duration: std::time::Duration,
     /// The streams this group wrote to (appends, deletes, metadata, removals).
     pub streams: Vec<StreamName>,
+    /// Committed event ids the id index holds in memory only (see `id_index`).
+    pub unindexed_ids: usize,
 }
 
 /// Where the writer's requests go: cloneable, cheap.
@@ -167,20 +170,12 @@ pub fn spawn(
     store: Arc<Store>,
     on_commit: impl FnMut(CommitInfo) + Send + 'static,
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StorageError> {
-    let next_position = store.next_position()?;
-    let removed_events = store.removed_events()?;
+    #[cfg(feature = "fault-injection")]
+    let run_len = super::fault::id_run().unwrap_or(id_index::RUN_IDS);
+    #[cfg(not(feature = "fault-injection"))]
+    let run_len = id_index::RUN_IDS;
+    let writer = Writer::new(store, on_commit, run_len)?;
     let (queue, receiver) = mpsc::unbounded_channel();
-    let writer = Writer {
-        store,
-        next_position,
-        removed_events,
-        on_commit,
-        states: StateCache::default(),
-        failed: false,
-        disk_full: false,
-        #[cfg(test)]
-        fail_next_write: None,
-    };
     let thread = std::thread::Builder::new()
         .name("skald-writer".into())
         .spawn(move || writer.run(receiver))
@@ -190,6 +185,8 @@ pub fn spawn(
 
 struct Writer<F> {
     store: Arc<Store>,
+    /// Where each stored event id is (the writer's side of the id index).
+    ids: IdIndex,
     next_position: u64,
     /// Events removed by scavenging, ever (kept in `meta`).
     removed_events: u64,
@@ -274,6 +271,23 @@ struct GroupBatch {
 type Reply = oneshot::Sender<Result<WriteOutcome, WriteError>>;
 
 impl<F: FnMut(CommitInfo)> Writer<F> {
+    /// A writer of `store`, whose id index hands its ids over `run_len` at a time.
+    fn new(store: Arc<Store>, on_commit: F, run_len: usize) -> Result<Self, StorageError> {
+        let next_position = store.next_position()?;
+        Ok(Self {
+            ids: IdIndex::open(Arc::clone(&store), next_position, run_len)?,
+            removed_events: store.removed_events()?,
+            store,
+            next_position,
+            on_commit,
+            states: StateCache::default(),
+            failed: false,
+            disk_full: false,
+            #[cfg(test)]
+            fail_next_write: None,
+        })
+    }
+
     fn run(mut self, mut receiver: mpsc::UnboundedReceiver<WriteRequest>) {
         while let Some(first) = receiver.blocking_recv() {
             let mut bytes = first.payload_bytes();
@@ -290,6 +304,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             self.commit_group(group);
         }
         tracing::debug!("writer queue closed; writer exiting");
+        self.ids.finish(self.next_position);
     }
 
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
@@ -307,9 +322,18 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             })
             .flatten()
             .collect();
+        self.ids.prepare_removal(
+            group
+                .iter()
+                .flat_map(|r| match &r.op {
+                    WriteOp::Remove { events, .. } => events.as_slice(),
+                    _ => &[],
+                })
+                .map(|hidden| &hidden.id),
+        );
         // Nothing but this thread writes, so the store stays as read here
         // until the group is written; the overlay covers the group's own effects.
-        let stored_ids = match self.store.stored_event_ids(&mut ids) {
+        let stored_ids = match self.ids.lookup(&mut ids) {
             Ok(found) => found,
             Err(e) => {
                 // A failed read changes nothing: the group is answered, not stopped.
@@ -383,6 +407,11 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     for (stream, state) in overlay.states.drain() {
                         self.states.insert(stream, state);
                     }
+                    self.ids.committed(
+                        overlay.removed_ids.drain(),
+                        overlay.ids.drain().map(|(id, at)| (id, at.position)),
+                        self.next_position,
+                    );
                     (self.on_commit)(CommitInfo {
                         last_position: out.next_position.checked_sub(1),
                         requests,
@@ -390,6 +419,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         bytes: out.bytes,
                         write_duration: started.elapsed(),
                         streams: touched,
+                        unindexed_ids: self.ids.unindexed(),
                     });
                     admissions.clear();
                     for (reply, outcome) in written {
@@ -610,11 +640,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let first_revision = state.next_revision();
         let first_position = out.next_position;
         let store = &self.store;
-        let (events_cf, index_cf, ids_cf) = (
-            store.cf(keys::CF_EVENTS),
-            store.cf(keys::CF_STREAM_INDEX),
-            store.cf(keys::CF_EVENT_IDS),
-        );
+        let (events_cf, index_cf) = (store.cf(keys::CF_EVENTS), store.cf(keys::CF_STREAM_INDEX));
         for (offset, event) in (0u64..).zip(events) {
             let position = first_position + offset;
             let revision = first_revision + offset;
@@ -638,8 +664,6 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 keys::stream_index_key(stream.as_str(), revision),
                 keys::position_key(position),
             );
-            out.batch
-                .put_cf(ids_cf, event.id.as_bytes(), keys::position_key(position));
             overlay.ids.insert(
                 event.id,
                 PendingId {
@@ -771,6 +795,9 @@ mod tests {
         Remove {
             stream: u8,
         },
+        /// The writer stops without indexing its ids (as after `kill -9`) and a
+        /// new one opens the store: it must read the unindexed ids back.
+        Restart,
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
@@ -785,6 +812,7 @@ mod tests {
             1 => (0u8..3, proptest::option::of(1u64..4))
                 .prop_map(|(stream, max_count)| Op::SetMaxCount { stream, max_count }),
             2 => (0u8..3).prop_map(|stream| Op::Remove { stream }),
+            1 => Just(Op::Restart),
         ]
     }
 
@@ -966,6 +994,8 @@ mod tests {
         }
     }
 
+    fn ignore(_: CommitInfo) {}
+
     fn new_event(id: Uuid) -> NewEvent {
         NewEvent {
             content_type: crate::model::ContentType::Json,
@@ -1064,11 +1094,9 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Arc::new(Store::open(dir.path()).expect("open"));
-            let mut writer = Writer {
-                store: Arc::clone(&store), next_position: 0, removed_events: 0,
-                on_commit: |_| {}, states: StateCache::default(), failed: false, disk_full: false,
-                fail_next_write: None,
-            };
+            // Runs of two ids: many are handed over, ingested and read back.
+            const RUN: usize = 2;
+            let mut writer = Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), RUN).expect("writer");
             let mut model = Model::default();
             let mut group_start = model.clone();
             let mut sent: Vec<(String, Vec<Uuid>)> = Vec::new();
@@ -1133,6 +1161,12 @@ mod tests {
                         Some((stream, WriteOp::Remove { events, now_micros: now_micros() }, want))
                         }
                     }
+                    Op::Restart if group.is_empty() => {
+                        drop(writer);
+                        writer = Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), RUN).expect("writer");
+                        stopped = false;
+                        None
+                    }
                     _ => None,
                 };
                 if let Some((stream, op, want)) = request {
@@ -1172,6 +1206,22 @@ mod tests {
                 it.next();
             }
             prop_assert_eq!(stored, model.log.values().cloned().collect::<Vec<_>>());
+            // The id index holds exactly the stored ids, at their positions,
+            // once the writer has handed everything over.
+            writer.ids.finish(writer.next_position);
+            let mut indexed = Vec::new();
+            let mut it = store.db.raw_iterator_cf(store.cf(keys::CF_EVENT_IDS));
+            it.seek_to_first();
+            while let Some((key, value)) = it.item() {
+                let id = Uuid::from_slice(key).expect("16-byte key");
+                indexed.push((id, keys::decode_position(value).expect("8-byte value")));
+                it.next();
+            }
+            drop(it);
+            let mut want_indexed: Vec<_> = model.log.values().map(|(p, _, _, id)| (*id, *p)).collect();
+            want_indexed.sort_unstable();
+            prop_assert_eq!(indexed, want_indexed);
+            prop_assert_eq!(store.ids_indexed_before().expect("mark"), model.next_position);
             prop_assert_eq!(store.next_position().expect("next"), model.next_position);
             // Reads show exactly what the model says is visible.
             let all = store

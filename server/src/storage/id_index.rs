@@ -1,0 +1,503 @@
+//! The event-id index: which position holds each stored event id (exact
+//! idempotency, forever). It owns the `event_ids` column family and its mark
+//! in `meta`.
+//!
+//! The writer does not insert ids into RocksDB's memtable: clients' ids are
+//! random, and a random-key skiplist insert per event was half of the serial
+//! writer's CPU (docs/benchmarks.md). Instead the writer keeps the ids it
+//! committed in memory (the *tail*) and hands them, a run of `run_len` at a
+//! time, to the indexer thread, which sorts them, writes one SST file and
+//! ingests it into `event_ids`, and only then records in `meta` that every id
+//! below the run's end is indexed. On open, the ids of the log from that mark
+//! on are read back into the tail, so a crash loses nothing: the log is the
+//! truth and the index is rebuilt from it.
+//!
+//! A lookup asks the tail, then the run being ingested, then RocksDB. Every
+//! committed id is always in exactly one place the lookup sees: the writer
+//! drops a run from memory only after the indexer said its file is ingested.
+//! A removal (scavenge) of an id still in memory takes it out of the tail; one
+//! in the run being ingested first waits for the ingestion, so that the
+//! removal's delete is newer than the ingested entry.
+//!
+//! Bounded: at most one run is being ingested; when the tail reaches
+//! `MAX_RUNS_BEHIND` runs (the indexer is failing or slow), the writer waits
+//! for it, which fills the writer's queue and answers appends 503.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteOptions};
+use uuid::Uuid;
+
+use super::{codec, keys, StorageError, Store};
+
+/// Ids per run handed to the indexer (one SST file of about 6 MiB).
+pub(super) const RUN_IDS: usize = 262_144;
+/// The tail waits for the indexer when it holds this many runs.
+const MAX_RUNS_BEHIND: usize = 4;
+/// The directory, inside the data directory, where runs' files are written
+/// before RocksDB takes them over.
+const RUN_DIR: &str = "id-runs";
+
+/// Ids committed at positions below `before` that the index did not hold yet
+/// when they were handed over.
+struct Run {
+    ids: HashMap<Uuid, u64>,
+    before: u64,
+}
+
+/// The writer's side of the index.
+pub(super) struct IdIndex {
+    store: Arc<Store>,
+    run_len: usize,
+    /// Committed ids not yet handed to the indexer.
+    tail: HashMap<Uuid, u64>,
+    /// The run the indexer is ingesting.
+    in_flight: Option<Arc<Run>>,
+    /// The end of the last run handed over (or of the index on open).
+    handed_before: u64,
+    runs: Option<mpsc::Sender<Arc<Run>>>,
+    /// One message per ingested run.
+    ingested: mpsc::Receiver<()>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdIndex {
+    /// Reads the ids the log holds past the index's mark into the tail and
+    /// starts the indexer thread. `next_position` is the store's.
+    pub(super) fn open(
+        store: Arc<Store>,
+        next_position: u64,
+        run_len: usize,
+    ) -> Result<Self, StorageError> {
+        let run_dir = store.path().join(RUN_DIR);
+        // Files of runs a crash interrupted: their ids are re-read below.
+        if run_dir.exists() {
+            std::fs::remove_dir_all(&run_dir).map_err(|e| {
+                StorageError::Io(format!("cannot clear {}: {e}", run_dir.display()))
+            })?;
+        }
+        let indexed_before = store.ids_indexed_before()?.min(next_position);
+        let started = std::time::Instant::now();
+        let mut tail = HashMap::new();
+        let mut it = store.db.raw_iterator_cf(store.cf(keys::CF_EVENTS));
+        it.seek(keys::position_key(indexed_before));
+        while let Some((key, value)) = it.item() {
+            let position = keys::decode_position(key)
+                .ok_or_else(|| StorageError::CorruptIndex("event key is not 8 bytes".into()))?;
+            let id = codec::decode_id(position, value)
+                .map_err(|source| StorageError::CorruptEvent { position, source })?;
+            tail.insert(id, position);
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        if !tail.is_empty() {
+            tracing::info!(
+                ids = tail.len(),
+                from = indexed_before,
+                elapsed_ms = started.elapsed().as_millis(),
+                "event ids of the log's end read back for the id index"
+            );
+        }
+        let (runs, jobs) = mpsc::channel();
+        let (done, ingested) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("skald-id-index".into())
+                .spawn(move || index_runs(&store, &jobs, &done, &stop))
+                .map_err(|e| {
+                    StorageError::Internal(format!("cannot start the id indexer thread: {e}"))
+                })?
+        };
+        let mut index = Self {
+            store,
+            run_len: run_len.max(1),
+            tail,
+            in_flight: None,
+            handed_before: indexed_before,
+            runs: Some(runs),
+            ingested,
+            stop,
+            thread: Some(thread),
+        };
+        index.hand_off_if_due(next_position);
+        Ok(index)
+    }
+
+    /// Where each of `ids` is stored, for those that are. Sorts and dedups `ids`.
+    pub(super) fn lookup(
+        &mut self,
+        ids: &mut Vec<Uuid>,
+    ) -> Result<HashMap<Uuid, u64>, StorageError> {
+        self.poll();
+        let mut found = HashMap::new();
+        ids.retain(|id| {
+            let known = self
+                .tail
+                .get(id)
+                .or_else(|| self.in_flight.as_ref().and_then(|run| run.ids.get(id)));
+            match known {
+                Some(&position) => {
+                    found.insert(*id, position);
+                    false
+                }
+                None => true,
+            }
+        });
+        found.extend(self.store.stored_event_ids(ids)?);
+        Ok(found)
+    }
+
+    /// Called before a group that removes `ids`: waits for the run being
+    /// ingested when it holds any of them, so that the group's deletes are
+    /// newer than the ingested entries.
+    pub(super) fn prepare_removal<'a>(&mut self, mut ids: impl Iterator<Item = &'a Uuid>) {
+        self.poll();
+        if let Some(run) = &self.in_flight {
+            if ids.any(|id| run.ids.contains_key(id)) {
+                self.wait_for_ingestion();
+            }
+        }
+    }
+
+    /// Records a durable group: `removed` ids are gone, `added` ids are
+    /// stored at their positions (removals first: a group may remove an id
+    /// and then append it again). `next_position` is the store's after the group.
+    pub(super) fn committed(
+        &mut self,
+        removed: impl Iterator<Item = Uuid>,
+        added: impl Iterator<Item = (Uuid, u64)>,
+        next_position: u64,
+    ) {
+        for id in removed {
+            self.tail.remove(&id);
+        }
+        self.tail.extend(added);
+        self.hand_off_if_due(next_position);
+    }
+
+    /// Committed ids the index does not hold yet (the tail and the run being ingested).
+    pub(super) fn unindexed(&self) -> usize {
+        self.tail.len() + self.in_flight.as_ref().map_or(0, |run| run.ids.len())
+    }
+
+    /// Hands the whole tail to the indexer and waits until it is ingested
+    /// (shutdown: the next start then reads nothing back). A run that fails
+    /// is not retried now: the next start reads its ids back.
+    pub(super) fn finish(&mut self, next_position: u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.poll();
+        if self.in_flight.is_some() {
+            self.wait_for_ingestion();
+        }
+        if !self.tail.is_empty() || self.handed_before < next_position {
+            self.hand_off(next_position);
+            self.wait_for_ingestion();
+        }
+    }
+
+    fn hand_off_if_due(&mut self, next_position: u64) {
+        if self.tail.len() < self.run_len {
+            return;
+        }
+        self.poll();
+        if self.in_flight.is_some() && self.tail.len() >= self.run_len * MAX_RUNS_BEHIND {
+            tracing::warn!(
+                ids = self.unindexed(),
+                "the id indexer is behind; the writer waits for it"
+            );
+            self.wait_for_ingestion();
+        }
+        if self.in_flight.is_none() {
+            self.hand_off(next_position);
+        }
+    }
+
+    fn hand_off(&mut self, next_position: u64) {
+        let run = Arc::new(Run {
+            ids: std::mem::take(&mut self.tail),
+            before: next_position,
+        });
+        let sent = self
+            .runs
+            .as_ref()
+            .is_some_and(|runs| runs.send(Arc::clone(&run)).is_ok());
+        if sent {
+            self.handed_before = next_position;
+            self.in_flight = Some(run);
+        } else {
+            // The indexer is gone (it cannot be while the writer runs); keep
+            // the ids where lookups find them.
+            tracing::error!("the id indexer has stopped; ids stay in memory");
+            self.tail = Arc::try_unwrap(run).map_or_else(|run| run.ids.clone(), |run| run.ids);
+        }
+    }
+
+    fn poll(&mut self) {
+        while self.ingested.try_recv().is_ok() {
+            self.in_flight = None;
+        }
+    }
+
+    fn wait_for_ingestion(&mut self) {
+        if self.in_flight.is_some() && self.ingested.recv().is_ok() {
+            self.in_flight = None;
+        }
+    }
+}
+
+impl Drop for IdIndex {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.runs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The indexer thread: ingests each run, retrying a failed one (a full disk)
+/// until it succeeds or the writer stops.
+fn index_runs(
+    store: &Store,
+    runs: &mpsc::Receiver<Arc<Run>>,
+    done: &mpsc::Sender<()>,
+    stop: &AtomicBool,
+) {
+    let mut failures = 0u32;
+    for run in runs {
+        loop {
+            match ingest(store, &run) {
+                Ok(()) => {
+                    failures = 0;
+                    let _ = done.send(());
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "cannot ingest a run of event ids; retrying");
+                    if stop.load(Ordering::Relaxed) {
+                        // Its ids are read back from the log on the next start.
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100 << failures.min(6)));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `run` as one sorted SST file, has RocksDB take it into `event_ids`,
+/// then moves the mark.
+fn ingest(store: &Store, run: &Run) -> Result<(), StorageError> {
+    if !run.ids.is_empty() {
+        let mut entries: Vec<(&Uuid, &u64)> = run.ids.iter().collect();
+        entries.sort_unstable_by_key(|(id, _)| **id);
+        let dir = store.path().join(RUN_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("ids-{:016x}.sst", run.before));
+        let mut file = SstFileWriter::create(store.event_ids_options());
+        let written = file.open(&path).and_then(|()| {
+            for (id, position) in &entries {
+                file.put(id.as_bytes(), keys::position_key(**position))?;
+            }
+            file.finish()
+        });
+        let result = written.and_then(|()| {
+            let mut opts = IngestExternalFileOptions::default();
+            opts.set_move_files(true);
+            store
+                .db
+                .ingest_external_file_cf_opts(store.cf(keys::CF_EVENT_IDS), &opts, vec![&path])
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    }
+    // Not synced: a lost mark only makes the next start read more back.
+    store.db.put_cf_opt(
+        store.cf(keys::CF_META),
+        keys::META_IDS_INDEXED_BEFORE,
+        keys::position_key(run.before),
+        &WriteOptions::default(),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContentType;
+
+    /// Writes records for `ids` at positions 0.. and the store's next
+    /// position, as the writer would; `indexed` of them also into `event_ids`.
+    fn put_log(store: &Store, ids: &[Uuid], indexed: usize) {
+        let mut batch = rocksdb::WriteBatch::default();
+        for (position, id) in (0u64..).zip(ids) {
+            let record = codec::encode_record(&codec::RecordRef {
+                position,
+                stream: "s",
+                revision: position,
+                recorded_at_micros: 1,
+                id,
+                event_type: "T",
+                data: "{}",
+                metadata: None,
+                content_type: ContentType::Json,
+            });
+            batch.put_cf(
+                store.cf(keys::CF_EVENTS),
+                keys::position_key(position),
+                record,
+            );
+            if (position as usize) < indexed {
+                batch.put_cf(
+                    store.cf(keys::CF_EVENT_IDS),
+                    id.as_bytes(),
+                    keys::position_key(position),
+                );
+            }
+        }
+        let meta = store.cf(keys::CF_META);
+        let next = keys::position_key(ids.len() as u64);
+        batch.put_cf(meta, keys::META_NEXT_POSITION, next);
+        batch.put_cf(
+            meta,
+            keys::META_IDS_INDEXED_BEFORE,
+            keys::position_key(indexed as u64),
+        );
+        store.db.write(batch).expect("write");
+    }
+
+    fn ids(n: u128) -> Vec<Uuid> {
+        (1..=n).map(|i| Uuid::from_u128(i * 7919)).collect()
+    }
+
+    fn positions(index: &mut IdIndex, ids: &[Uuid]) -> HashMap<Uuid, u64> {
+        index.lookup(&mut ids.to_vec()).expect("lookup")
+    }
+
+    #[test]
+    fn ids_past_the_mark_are_read_back_and_indexed_on_finish() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let all = ids(5);
+        put_log(&store, &all, 2);
+        let want: HashMap<_, _> = all.iter().copied().zip(0u64..).collect();
+
+        let mut index = IdIndex::open(Arc::clone(&store), 5, RUN_IDS).expect("open index");
+        assert_eq!(index.unindexed(), 3, "positions 2, 3 and 4 are read back");
+        assert_eq!(positions(&mut index, &all), want);
+        index.finish(5);
+        assert_eq!(index.unindexed(), 0);
+        drop(index);
+        assert_eq!(store.ids_indexed_before().expect("mark"), 5);
+        assert_eq!(store.stored_event_ids(&mut all.clone()).expect("get"), want);
+
+        let mut again = IdIndex::open(Arc::clone(&store), 5, RUN_IDS).expect("open index");
+        assert_eq!(again.unindexed(), 0, "nothing left to read back");
+        assert_eq!(positions(&mut again, &all), want);
+    }
+
+    #[test]
+    fn a_tail_of_a_run_is_handed_over_and_found_throughout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let all = ids(10);
+        put_log(&store, &all, 0);
+        let want: HashMap<_, _> = all.iter().copied().zip(0u64..).collect();
+        // Runs of 3: opening hands the first run over at once.
+        let mut index = IdIndex::open(Arc::clone(&store), 10, 3).expect("open index");
+        assert_eq!(positions(&mut index, &all), want);
+        index.wait_for_ingestion();
+        assert_eq!(index.unindexed(), 0, "the whole tail was one run");
+        assert_eq!(store.ids_indexed_before().expect("mark"), 10);
+        // Ids committed later go to the tail, then out in a run of their own.
+        let more = [Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3)];
+        index.committed(std::iter::empty(), more.iter().copied().zip(10u64..), 13);
+        assert_eq!(index.unindexed(), 3);
+        assert_eq!(positions(&mut index, &more).len(), 3);
+        index.wait_for_ingestion();
+        assert_eq!(store.ids_indexed_before().expect("mark"), 13);
+        assert_eq!(
+            store
+                .stored_event_ids(&mut more.to_vec())
+                .expect("get")
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_past_the_mark_stops_the_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        put_log(&store, &ids(3), 1);
+        let cf = store.cf(keys::CF_EVENTS);
+        let mut record = store
+            .db
+            .get_cf(cf, keys::position_key(2))
+            .expect("get")
+            .expect("record");
+        record[30] ^= 1;
+        store
+            .db
+            .put_cf(cf, keys::position_key(2), record)
+            .expect("put");
+        match IdIndex::open(Arc::clone(&store), 3, RUN_IDS) {
+            Err(StorageError::CorruptEvent { position: 2, .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("opened over a corrupt record"),
+        }
+    }
+
+    #[test]
+    fn a_layout_1_store_is_marked_indexed_up_to_its_head() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let all = ids(4);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            put_log(&store, &all, 4);
+            // What layout 1 looked like: every id indexed, no mark.
+            let meta = store.cf(keys::CF_META);
+            store
+                .db
+                .put_cf(meta, keys::META_LAYOUT_VERSION, [1])
+                .expect("put");
+            store
+                .db
+                .delete_cf(meta, keys::META_IDS_INDEXED_BEFORE)
+                .expect("delete");
+        }
+        let store = Arc::new(Store::open(dir.path()).expect("upgrade"));
+        assert_eq!(store.ids_indexed_before().expect("mark"), 4);
+        let mut index = IdIndex::open(Arc::clone(&store), 4, RUN_IDS).expect("open index");
+        assert_eq!(index.unindexed(), 0);
+        assert_eq!(positions(&mut index, &all).len(), 4);
+        drop(index);
+        drop(store);
+
+        // A layout this code does not know is refused, not guessed at.
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let meta = store.cf(keys::CF_META);
+            store
+                .db
+                .put_cf(meta, keys::META_LAYOUT_VERSION, [3])
+                .expect("put");
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StorageError::UnsupportedLayout(3))
+        ));
+    }
+}
