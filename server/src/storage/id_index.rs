@@ -34,10 +34,11 @@ use uuid::Uuid;
 
 use super::{codec, keys, StorageError, Store};
 
-/// Ids per run handed to the indexer (one SST file of about 6 MiB).
-pub(super) const RUN_IDS: usize = 262_144;
+/// Ids per run handed to the indexer (one SST file of about 12 MiB; a
+/// tail of a run is about 26 MiB of memory).
+pub(super) const RUN_IDS: usize = 524_288;
 /// The tail waits for the indexer when it holds this many runs.
-const MAX_RUNS_BEHIND: usize = 4;
+const MAX_RUNS_BEHIND: usize = 2;
 /// The directory, inside the data directory, where runs' files are written
 /// before RocksDB takes them over.
 const RUN_DIR: &str = "id-runs";
