@@ -324,9 +324,9 @@ impl StateCache {
 }
 
 impl Store {
-    /// Where the event with `id` is stored, if it is.
-    /// The positions of those of `ids` that are stored, in one batched lookup
-    /// (sorted, as RocksDB's batched `MultiGet` wants them).
+    /// The positions of those of `ids` that `event_ids` holds, in one batched
+    /// lookup (sorted, as RocksDB's batched `MultiGet` wants them). The id
+    /// index's newest ids are in its memory, not here (`id_index::lookup`).
     pub(super) fn stored_event_ids(
         &self,
         ids: &mut Vec<uuid::Uuid>,

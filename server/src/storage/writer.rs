@@ -6,8 +6,10 @@
 //! assigns revisions and gap-free global positions, writes the whole group as
 //! one synced `WriteBatch`, and only then answers each request. A rejected
 //! request adds nothing to the batch, so it never affects its neighbours. No
-//! lock is needed: no other thread writes. Deletes, metadata changes and
-//! scavenge removals go through the same queue, so they are ordered with appends.
+//! lock is needed: no other thread writes the log, the stream index or the
+//! stream states (the id indexer only ingests ids this thread handed it; see
+//! `id_index`). Deletes, metadata changes and scavenge removals go through the
+//! same queue, so they are ordered with appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -331,8 +333,10 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 })
                 .map(|hidden| &hidden.id),
         );
-        // Nothing but this thread writes, so the store stays as read here
-        // until the group is written; the overlay covers the group's own effects.
+        // Nothing but this thread writes states and the log, and the id
+        // indexer only moves ids this thread keeps in memory until they are
+        // in, so the store stays as read here until the group is written; the
+        // overlay covers the group's own effects.
         let stored_ids = match self.ids.lookup(&mut ids) {
             Ok(found) => found,
             Err(e) => {
