@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{wait_job, LineReader, TestServer};
+use crate::support::{verify_clean, LineReader, TestServer};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs {
@@ -193,13 +193,6 @@ async fn a_full_disk_refuses_appends_then_recovers_without_a_restart() {
     assert_eq!(page["events"][0]["type"], "After");
     let (_, head) = server.get("/all?direction=backward&limit=1").await;
     assert_eq!(head["head_position"], acknowledged - 1);
-    let (_, verify) = server.post("/admin/verify", &json!(null)).await;
-    let id = verify["id"].as_str().expect("id");
-    let report = wait_job(&server, &format!("/admin/verify/{id}")).await;
-    assert_eq!(
-        (report["result"].as_str(), report["problems_found"].as_u64()),
-        (Some("completed"), Some(0)),
-        "{report}"
-    );
+    verify_clean(&server).await;
     server.kill();
 }

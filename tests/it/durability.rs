@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::{assert_error, wait_job, TestServer};
+use crate::support::{assert_error, verify_clean, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_kill_9() {
@@ -111,14 +111,7 @@ async fn retries_are_recognised_after_kill_9_wherever_their_ids_were() {
         400 + probes - 1,
         "the retries wrote nothing"
     );
-    let (_, verify) = server.post("/admin/verify", &json!(null)).await;
-    let id = verify["id"].as_str().expect("id");
-    let report = wait_job(&server, &format!("/admin/verify/{id}")).await;
-    assert_eq!(
-        (report["result"].as_str(), report["problems_found"].as_u64()),
-        (Some("completed"), Some(0)),
-        "{report}"
-    );
+    verify_clean(&server).await;
 }
 
 #[tokio::test]

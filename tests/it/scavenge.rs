@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, dir_bytes, wait_job, TestServer};
+use crate::support::{assert_error, dir_bytes, verify_clean, wait_job, TestServer};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -270,17 +270,7 @@ async fn a_scavenge_killed_midway_then_rerun_gives_the_same_visible_content() {
         "{report}"
     );
     assert_eq!(visible(&server).await, before);
-    let (_, verify) = server.post("/admin/verify", &json!(null)).await;
-    let verify = wait_job(
-        &server,
-        &format!("/admin/verify/{}", verify["id"].as_str().expect("id")),
-    )
-    .await;
-    assert_eq!(
-        (verify["result"].clone(), verify["problems_found"].clone()),
-        (json!("completed"), json!(0)),
-        "{verify}"
-    );
+    let verify = verify_clean(&server).await;
     assert_eq!(verify["events_checked"], 10_000);
 }
 

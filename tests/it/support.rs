@@ -40,6 +40,21 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Runs a verify job to its end and checks that it completed without
+/// problems; returns its report.
+pub async fn verify_clean(server: &TestServer) -> Value {
+    let (status, started) = server.post("/admin/verify", &Value::Null).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("id");
+    let report = wait_job(server, &format!("/admin/verify/{id}")).await;
+    assert_eq!(
+        (report["result"].as_str(), report["problems_found"].as_u64()),
+        (Some("completed"), Some(0)),
+        "{report}"
+    );
+    report
+}
+
 /// Polls a job report (`/admin/scavenge/{id}`, `/admin/verify/{id}`) until it
 /// is no longer running; panics after 300 s.
 pub async fn wait_job(server: &TestServer, path: &str) -> Value {

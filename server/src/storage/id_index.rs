@@ -383,17 +383,27 @@ mod tests {
         (1..=n).map(|i| Uuid::from_u128(i * 7919)).collect()
     }
 
+    /// A new store whose log holds `n` events, the first `indexed` of them
+    /// also in `event_ids`; their ids, and where each is.
+    fn logged_store(
+        n: u128,
+        indexed: usize,
+    ) -> (tempfile::TempDir, Arc<Store>, Vec<Uuid>, HashMap<Uuid, u64>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let all = ids(n);
+        put_log(&store, &all, indexed);
+        let want = all.iter().copied().zip(0u64..).collect();
+        (dir, store, all, want)
+    }
+
     fn positions(index: &mut IdIndex, ids: &[Uuid]) -> HashMap<Uuid, u64> {
         index.lookup(&mut ids.to_vec()).expect("lookup")
     }
 
     #[test]
     fn ids_past_the_mark_are_read_back_and_indexed_on_finish() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
-        let all = ids(5);
-        put_log(&store, &all, 2);
-        let want: HashMap<_, _> = all.iter().copied().zip(0u64..).collect();
+        let (_dir, store, all, want) = logged_store(5, 2);
 
         let mut index = IdIndex::open(Arc::clone(&store), 5, RUN_IDS).expect("open index");
         assert_eq!(index.unindexed(), 3, "positions 2, 3 and 4 are read back");
@@ -411,11 +421,7 @@ mod tests {
 
     #[test]
     fn a_tail_of_a_run_is_handed_over_and_found_throughout() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
-        let all = ids(10);
-        put_log(&store, &all, 0);
-        let want: HashMap<_, _> = all.iter().copied().zip(0u64..).collect();
+        let (_dir, store, all, want) = logged_store(10, 0);
         // Runs of 3: opening hands the first run over at once.
         let mut index = IdIndex::open(Arc::clone(&store), 10, 3).expect("open index");
         assert_eq!(positions(&mut index, &all), want);
@@ -440,9 +446,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_record_past_the_mark_stops_the_open() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
-        put_log(&store, &ids(3), 1);
+        let (_dir, store, _, _) = logged_store(3, 1);
         let cf = store.cf(keys::CF_EVENTS);
         let mut record = store
             .db
