@@ -83,6 +83,25 @@ pub struct ServeArgs {
     /// answered 503 writer_busy, in milliseconds.
     #[arg(long, env = "SKALD_WRITER_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
     pub writer_queue_timeout_ms: u64,
+    /// Cluster mode: NATS servers with JetStream, comma-separated
+    /// (`nats://h1:4222,nats://h2:4222`). Writes then go through the
+    /// replicated log (see docs/replication.md); without it Skald is one node.
+    #[arg(long, env = "SKALD_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// Cluster mode: the JetStream stream holding the log.
+    #[arg(long, env = "SKALD_CLUSTER_STREAM", default_value = "SKALD")]
+    pub cluster_stream: String,
+    /// Cluster mode: JetStream servers holding a copy of the log.
+    #[arg(long, env = "SKALD_CLUSTER_REPLICAS", default_value_t = 3)]
+    pub cluster_replicas: usize,
+    /// Cluster mode: how long a write waits for the log's acknowledgement
+    /// and for this node to apply it (503 `cluster_unavailable` after that).
+    #[arg(long, env = "SKALD_CLUSTER_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub cluster_publish_timeout_ms: u64,
+    /// Cluster mode: `/health/ready` answers 503 while this node is more than
+    /// this many log messages behind.
+    #[arg(long, env = "SKALD_CLUSTER_READY_LAG", default_value_t = 1000)]
+    pub cluster_ready_lag: u64,
 }
 
 /// Why the flags were refused.
@@ -104,6 +123,8 @@ pub enum ConfigError {
     ConnectionTimeouts,
     #[error("--writer-queue-requests must be at least 1 and --writer-queue-bytes at least 1024")]
     WriterQueue,
+    #[error("--cluster-stream must be 1 to 32 letters, digits, '-' or '_', and --cluster-replicas 1 to 5")]
+    Cluster,
 }
 
 /// Validated configuration.
@@ -131,6 +152,7 @@ pub struct Config {
     /// `--writer-queue-bytes` in KiB (rounded up).
     pub writer_queue_kib: usize,
     pub writer_queue_timeout: Duration,
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl ServeArgs {
@@ -170,7 +192,27 @@ impl ServeArgs {
                 append: self.max_append_bytes,
             });
         }
+        let cluster = if self.cluster.is_empty() {
+            None
+        } else {
+            let name_ok = (1..=32).contains(&self.cluster_stream.len())
+                && self
+                    .cluster_stream
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok || !(1..=5).contains(&self.cluster_replicas) {
+                return Err(ConfigError::Cluster);
+            }
+            Some(crate::cluster::ClusterConfig {
+                servers: self.cluster,
+                stream: self.cluster_stream,
+                replicas: self.cluster_replicas,
+                publish_timeout: Duration::from_millis(self.cluster_publish_timeout_ms.max(1)),
+                ready_lag: self.cluster_ready_lag,
+            })
+        };
         Ok(Config {
+            cluster,
             data_dir: self.data_dir,
             auth_file: self.auth_file,
             tls: self.tls_cert.zip(self.tls_key),

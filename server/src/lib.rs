@@ -16,8 +16,11 @@
 //! - `server`: binding, serving, reloading on SIGHUP and graceful shutdown.
 //! - `connections`: accepting connections (TLS included), their caps and timeouts.
 //! - `tls`: the certificate and key of HTTPS.
+//! - `cluster`: cluster mode: writes through a replicated NATS JetStream log,
+//!   which every node applies to its own store.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -75,6 +75,13 @@ pub struct Metrics {
     pub auth_reload_failures: Counter,
     /// Tokens in force.
     pub auth_tokens: Gauge,
+    /// Cluster mode: the last log sequence this node applied.
+    pub replication_applied: Gauge,
+    /// Cluster mode: log messages this node has not applied yet.
+    pub replication_lag: Gauge,
+    /// Cluster mode: 1 once this node stopped applying the log (a damaged
+    /// message or a failed write; see the log), until a restart.
+    pub replication_stopped: Gauge,
     append_rate: RateWindow,
     read_rate: RateWindow,
 }
@@ -124,6 +131,9 @@ impl Default for Metrics {
             auth_reloads: Counter::default(),
             auth_reload_failures: Counter::default(),
             auth_tokens: Gauge::default(),
+            replication_applied: Gauge::default(),
+            replication_lag: Gauge::default(),
+            replication_stopped: Gauge::default(),
             append_rate: RateWindow::default(),
             read_rate: RateWindow::default(),
             registry: Registry::default(),
@@ -219,6 +229,21 @@ impl Default for Metrics {
             metrics.disk_full.clone(),
         );
         registry.register(
+            "replication_applied_sequence",
+            "Cluster mode: the last log sequence this node applied",
+            metrics.replication_applied.clone(),
+        );
+        registry.register(
+            "replication_lag_messages",
+            "Cluster mode: log messages this node has not applied yet",
+            metrics.replication_lag.clone(),
+        );
+        registry.register(
+            "replication_stopped",
+            "Cluster mode: 1 once this node stopped applying the log (see its log)",
+            metrics.replication_stopped.clone(),
+        );
+        registry.register(
             "writer_queue_requests",
             "Write requests queued for or being committed by the writer",
             metrics.writer_queue_requests.clone(),
@@ -302,6 +327,10 @@ impl Metrics {
         self.append_rate.add(info.events as u64);
         self.unindexed_event_ids
             .set(i64::try_from(info.unindexed_ids).unwrap_or(i64::MAX));
+        if let Some(sequence) = info.log_sequence {
+            self.replication_applied
+                .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+        }
     }
 
     /// Records events handed to a reader.
@@ -476,6 +505,7 @@ mod tests {
             write_duration: Duration::from_millis(1),
             streams: Vec::new(),
             unindexed_ids: 6,
+            log_sequence: None,
         });
         assert!((metrics.append_rate() - 0.1).abs() < 1e-9);
         let text = metrics.render();

@@ -36,6 +36,8 @@ pub enum ServerError {
     Auth(#[from] AuthFileError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A bound, not yet serving, server.
@@ -81,7 +83,13 @@ impl Server {
             kib: config.writer_queue_kib,
             timeout: config.writer_queue_timeout,
         };
-        let (service, writer_thread) = Service::start(Arc::new(store), shutdown.clone(), queue)?;
+        let store = Arc::new(store);
+        let log_applied = store.log_applied()?;
+        let (service, writer_thread) = Service::start(store, shutdown.clone(), queue)?;
+        if let Some(cluster) = &config.cluster {
+            let cluster = crate::cluster::Cluster::connect(cluster.clone(), log_applied).await?;
+            service.join_cluster(cluster);
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -19,7 +19,7 @@ use crate::model::{
 };
 use crate::storage::scan::{CompactionSlice, HiddenPage, VerifyCursor, VerifyPage};
 use crate::storage::writer::{
-    self, CommitInfo, HiddenEvent, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
+    self, CommitInfo, HiddenEvent, Origin, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
 };
 use crate::storage::{EngineStats, Store};
 /// The errors of the layers below, as the service hands them out.
@@ -129,6 +129,8 @@ pub struct Service {
     /// subscriptions, long-polls): `Server::serve` closes it and waits for it
     /// before the final flush.
     tasks: TaskTracker,
+    /// Cluster mode: the replicated log writes go through.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Most stream names a commit notification lists; past that it says "any".
@@ -199,6 +201,7 @@ impl Service {
                 shutdown,
                 queue: WriteQueue::new(queue),
                 tasks: TaskTracker::new(),
+                cluster: std::sync::OnceLock::new(),
             }),
             thread,
         ))
@@ -259,10 +262,60 @@ impl Service {
 
     /// Sends one request through the single writer and waits for its answer.
     /// It first takes its place in the bounded queue, waiting at most the
-    /// queue timeout (`WriteError::Busy` after that, nothing written).
+    /// queue timeout (`WriteError::Busy` after that, nothing written). In
+    /// cluster mode the write goes through the replicated log instead.
     pub async fn write(&self, stream: StreamName, op: WriteOp) -> Result<WriteOutcome, WriteError> {
-        self.write_with(stream, op, Some(self.queue.limits.timeout))
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.write(self, stream, op).await;
+        }
+        self.write_with(stream, op, Origin::Client, Some(self.queue.limits.timeout))
             .await
+    }
+
+    /// Cluster mode: turns writes over to `cluster` and starts applying its log.
+    pub fn join_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
+        if self.cluster.set(Arc::clone(&cluster)).is_ok() {
+            cluster.start_applier(self);
+        }
+    }
+
+    /// The cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: checks `op` against the committed store (nothing written).
+    pub async fn check(&self, stream: StreamName, op: WriteOp) -> Result<WriteOutcome, WriteError> {
+        self.write_with(stream, op, Origin::Check, Some(self.queue.limits.timeout))
+            .await
+    }
+
+    /// Cluster mode: hands the log message `sequence` to the writer; the
+    /// answer comes once it is applied. Outside the bounded queue: the
+    /// applier bounds how many it has handed over.
+    pub fn apply_log(
+        &self,
+        stream: StreamName,
+        op: WriteOp,
+        sequence: u64,
+        recorded_at_micros: u64,
+    ) -> impl std::future::Future<Output = Result<Result<WriteOutcome, WriteError>, WriteError>>
+    {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.writer.submit(WriteRequest {
+            stream,
+            op,
+            origin: Origin::Log {
+                sequence,
+                recorded_at_micros,
+            },
+            reply,
+            admission: Vec::new(),
+        });
+        async move {
+            submitted?;
+            answer.await.map_err(|_| WriteError::WriterStopped)
+        }
     }
 
     /// `write` for the server's own requests (scavenge removals): waits for a
@@ -272,19 +325,26 @@ impl Service {
         stream: StreamName,
         op: WriteOp,
     ) -> Result<WriteOutcome, WriteError> {
-        self.write_with(stream, op, None).await
+        if self.cluster.get().is_some() {
+            return Err(WriteError::ClusterUnavailable(
+                "scavenging is not available in cluster mode yet".into(),
+            ));
+        }
+        self.write_with(stream, op, Origin::Client, None).await
     }
 
     async fn write_with(
         &self,
         stream: StreamName,
         op: WriteOp,
+        origin: Origin,
         timeout: Option<Duration>,
     ) -> Result<WriteOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
         let mut request = WriteRequest {
             stream,
             op,
+            origin,
             reply,
             admission: Vec::new(),
         };

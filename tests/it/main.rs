@@ -5,6 +5,7 @@ mod auth;
 mod backup;
 mod cli;
 mod client;
+mod cluster;
 mod concurrency;
 mod console;
 mod disk_full;

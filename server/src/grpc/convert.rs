@@ -352,7 +352,10 @@ pub fn write_error(stream: &StreamName, error: WriteError) -> Status {
         WriteError::DuplicateEventId { id, position } => Status::failed_precondition(format!(
             "event id {id} is already stored (position {position}) in a different append"
         )),
-        WriteError::Busy | WriteError::WriterStopped => Status::unavailable(error.to_string()),
+        WriteError::Busy | WriteError::WriterStopped | WriteError::ClusterUnavailable(_) => {
+            Status::unavailable(error.to_string())
+        }
+        WriteError::TooLargeForCluster { .. } => Status::invalid_argument(error.to_string()),
         WriteError::Storage(e) => {
             tracing::error!(error = %e, "a gRPC write failed in storage");
             Status::internal("storage failure; see the server's log")

@@ -47,7 +47,7 @@ pub fn need(method: &Method, route: Option<&str>) -> Need {
     };
     let read = *method == Method::GET || *method == Method::HEAD;
     match route {
-        "/health/live" => Need::Open,
+        "/health/live" | "/health/ready" => Need::Open,
         // The console's files hold no data; it asks for a token itself.
         "/" | "/ui/" | "/ui/{file}" if read => Need::Open,
         "/streams/{stream}"
@@ -213,6 +213,7 @@ mod tests {
     fn each_route_needs_the_documented_role() {
         let cases = [
             (Method::GET, "/health/live", Need::Open),
+            (Method::GET, "/health/ready", Need::Open),
             (Method::GET, "/streams/{stream}", Need::Role(Role::Reader)),
             (Method::HEAD, "/streams/{stream}", Need::Role(Role::Reader)),
             (

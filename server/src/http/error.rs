@@ -217,6 +217,15 @@ impl From<WriteError> for ApiError {
                 code: "writer_busy",
                 message: e.to_string(),
             },
+            WriteError::ClusterUnavailable(_) => Self::Overloaded {
+                code: "cluster_unavailable",
+                message: e.to_string(),
+            },
+            WriteError::TooLargeForCluster { max, .. } => Self::TooLarge {
+                code: "append_too_large",
+                message: e.to_string(),
+                limit: max,
+            },
         }
     }
 }

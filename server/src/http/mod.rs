@@ -130,6 +130,7 @@ pub fn router(
         .route("/admin/stats", get(stats::stats))
         .route("/metrics", get(stats::metrics))
         .route("/health/live", get(system::live))
+        .route("/health/ready", get(system::ready))
         .route("/info", get(system::info))
         .route("/", get(console::root))
         .route("/ui/", get(console::index))

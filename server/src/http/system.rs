@@ -13,6 +13,30 @@ pub async fn live() -> Json<Health> {
     })
 }
 
+/// Whether this node should get traffic: always on a single node; in cluster
+/// mode, 503 while it is further behind the log than `--cluster-ready-lag`
+/// or has stopped applying it.
+pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = match state.service.cluster() {
+        Some(cluster) if !cluster.ready() => "behind",
+        Some(_) if state.service.metrics().replication_stopped.get() != 0 => "stopped",
+        _ => "ok",
+    };
+    let code = if status == "ok" {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Health {
+            status: status.into(),
+        }),
+    )
+        .into_response()
+}
+
 /// What this server is; paths only for an admin.
 pub async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerInfo> {
     Json(ServerInfo {

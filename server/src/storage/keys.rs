@@ -60,6 +60,18 @@ pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 pub const LAYOUT_VERSION: u8 = 2;
 /// `CF_META` key of the id index's mark (u64 BE): every stored event id at a
 /// position below it is in `CF_EVENT_IDS`.
+/// Cluster mode: the last sequence of the replicated log applied to the store.
+pub const META_LOG_APPLIED: &[u8] = b"log_applied";
+
+/// Cluster mode: the `meta` key of a stream's last log sequence (the log
+/// message that last wrote to it, or was refused on it).
+pub fn subject_sequence_key(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + stream.len());
+    key.extend_from_slice(b"log_subject/");
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
 pub const META_IDS_INDEXED_BEFORE: &[u8] = b"ids_indexed_before";
 
 /// Key of a stream's state in `CF_STREAMS`: the name's bytes.

