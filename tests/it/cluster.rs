@@ -67,48 +67,161 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A client of the servers' monitoring endpoints, which gives up quickly on
+/// a server cut off by the test.
+fn monitor() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client")
+}
+
 /// Three JetStream servers in one cluster; SIGKILLed on drop.
 struct JetStream {
     dir: tempfile::TempDir,
     servers: Vec<NatsServer>,
+    /// When the servers run in network namespaces of their own.
+    network: Option<Network>,
 }
 
 struct NatsServer {
     name: String,
+    host: String,
     client_port: u16,
     monitor_port: u16,
     config: PathBuf,
     child: Option<Child>,
 }
 
+/// One network namespace per JetStream server, each joined to a bridge in
+/// the test's namespace by a veth pair: taking a server's veth down cuts it
+/// off from everyone while it keeps running. Removed on drop.
+struct Network {
+    bridge: String,
+    namespaces: Vec<String>,
+    veths: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the partition test needs iproute2's `ip` and root (network namespaces)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Network {
+    /// Three namespaces on 10.213.x.1-3/24; the bridge is 10.213.x.254.
+    fn create() -> (Self, Vec<String>) {
+        let tag = std::process::id() % 100_000;
+        let subnet = format!("10.213.{}", 20 + tag % 200);
+        let network = Self {
+            bridge: format!("skb{tag}"),
+            namespaces: (1..=3).map(|i| format!("skald-{tag}-{i}")).collect(),
+            veths: (1..=3).map(|i| format!("skv{tag}-{i}")).collect(),
+        };
+        ip(&["link", "add", &network.bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{subnet}.254/24"),
+            "dev",
+            &network.bridge,
+        ]);
+        ip(&["link", "set", &network.bridge, "up"]);
+        let mut hosts = Vec::new();
+        for (i, (ns, veth)) in network.namespaces.iter().zip(&network.veths).enumerate() {
+            let host = format!("{subnet}.{}", i + 1);
+            ip(&["netns", "add", ns]);
+            ip(&[
+                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            ip(&["link", "set", veth, "master", &network.bridge, "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{host}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            hosts.push(host);
+        }
+        (network, hosts)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // A veth goes with both its ends; the namespaces' own go with them.
+        for veth in &self.veths {
+            let _ = Command::new("ip").args(["link", "del", veth]).status();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
 impl JetStream {
+    /// Three servers on loopback.
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let ports: Vec<(String, u16, u16, u16)> = (0..3)
+            .map(|_| {
+                (
+                    "127.0.0.1".to_owned(),
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                )
+            })
             .collect();
+        Self::start_on(ports, None)
+    }
+
+    /// Three servers, each in a network namespace of its own.
+    fn start_in_namespaces() -> Self {
+        let (network, hosts) = Network::create();
+        let ports = hosts.into_iter().map(|h| (h, 4222, 6222, 8222)).collect();
+        Self::start_on(ports, Some(network))
+    }
+
+    fn start_on(ports: Vec<(String, u16, u16, u16)>, network: Option<Network>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
+            .map(|(host, _, route, _)| format!("nats-route://{host}:{route}"))
             .collect();
         let servers = ports
             .iter()
             .enumerate()
-            .map(|(i, (client, route, monitor))| {
+            .map(|(i, (host, client, route, monitor))| {
                 let name = format!("n{}", i + 1);
                 let store = dir.path().join(&name);
                 let config = dir.path().join(format!("{name}.conf"));
                 // `sync_interval: always`: JetStream fsyncs before it
                 // acknowledges, as single-node Skald does.
                 let text = format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                    "server_name: {name}\nlisten: {host}:{client}\nhttp: {host}:{monitor}\n\
                      jetstream {{ store_dir: {store:?}, sync_interval: always }}\n\
-                     cluster {{ name: skald-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                     cluster {{ name: skald-test, listen: {host}:{route}, routes: [{}] }}\n",
                     routes.join(", ")
                 );
                 std::fs::write(&config, text).expect("write config");
                 NatsServer {
                     name,
+                    host: host.clone(),
                     client_port: *client,
                     monitor_port: *monitor,
                     config,
@@ -116,11 +229,26 @@ impl JetStream {
                 }
             })
             .collect();
-        let mut cluster = Self { dir, servers };
+        let mut cluster = Self {
+            dir,
+            servers,
+            network,
+        };
         for i in 0..3 {
             cluster.launch(i);
         }
         cluster
+    }
+
+    /// Cuts server `i` off from the others (and from the Skald nodes); it keeps running.
+    fn partition(&self, i: usize) {
+        let network = self.network.as_ref().expect("servers in namespaces");
+        ip(&["link", "set", &network.veths[i], "down"]);
+    }
+
+    fn heal(&self, i: usize) {
+        let network = self.network.as_ref().expect("servers in namespaces");
+        ip(&["link", "set", &network.veths[i], "up"]);
     }
 
     fn launch(&mut self, i: usize) {
@@ -133,8 +261,17 @@ impl JetStream {
                     .join(format!("{}.log", self.servers[i].name)),
             )
             .expect("log file");
+        let namespace = self.network.as_ref().map(|n| n.namespaces[i].clone());
         let server = &mut self.servers[i];
-        let child = Command::new(nats_server())
+        let mut command = match namespace {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &ns]).arg(nats_server());
+                command
+            }
+            None => Command::new(nats_server()),
+        };
+        let child = command
             .arg("-c")
             .arg(&server.config)
             .stdout(Stdio::null())
@@ -155,7 +292,7 @@ impl JetStream {
     fn urls(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("nats://127.0.0.1:{}", s.client_port))
+            .map(|s| format!("nats://{}:{}", s.host, s.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -168,33 +305,38 @@ impl JetStream {
             .iter()
             .find(|s| s.child.is_some())
             .expect("a live server");
-        let url = format!("http://127.0.0.1:{}/jsz?streams=true", server.monitor_port);
-        let jsz: Value = reqwest::get(&url)
+        self.log_messages_on(server)
             .await
-            .expect("jsz")
-            .json()
-            .await
-            .expect("JSON");
-        jsz["account_details"]
+            .expect("the server's monitoring endpoint")
+    }
+
+    /// The message count `server` holds; `None` while it does not answer.
+    async fn log_messages_on(&self, server: &NatsServer) -> Option<u64> {
+        let url = format!(
+            "http://{}:{}/jsz?streams=true",
+            server.host, server.monitor_port
+        );
+        let jsz: Value = monitor().get(&url).send().await.ok()?.json().await.ok()?;
+        let count = jsz["account_details"]
             .as_array()
             .into_iter()
             .flatten()
             .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
             .find(|s| s["name"] == "SKALD")
-            .and_then(|s| s["state"]["messages"].as_u64())
-            .unwrap_or_else(|| panic!("no SKALD stream in {jsz}"))
+            .and_then(|s| s["state"]["messages"].as_u64());
+        Some(count.unwrap_or_else(|| panic!("no SKALD stream in {jsz}")))
     }
 
     /// Which server leads the Skald log's stream now (from the monitoring
     /// endpoint of any live server); waits until one does.
     async fn stream_leader(&self) -> usize {
-        let http = reqwest::Client::new();
+        let http = monitor();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             for server in self.servers.iter().filter(|s| s.child.is_some()) {
                 let url = format!(
-                    "http://127.0.0.1:{}/jsz?streams=true&config=true",
-                    server.monitor_port
+                    "http://{}:{}/jsz?streams=true&config=true",
+                    server.host, server.monitor_port
                 );
                 let Ok(response) = http.get(&url).send().await else {
                     continue;
@@ -228,6 +370,7 @@ impl JetStream {
 
 impl Drop for JetStream {
     fn drop(&mut self) {
+        // The servers first, then (as a field) the namespaces they ran in.
         for i in 0..self.servers.len() {
             self.kill(i);
         }
@@ -562,4 +705,58 @@ async fn killing_the_jetstream_leader_under_load_loses_no_acknowledged_append() 
     // Retries after a lost acknowledgement are idempotent: nothing twice.
     assert_eq!(log.len(), 480);
     assert_all_present(&log, &acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leader_loses_nothing_and_the_nodes_converge() {
+    let js = JetStream::start_in_namespaces();
+    let (a, b) = (Arc::new(node(&js)), Arc::new(node(&js)));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let node = Arc::clone(if w % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move { append_acknowledged(&node, w, 150).await })
+        })
+        .collect();
+    a.wait_for_gauge("head_position", 100).await;
+    let leader = js.stream_leader().await;
+    js.partition(leader);
+    let cut_at = tokio::time::Instant::now();
+    // The majority elects a new leader and appends go on through it, while
+    // the old leader keeps running on its own.
+    let (_, info) = a.get("/info").await;
+    let head_at_cut = info["head_position"].as_u64().expect("head");
+    a.wait_for_gauge("head_position", head_at_cut + 50).await;
+    // Really cut off: its monitoring endpoint does not answer, and the
+    // other two have a leader of their own.
+    assert_eq!(js.log_messages_on(&js.servers[leader]).await, None);
+    assert_ne!(js.stream_leader().await, leader);
+    // The scenario: the cut lasts 10 s.
+    tokio::time::sleep_until(cut_at + Duration::from_secs(10)).await;
+    js.heal(leader);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(acknowledged.len(), 600);
+    let log = assert_same_log(&a, &b).await;
+    assert_gap_free(&log);
+    // Nothing acknowledged lost, nothing acknowledged twice (at two positions).
+    assert_eq!(log.len(), 600);
+    assert_all_present(&log, &acknowledged);
+    // The healed server catches up to the same log as the other two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counts = Vec::new();
+        for server in &js.servers {
+            counts.push(js.log_messages_on(server).await);
+        }
+        if counts[0].is_some() && counts.iter().all(|c| *c == counts[0]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the servers' logs differ: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -107,6 +107,9 @@ impl Cluster {
             .name("skald")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
+            // A server cut off by the network is noticed within seconds
+            // (two unanswered pings), and the client moves to another.
+            .ping_interval(Duration::from_secs(2))
             .connect(addresses)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
