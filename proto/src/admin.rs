@@ -274,6 +274,22 @@ pub struct Stats {
     pub writer_queue_kib: u64,
     /// The running scavenge.
     pub scavenge: Option<JobReport>,
+    /// Cluster mode only: how far this node has applied the replicated log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStats>,
+}
+
+/// A cluster node's place in the replicated log (`/admin/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStats {
+    /// The last log sequence this node applied.
+    pub applied_sequence: u64,
+    /// Log messages this node has not applied yet.
+    pub lag_messages: u64,
+    /// Whether `/health/ready` answers 200.
+    pub ready: bool,
+    /// Whether the node stopped applying the log (see its log).
+    pub stopped: bool,
 }
 
 /// What `GET /info` tells.

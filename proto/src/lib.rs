@@ -19,8 +19,8 @@ mod subscription;
 
 pub use admin::{
     BackupHistory, CallerInfo, CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted,
-    Problem, ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer,
-    VerifyHistory,
+    Problem, ReplicationStats, ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata,
+    StreamMetadataAnswer, VerifyHistory,
 };
 pub use error::{ErrorBody, ErrorDetails};
 pub use events::{

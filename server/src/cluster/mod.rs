@@ -79,9 +79,11 @@ pub struct Cluster {
     /// The last log sequence this node's store has applied.
     applied: watch::Receiver<u64>,
     applied_tx: Mutex<Option<watch::Sender<u64>>>,
-    /// Messages in the log this node has not applied yet (as of the last one
-    /// it received).
-    lag: AtomicU64,
+    /// The log's last sequence as this node last heard it (from the pending
+    /// count of the last message received, or from JetStream on start).
+    log_head: AtomicU64,
+    /// Set once the node stopped applying the log.
+    stopped: std::sync::atomic::AtomicBool,
     /// Writes published by this node and waiting for their outcome, by
     /// message id (a retry on the same node may wait on the same id).
     waiters: Mutex<HashMap<String, Waiting>>,
@@ -176,7 +178,8 @@ impl Cluster {
             js,
             applied: applied_rx,
             applied_tx: Mutex::new(Some(applied_tx)),
-            lag: AtomicU64::new(log_last - applied),
+            log_head: AtomicU64::new(log_last),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
         }))
@@ -187,14 +190,23 @@ impl Cluster {
         *self.applied.borrow()
     }
 
-    /// Log messages not applied here yet, as of the last message received.
+    /// Log messages not applied here yet, as far as this node knows the log.
     pub fn lag(&self) -> u64 {
-        self.lag.load(Ordering::Relaxed)
+        self.log_head
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.applied())
     }
 
-    /// Whether this node is close enough to the log's head to serve reads.
+    /// Whether this node stopped applying the log (a damaged message or a
+    /// failed write; it needs a restart).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node is close enough to the log's head to serve reads
+    /// (and still applying it).
     pub fn ready(&self) -> bool {
-        self.lag() <= self.config.ready_lag
+        !self.stopped() && self.lag() <= self.config.ready_lag
     }
 
     /// Starts applying the log to `service`'s store, as one of its tasks.
@@ -343,6 +355,7 @@ impl Cluster {
                 Ok(()) => return,
                 Err(Stop::Fatal(message)) => {
                     tracing::error!(error = %message, "cannot apply the cluster's log; this node stops applying it (restart it)");
+                    self.stopped.store(true, Ordering::Relaxed);
                     service.metrics().replication_stopped.set(1);
                     return;
                 }
@@ -401,7 +414,10 @@ impl Cluster {
                             // new, else the consumer is lost: read again.
                             let handed = *applied.borrow() + applying.len() as u64;
                             match self.log_last_sequence().await {
-                                Ok(last) if last <= handed => continue,
+                                Ok(last) if last <= handed => {
+                                    self.log_head.fetch_max(last, Ordering::Relaxed);
+                                    continue;
+                                }
                                 Ok(last) => {
                                     result = Err(Stop::Retry(format!("the log is at {last} but its consumer delivered nothing past {handed}")));
                                     break;
@@ -433,8 +449,7 @@ impl Cluster {
                             break;
                         }
                     };
-                    self.lag.store(pending, Ordering::Relaxed);
-                    service.metrics().replication_lag.set(i64::try_from(pending).unwrap_or(i64::MAX));
+                    self.log_head.fetch_max(sequence + pending, Ordering::Relaxed);
                     let (stream, op) = match entry::decode(&message.payload) {
                         Ok(decoded) => decoded,
                         Err(e) => {
@@ -484,6 +499,7 @@ impl Cluster {
             Err(e) => return Err(Stop::Fatal(format!("log message {sequence}: {e}"))),
         };
         applied.send_replace(sequence);
+        self.log_head.fetch_max(sequence, Ordering::Relaxed);
         let waiting = id.and_then(|id| self.waiters.lock().expect("lock").remove(&id));
         if let Some(waiting) = waiting {
             for (_, tx) in waiting {

@@ -40,6 +40,14 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
         writer_queue_requests: service.writer_queue().0,
         writer_queue_kib: service.writer_queue().1,
         scavenge: state.maintenance.scavenges.current(),
+        replication: service
+            .cluster()
+            .map(|cluster| skald_proto::ReplicationStats {
+                applied_sequence: cluster.applied(),
+                lag_messages: cluster.lag(),
+                ready: cluster.ready() && !cluster.stopped(),
+                stopped: cluster.stopped(),
+            }),
     })
     .into_response())
 }
@@ -48,6 +56,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = state.service.metrics();
     let (requests, kib) = state.service.writer_queue();
     metrics.writer_queue_requests.set(requests as i64);
+    if let Some(cluster) = state.service.cluster() {
+        metrics
+            .replication_lag
+            .set(i64::try_from(cluster.lag()).unwrap_or(i64::MAX));
+    }
     metrics.writer_queue_kib.set(kib as i64);
     let scavenge = state.maintenance.scavenges.list().into_iter().next();
     if let Some(report) = scavenge {

@@ -19,8 +19,8 @@ pub async fn live() -> Json<Health> {
 pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = match state.service.cluster() {
+        Some(cluster) if cluster.stopped() => "stopped",
         Some(cluster) if !cluster.ready() => "behind",
-        Some(_) if state.service.metrics().replication_stopped.get() != 0 => "stopped",
         _ => "ok",
     };
     let code = if status == "ok" {

@@ -417,6 +417,12 @@ mod tests {
             writer_queue_kib: 12,
             open_connections: 3,
             scavenge: Some(report),
+            replication: Some(skald_proto::ReplicationStats {
+                applied_sequence: 7,
+                lag_messages: 2,
+                ready: true,
+                stopped: false,
+            }),
         };
         assert_eq!(read_as::<Stats>(&stats), stats);
         let info = ServerInfo {
