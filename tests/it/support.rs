@@ -24,6 +24,46 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
+/// A Python virtual environment `name` in the target directory with the
+/// packages of `requirements` (a path from the project root) installed: made
+/// when missing, remade when the file changed since (`.ci/run` makes the
+/// same ones first, so CI shows the installs). Returns the environment's
+/// directory. Callers make each environment once per run.
+pub fn python_venv(name: &str, requirements: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join(name);
+    let python = venv.join("bin/python");
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join(requirements);
+    let installed = venv.join("requirements.txt");
+    let current = std::fs::read(&installed).ok() == std::fs::read(&requirements).ok();
+    if !python.exists() || !current {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("these tests need python3 (with venv) on PATH");
+        assert!(
+            status.success(),
+            "python3 -m venv {} failed",
+            venv.display()
+        );
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("run pip");
+        assert!(
+            status.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        std::fs::copy(&requirements, &installed).expect("record the installed requirements");
+    }
+    venv
+}
+
 /// Bytes of the files under `dir` (a data directory, WAL included).
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)

@@ -156,7 +156,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        if matches!(self, Self::Overloaded { .. }) {
+            // Load or a cluster leader change: retryable, and said so to the client.
+            tracing::warn!(error = %self, code, "request refused for now");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, code, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
