@@ -1197,7 +1197,7 @@ mod tests {
 
     /// Sends `requests` as one group; returns their answers.
     fn one_group(
-        writer: &mut Writer<fn(CommitInfo)>,
+        writer: &mut TestWriter,
         requests: Vec<(&str, WriteOp, Origin)>,
     ) -> Vec<Result<WriteOutcome, WriteError>> {
         let mut answers = Vec::new();
@@ -1231,12 +1231,20 @@ mod tests {
         WriteOp::Append { expected, events }
     }
 
-    #[test]
-    fn a_check_sees_the_committed_store_and_writes_nothing() {
+    type TestWriter = Writer<fn(CommitInfo)>;
+
+    /// A writer over a new store (kept in the returned temp dir).
+    fn fresh_writer() -> (tempfile::TempDir, Arc<Store>, TestWriter) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(dir.path()).expect("open"));
-        let mut writer =
+        let writer =
             Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), 1024).expect("writer");
+        (dir, store, writer)
+    }
+
+    #[test]
+    fn a_check_sees_the_committed_store_and_writes_nothing() {
+        let (_dir, store, mut writer) = fresh_writer();
         let first = one_group(
             &mut writer,
             vec![(
@@ -1307,10 +1315,7 @@ mod tests {
 
     #[test]
     fn log_writes_move_the_applied_sequence_even_when_refused() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
-        let mut writer =
-            Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), 1024).expect("writer");
+        let (_dir, store, mut writer) = fresh_writer();
         let log = |sequence| Origin::Log {
             sequence,
             recorded_at_micros: 1_000_000 + sequence,
