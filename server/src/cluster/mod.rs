@@ -149,7 +149,8 @@ impl Cluster {
         };
         let have = &info.config;
         if have.subjects != wanted.subjects
-            || have.num_replicas != wanted.replicas_or_one()
+            // JetStream stores 0 replicas as 1.
+            || have.num_replicas != wanted.num_replicas.max(1)
             || have.storage != stream::StorageType::File
         {
             return Err(stream_error(format!(
@@ -592,16 +593,5 @@ fn copy_answer(answer: &Answer) -> Answer {
         Err(WriteError::StreamDeleted(s)) => Err(WriteError::StreamDeleted(s.clone())),
         Err(WriteError::StreamNotFound(s)) => Err(WriteError::StreamNotFound(s.clone())),
         Err(other) => Err(WriteError::ClusterUnavailable(other.to_string())),
-    }
-}
-
-trait ReplicasOrOne {
-    fn replicas_or_one(&self) -> usize;
-}
-
-impl ReplicasOrOne for stream::Config {
-    /// JetStream stores 0 replicas as 1.
-    fn replicas_or_one(&self) -> usize {
-        self.num_replicas.max(1)
     }
 }
