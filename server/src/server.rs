@@ -155,6 +155,13 @@ impl Server {
             backups: Arc::new(Jobs::load(JobKind::Backup, &service).await),
             backup_dir: config.backup_dir.clone(),
         });
+        if let Some(cluster) = service.cluster() {
+            service.spawn(crate::maintenance::scavenge::compact_after_log_scavenges(
+                Arc::clone(&service),
+                Arc::clone(&maintenance.scavenges),
+                cluster.scavenges(),
+            ));
+        }
         let app = crate::http::router(Arc::clone(&service), &config, maintenance, auth.clone());
         let limits = ConnectionLimits {
             max_connections: config.max_connections,

@@ -319,16 +319,15 @@ impl Service {
     }
 
     /// `write` for the server's own requests (scavenge removals): waits for a
-    /// place in the queue as long as it takes.
+    /// place in the queue as long as it takes. In cluster mode they go
+    /// through the log, so every node removes the same events.
     async fn write_internal(
         &self,
         stream: StreamName,
         op: WriteOp,
     ) -> Result<WriteOutcome, WriteError> {
-        if self.cluster.get().is_some() {
-            return Err(WriteError::ClusterUnavailable(
-                "scavenging is not available in cluster mode yet".into(),
-            ));
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.write(self, stream, op).await;
         }
         self.write_with(stream, op, Origin::Client, None).await
     }

@@ -1,18 +1,33 @@
-//! The replicated log's messages: one client write (an append, a delete or a
-//! metadata change) and its stream, encoded for JetStream. Binary, versioned
-//! and CRC-checked like the store's records: every node applies exactly the
-//! bytes the log holds, so a damaged message stops a node instead of making
-//! it diverge.
+//! The replicated log's messages: one write (a client's append, delete or
+//! metadata change, or a scavenge's removal of hidden events) and its stream,
+//! or the end of a scavenge; encoded for JetStream. Binary, versioned and
+//! CRC-checked like the store's records: every node applies exactly the bytes
+//! the log holds, so a damaged message stops a node instead of making it
+//! diverge.
 
 use uuid::Uuid;
 
 use crate::model::{ContentType, ExpectedRevision, NewEvent, StreamMetadata, StreamName};
-use crate::storage::writer::WriteOp;
+use crate::storage::writer::{HiddenEvent, WriteOp};
 
 const VERSION: u8 = 1;
 const APPEND: u8 = 1;
 const DELETE: u8 = 2;
 const METADATA: u8 = 3;
+const REMOVE: u8 = 4;
+const SCAVENGED: u8 = 5;
+/// The encoded size of one removed event (position, revision, id, time, bytes).
+const REMOVED_EVENT_BYTES: usize = 48;
+
+/// One message of the log.
+#[derive(Debug)]
+pub enum Entry {
+    /// A write on one Skald stream, applied by the single writer.
+    Write(StreamName, WriteOp),
+    /// A scavenge's removals are all in the log before this: every node
+    /// compacts its store so the space comes back.
+    Scavenged,
+}
 
 /// Why a log message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,22 +44,21 @@ pub enum EntryError {
     Invalid(&'static str),
 }
 
-/// Encodes `op` on `stream`; `None` for a scavenge removal, which is not
-/// replicated.
-pub fn encode(stream: &StreamName, op: &WriteOp) -> Option<Vec<u8>> {
+/// Encodes `op` on `stream`.
+pub fn encode(stream: &StreamName, op: &WriteOp) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(VERSION);
-    match op {
-        WriteOp::Append { .. } => out.push(APPEND),
-        WriteOp::Delete { .. } => out.push(DELETE),
-        WriteOp::SetMetadata { .. } => out.push(METADATA),
-        WriteOp::Remove { .. } => return None,
-    }
+    out.push(match op {
+        WriteOp::Append { .. } => APPEND,
+        WriteOp::Delete { .. } => DELETE,
+        WriteOp::SetMetadata { .. } => METADATA,
+        WriteOp::Remove { .. } => REMOVE,
+    });
     put_bytes(&mut out, stream.as_str().as_bytes());
     match op {
         WriteOp::Append { expected, events } => {
             put_expected(&mut out, *expected);
-            out.extend_from_slice(&u32::try_from(events.len()).ok()?.to_le_bytes());
+            put_count(&mut out, events.len());
             for event in events {
                 out.extend_from_slice(event.id.as_bytes());
                 out.push(match event.content_type {
@@ -77,15 +91,35 @@ pub fn encode(stream: &StreamName, op: &WriteOp) -> Option<Vec<u8>> {
             }
             put_optional(&mut out, metadata.custom.as_deref());
         }
-        WriteOp::Remove { .. } => unreachable!("returned above"),
+        WriteOp::Remove { events, now_micros } => {
+            out.extend_from_slice(&now_micros.to_le_bytes());
+            put_count(&mut out, events.len());
+            out.reserve(events.len() * REMOVED_EVENT_BYTES);
+            for event in events {
+                out.extend_from_slice(&event.position.to_le_bytes());
+                out.extend_from_slice(&event.revision.to_le_bytes());
+                out.extend_from_slice(event.id.as_bytes());
+                out.extend_from_slice(&event.recorded_at_micros.to_le_bytes());
+                out.extend_from_slice(&event.bytes.to_le_bytes());
+            }
+        }
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Some(out)
+    seal(out)
 }
 
-/// Decodes a log message into its stream and write.
-pub fn decode(bytes: &[u8]) -> Result<(StreamName, WriteOp), EntryError> {
+/// Encodes the end of a scavenge.
+pub fn encode_scavenged() -> Vec<u8> {
+    seal(vec![VERSION, SCAVENGED])
+}
+
+fn seal(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a log message.
+pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
     let (body, crc) = bytes.split_last_chunk::<4>().ok_or(EntryError::Truncated)?;
     if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
         return Err(EntryError::Checksum);
@@ -96,10 +130,28 @@ pub fn decode(bytes: &[u8]) -> Result<(StreamName, WriteOp), EntryError> {
         return Err(EntryError::Version(version));
     }
     let kind = r.u8()?;
+    if kind == SCAVENGED {
+        return r.end().map(|()| Entry::Scavenged);
+    }
     let stream = StreamName::parse(r.text()?).map_err(|_| EntryError::Invalid("stream name"))?;
-    let expected = r.expected()?;
     let op = match kind {
+        REMOVE => {
+            let now_micros = r.u64()?;
+            let count = r.u32()? as usize;
+            let mut events = Vec::with_capacity(count.min(r.0.len() / REMOVED_EVENT_BYTES));
+            for _ in 0..count {
+                events.push(HiddenEvent {
+                    position: r.u64()?,
+                    revision: r.u64()?,
+                    id: Uuid::from_bytes(r.take(16)?.try_into().expect("16 bytes")),
+                    recorded_at_micros: r.u64()?,
+                    bytes: r.u64()?,
+                });
+            }
+            WriteOp::Remove { events, now_micros }
+        }
         APPEND => {
+            let expected = r.expected()?;
             let count = r.u32()? as usize;
             // Each event takes at least 30 bytes: no count can reserve more than the message.
             let mut events = Vec::with_capacity(count.min(r.0.len() / 30));
@@ -121,7 +173,7 @@ pub fn decode(bytes: &[u8]) -> Result<(StreamName, WriteOp), EntryError> {
             WriteOp::Append { expected, events }
         }
         DELETE => WriteOp::Delete {
-            expected,
+            expected: r.expected()?,
             hard: match r.u8()? {
                 0 => false,
                 1 => true,
@@ -129,11 +181,12 @@ pub fn decode(bytes: &[u8]) -> Result<(StreamName, WriteOp), EntryError> {
             },
         },
         METADATA => {
+            let expected = r.expected()?;
             let mut limits = [None; 3];
             for limit in &mut limits {
                 *limit = match r.u8()? {
                     0 => None,
-                    1 => Some(u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
+                    1 => Some(r.u64()?),
                     _ => return Err(EntryError::Invalid("limit")),
                 };
             }
@@ -148,10 +201,13 @@ pub fn decode(bytes: &[u8]) -> Result<(StreamName, WriteOp), EntryError> {
         }
         other => return Err(EntryError::Kind(other)),
     };
-    if !r.0.is_empty() {
-        return Err(EntryError::Invalid("trailing bytes"));
-    }
-    Ok((stream, op))
+    r.end()?;
+    Ok(Entry::Write(stream, op))
+}
+
+fn put_count(out: &mut Vec<u8>, count: usize) {
+    let count = u32::try_from(count).expect("a write holds fewer than 2^32 events");
+    out.extend_from_slice(&count.to_le_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -203,6 +259,20 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    fn u64(&mut self) -> Result<u64, EntryError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn end(&self) -> Result<(), EntryError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(EntryError::Invalid("trailing bytes"))
+        }
+    }
+
     fn text(&mut self) -> Result<&'a str, EntryError> {
         let len = self.u32()? as usize;
         std::str::from_utf8(self.take(len)?).map_err(|_| EntryError::Invalid("UTF-8"))
@@ -218,7 +288,7 @@ impl<'a> Reader<'a> {
 
     fn expected(&mut self) -> Result<ExpectedRevision, EntryError> {
         let tag = self.u8()?;
-        let revision = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+        let revision = self.u64()?;
         match tag {
             0 => Ok(ExpectedRevision::Any),
             1 => Ok(ExpectedRevision::NoStream),
@@ -290,6 +360,34 @@ mod tests {
                         }
                     }
                 ),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (
+                        any::<u64>(),
+                        any::<u64>(),
+                        any::<u128>(),
+                        any::<u64>(),
+                        any::<u64>()
+                    ),
+                    0..6
+                ),
+            )
+                .prop_map(|(now_micros, events)| WriteOp::Remove {
+                    now_micros,
+                    events: events
+                        .into_iter()
+                        .map(
+                            |(position, revision, id, recorded_at_micros, bytes)| HiddenEvent {
+                                position,
+                                revision,
+                                id: Uuid::from_u128(id),
+                                recorded_at_micros,
+                                bytes,
+                            }
+                        )
+                        .collect(),
+                }),
         ]
     }
 
@@ -316,6 +414,13 @@ mod tests {
                     expected: e2,
                 },
             ) => metadata == m2 && expected == e2,
+            (
+                WriteOp::Remove { events, now_micros },
+                WriteOp::Remove {
+                    events: v2,
+                    now_micros: n2,
+                },
+            ) => events == v2 && now_micros == n2,
             _ => false,
         }
     }
@@ -325,8 +430,10 @@ mod tests {
         #[test]
         fn every_write_round_trips(stream in "[a-z][a-z0-9 .*>-]{0,20}", op in arb_op()) {
             let stream = StreamName::parse(&stream).expect("valid name");
-            let bytes = encode(&stream, &op).expect("replicated");
-            let (back_stream, back) = decode(&bytes).expect("decodes");
+            let bytes = encode(&stream, &op);
+            let Entry::Write(back_stream, back) = decode(&bytes).expect("decodes") else {
+                panic!("not a write");
+            };
             prop_assert_eq!(back_stream, stream);
             prop_assert!(same(&back, &op), "{:?} != {:?}", back, op);
         }
@@ -339,7 +446,7 @@ mod tests {
             cut in any::<prop::sample::Index>(),
         ) {
             let stream = StreamName::parse("s").expect("valid");
-            let bytes = encode(&stream, &op).expect("replicated");
+            let bytes = encode(&stream, &op);
             let mut flipped = bytes.clone();
             flipped[flip.index(bytes.len())] ^= 1 << bit;
             prop_assert!(decode(&flipped).is_err());
@@ -349,12 +456,14 @@ mod tests {
     }
 
     #[test]
-    fn scavenge_removals_are_not_replicated() {
-        let stream = StreamName::parse("s").expect("valid");
-        let op = WriteOp::Remove {
-            events: Vec::new(),
-            now_micros: 0,
-        };
-        assert!(encode(&stream, &op).is_none());
+    fn the_end_of_a_scavenge_round_trips_and_refuses_damage() {
+        let bytes = encode_scavenged();
+        assert!(matches!(decode(&bytes), Ok(Entry::Scavenged)));
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(decode(&flipped).is_err(), "flip at {at}");
+            assert!(decode(&bytes[..at]).is_err(), "cut at {at}");
+        }
     }
 }

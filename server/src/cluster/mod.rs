@@ -15,6 +15,7 @@
 
 pub mod entry;
 
+use entry::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use bytes::Bytes;
+use futures::future::Either;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -40,6 +42,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long the applier waits for a message before asking whether the log
 /// moved on without it (its consumer may be lost with a JetStream server).
 const QUIET_CHECK: Duration = Duration::from_secs(2);
+/// The subject token of the scavenge ends: not base64url, so no stream's.
+const SCAVENGED_TOKEN: &str = "$scavenged";
 /// How long a new node waits for JetStream to elect its leaders on start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -88,6 +92,8 @@ pub struct Cluster {
     /// message id (a retry on the same node may wait on the same id).
     waiters: Mutex<HashMap<String, Waiting>>,
     next_waiter: AtomicU64,
+    /// The log sequence of the last scavenge end applied here.
+    scavenged: watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -183,6 +189,7 @@ impl Cluster {
             stopped: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
+            scavenged: watch::Sender::new(0),
         }))
     }
 
@@ -228,11 +235,11 @@ impl Cluster {
         format!("{}.s.{token}", self.config.stream)
     }
 
-    /// Publishes a client's write and answers it once this node applied it.
+    /// Publishes a write and answers it once this node applied it: a
+    /// client's write under the compare-and-set on its stream, a scavenge's
+    /// removal as it is (the writer re-checks it where the log applies it).
     pub async fn write(&self, service: &Service, stream: StreamName, op: WriteOp) -> Answer {
-        let payload = Bytes::from(entry::encode(&stream, &op).ok_or_else(|| {
-            WriteError::ClusterUnavailable("scavenging is not replicated yet".into())
-        })?);
+        let payload = Bytes::from(entry::encode(&stream, &op));
         let max = self.client.server_info().max_payload.saturating_sub(1024);
         if payload.len() > max {
             return Err(WriteError::TooLargeForCluster {
@@ -240,15 +247,94 @@ impl Cluster {
                 max,
             });
         }
+        if matches!(op, WriteOp::Remove { .. }) {
+            let id = uuid::Uuid::new_v4().to_string();
+            let (sequence, mut waiter) = self.publish(self.subject(&stream), payload, &id).await?;
+            let deadline = Instant::now() + self.config.publish_timeout;
+            tokio::time::timeout_at(deadline, &mut waiter.answer)
+                .await
+                .map_err(|_| self.not_applied(sequence))?
+                .map_err(|_| WriteError::ClusterUnavailable("the applier stopped".into()))?
+        } else {
+            self.write_checked(service, stream, op, payload).await
+        }
+    }
+
+    /// Marks the end of a scavenge in the log (every node compacts when it
+    /// applies it) and returns once this node applied it.
+    pub async fn scavenged(&self) -> Result<u64, WriteError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let subject = format!("{}.s.{SCAVENGED_TOKEN}", self.config.stream);
+        let payload = Bytes::from(entry::encode_scavenged());
+        let (sequence, _waiter) = self.publish(subject, payload, &id).await?;
+        self.wait_applied(sequence, Instant::now() + self.config.publish_timeout)
+            .await?;
+        Ok(sequence)
+    }
+
+    /// The log sequence of the last scavenge end applied here, as it changes.
+    pub fn scavenges(&self) -> watch::Receiver<u64> {
+        self.scavenged.subscribe()
+    }
+
+    /// Publishes a message with no expectation, retrying while no server
+    /// answers for the subject, within the publish timeout; returns its
+    /// sequence and the waiter for its outcome.
+    async fn publish(
+        &self,
+        subject: String,
+        payload: Bytes,
+        id: &str,
+    ) -> Result<(u64, Waiter<'_>), WriteError> {
+        let deadline = Instant::now() + self.config.publish_timeout;
+        loop {
+            let waiter = self.wait_for(id);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id);
+            let acked = tokio::time::timeout_at(deadline, async {
+                self.js.send_publish(subject.clone(), publish).await?.await
+            })
+            .await
+            .map_err(|_| self.timed_out())?;
+            match acked {
+                Ok(ack) => return Ok((ack.sequence, waiter)),
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    tokio::time::timeout_at(deadline, tokio::time::sleep(RETRY_PAUSE))
+                        .await
+                        .map_err(|_| WriteError::ClusterUnavailable(e.to_string()))?;
+                }
+                Err(e) => return Err(WriteError::ClusterUnavailable(e.to_string())),
+            }
+        }
+    }
+
+    fn timed_out(&self) -> WriteError {
+        WriteError::ClusterUnavailable(format!(
+            "no answer within {:?} (--cluster-publish-timeout-ms)",
+            self.config.publish_timeout
+        ))
+    }
+
+    fn not_applied(&self, sequence: u64) -> WriteError {
+        WriteError::ClusterUnavailable(format!(
+            "this node has not applied the log up to {sequence} in time"
+        ))
+    }
+
+    /// Publishes a client's write under the compare-and-set on its stream's
+    /// subject and answers it once this node applied it.
+    async fn write_checked(
+        &self,
+        service: &Service,
+        stream: StreamName,
+        op: WriteOp,
+        payload: Bytes,
+    ) -> Answer {
         let message_id = message_id(&stream, &op);
         let subject = self.subject(&stream);
         let deadline = Instant::now() + self.config.publish_timeout;
-        let timed_out = || {
-            WriteError::ClusterUnavailable(format!(
-                "no answer within {:?} (--cluster-publish-timeout-ms)",
-                self.config.publish_timeout
-            ))
-        };
+        let timed_out = || self.timed_out();
         for _ in 0..MAX_ATTEMPTS {
             let subject_sequence = match service.check(stream.clone(), op.clone()).await? {
                 WriteOutcome::Checked { subject_sequence } => subject_sequence,
@@ -323,11 +409,7 @@ impl Cluster {
         let mut applied = self.applied.clone();
         tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= sequence))
             .await
-            .map_err(|_| {
-                WriteError::ClusterUnavailable(format!(
-                    "this node has not applied the log up to {sequence} in time"
-                ))
-            })?
+            .map_err(|_| self.not_applied(sequence))?
             .map_err(|_| WriteError::ClusterUnavailable("the applier stopped".into()))?;
         Ok(())
     }
@@ -451,20 +533,30 @@ impl Cluster {
                         }
                     };
                     self.log_head.fetch_max(sequence + pending, Ordering::Relaxed);
-                    let (stream, op) = match entry::decode(&message.payload) {
-                        Ok(decoded) => decoded,
-                        Err(e) => {
-                            result = Err(Stop::Fatal(format!("log message {sequence}: {e}")));
-                            break;
-                        }
-                    };
                     let id = message
                         .headers
                         .as_ref()
                         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                         .map(|v| v.as_str().to_owned());
-                    let answer = service.apply_log(stream, op, sequence, published_micros);
-                    applying.push_back(async move { (sequence, id, answer.await) });
+                    match entry::decode(&message.payload) {
+                        Ok(Entry::Write(stream, op)) => {
+                            let answer = service.apply_log(stream, op, sequence, published_micros);
+                            applying.push_back(Either::Left(async move {
+                                (sequence, id, Some(answer.await))
+                            }));
+                        }
+                        // Nothing to write: it takes its turn after what the
+                        // writer has, and the store's applied sequence moves
+                        // with the next write (a restart may see it again,
+                        // which costs one more compaction).
+                        Ok(Entry::Scavenged) => {
+                            applying.push_back(Either::Right(std::future::ready((sequence, id, None))));
+                        }
+                        Err(e) => {
+                            result = Err(Stop::Fatal(format!("log message {sequence}: {e}")));
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -479,15 +571,22 @@ impl Cluster {
         result
     }
 
-    /// Records the writer's answer to the log message `sequence` and hands it
-    /// to the write waiting for it here, if any.
+    /// Records the writer's answer to the log message `sequence` (`None`:
+    /// the end of a scavenge) and hands it to the write waiting for it here,
+    /// if any.
     fn applied_one(
         &self,
         applied: &watch::Sender<u64>,
         sequence: u64,
         id: Option<String>,
-        answer: Result<Answer, WriteError>,
+        answer: Option<Result<Answer, WriteError>>,
     ) -> Result<(), Stop> {
+        let Some(answer) = answer else {
+            applied.send_replace(sequence);
+            self.log_head.fetch_max(sequence, Ordering::Relaxed);
+            self.scavenged.send_replace(sequence);
+            return Ok(());
+        };
         let answer = answer.and_then(|a| match a {
             // Not applied: the store stopped; the log stays where it was.
             Err(e @ (WriteError::Storage(_) | WriteError::WriterStopped | WriteError::Busy)) => {

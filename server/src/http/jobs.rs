@@ -48,14 +48,6 @@ pub async fn start(
         JobKind::Verify | JobKind::Backup => false,
     };
     params.finish()?;
-    if kind == JobKind::Scavenge && !dry_run && state.service.cluster().is_some() {
-        // Each node removing what it found on its own would be safe for
-        // positions but not for the log JetStream keeps: not built yet.
-        return Err(ApiError::Conflict {
-            code: "not_in_cluster_mode",
-            message: "scavenging is not available in cluster mode yet (a dry run is)".into(),
-        });
-    }
     let service = Arc::clone(&state.service);
     let jobs = Arc::clone(state.maintenance.jobs(kind));
     let job = match kind {

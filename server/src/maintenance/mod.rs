@@ -122,6 +122,8 @@ pub struct Jobs {
     kind: JobKind,
     current: Mutex<Option<Arc<Job>>>,
     history: Mutex<VecDeque<JobReport>>,
+    /// Told when the running job finishes.
+    finished: tokio::sync::Notify,
 }
 
 impl Jobs {
@@ -135,6 +137,7 @@ impl Jobs {
             kind,
             current: Mutex::new(None),
             history: Mutex::new(history),
+            finished: tokio::sync::Notify::new(),
         }
     }
 
@@ -192,6 +195,13 @@ impl Jobs {
             tracing::warn!(error = %e, kind = %self.kind, "cannot persist the job history");
         }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.finished.notify_waiters();
+    }
+
+    /// Completes once the job running when this was called has finished
+    /// (call it before trying to start one, so no finish is missed).
+    pub fn idle(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.finished.notified()
     }
 
     /// The running job's report.

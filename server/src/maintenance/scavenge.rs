@@ -12,6 +12,13 @@
 //! the last stream it finished; the next one continues after it (so a stream
 //! left half-done is taken up again from its start). The final compaction goes
 //! range by range and stops between ranges when cancelled.
+//!
+//! In cluster mode the removals go through the replicated log (the service's
+//! internal writes do), so every node removes the same events at the same
+//! point of the log, re-checked there. Instead of compacting, the scavenge
+//! then logs its end; every node, this one included, compacts as a job of its
+//! own when it applies that end (`compact_after_log_scavenges`), so a node
+//! that was offline compacts too once it has caught up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +43,58 @@ pub fn start(
     super::spawn(service, jobs, dry_run, move |service, job| async move {
         run(&service, &job, dry_run).await
     })
+}
+
+/// Cluster mode: compacts the store once the removals of the scavenge that
+/// ended at log sequence `sequence` are applied here, as a job of its own.
+pub fn start_compaction(
+    service: Arc<Service>,
+    jobs: Arc<Jobs>,
+    sequence: u64,
+) -> Result<Arc<Job>, super::JobError> {
+    super::spawn(service, jobs, false, move |service, job| async move {
+        job.set("log_sequence", sequence);
+        job.set("disk_bytes_before", service.disk_bytes().await);
+        job.update(|r| r.phase = "compacting".into());
+        compact(&service, &job).await?;
+        job.set("disk_bytes_after", service.disk_bytes().await);
+        Ok(())
+    })
+}
+
+/// Cluster mode: starts a compaction job each time this node applies the end
+/// of a scavenge (`ends` carries its log sequence), after the scavenge job
+/// running here, if any, has finished; until shutdown.
+pub async fn compact_after_log_scavenges(
+    service: Arc<Service>,
+    jobs: Arc<Jobs>,
+    mut ends: tokio::sync::watch::Receiver<u64>,
+) {
+    let shutdown = service.shutdown_token().clone();
+    loop {
+        tokio::select! {
+            changed = ends.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        let sequence = *ends.borrow_and_update();
+        loop {
+            let idle = jobs.idle();
+            match start_compaction(Arc::clone(&service), Arc::clone(&jobs), sequence) {
+                Ok(job) => {
+                    tracing::info!(id = %job.report().id, sequence, "compacting after a scavenge in the log");
+                    break;
+                }
+                Err(super::JobError::AlreadyRunning { .. }) => tokio::select! {
+                    () = idle => {}
+                    () = shutdown.cancelled() => return,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the compaction after a scavenge");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Whether a stream (or the compaction) was finished or left when the job was
@@ -92,9 +151,15 @@ async fn run(service: &Service, job: &Job, dry_run: bool) -> Result<(), String> 
         }
     }
     if !dry_run {
-        job.update(|r| r.phase = "compacting".into());
-        if compact(service, job).await? == Step::Cancelled {
-            return stop(service, after, dry_run).await;
+        if let Some(cluster) = service.cluster() {
+            job.update(|r| r.phase = "logging the end".into());
+            let sequence = cluster.scavenged().await.map_err(|e| err(&e))?;
+            job.set("log_sequence", sequence);
+        } else {
+            job.update(|r| r.phase = "compacting".into());
+            if compact(service, job).await? == Step::Cancelled {
+                return stop(service, after, dry_run).await;
+            }
         }
         service
             .set_scavenge_resume_point(None)

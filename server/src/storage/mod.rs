@@ -271,6 +271,21 @@ impl Store {
         }
     }
 
+    /// Whether the stream index still maps `stream`'s `revision` to
+    /// `position` (a scavenge removal applies only to events still there).
+    pub fn is_indexed(
+        &self,
+        stream: &str,
+        revision: u64,
+        position: u64,
+    ) -> Result<bool, StorageError> {
+        let stored = self.db.get_pinned_cf(
+            self.cf(keys::CF_STREAM_INDEX),
+            keys::stream_index_key(stream, revision),
+        )?;
+        Ok(stored.as_deref().and_then(keys::decode_position) == Some(position))
+    }
+
     /// Cluster mode: the last log sequence applied to the store (0: none).
     pub fn log_applied(&self) -> Result<u64, StorageError> {
         self.meta_u64(keys::META_LOG_APPLIED)

@@ -94,7 +94,7 @@ pub enum WriteOp {
 }
 
 /// An event the scavenger found hidden.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HiddenEvent {
     pub position: u64,
     pub revision: u64,
@@ -726,6 +726,20 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 for hidden in events {
                     if state.is_visible(hidden.revision, hidden.recorded_at_micros, *now_micros) {
                         continue; // the limits changed since the scan
+                    }
+                    // Removed already (by this group, or by another scavenge:
+                    // in cluster mode two nodes may scavenge at once). An
+                    // event this group appended is not in the store yet.
+                    let present = match overlay.ids.get(&hidden.id) {
+                        Some(pending) => pending.position == hidden.position,
+                        None => self.store.is_indexed(
+                            stream.as_str(),
+                            hidden.revision,
+                            hidden.position,
+                        )?,
+                    };
+                    if overlay.removed_ids.contains(&hidden.id) || !present {
+                        continue;
                     }
                     out.batch.delete_cf(
                         self.store.cf(keys::CF_EVENTS),
@@ -1376,6 +1390,113 @@ mod tests {
         );
         assert!(matches!(after[0], Err(WriteError::WriterStopped)));
         assert_eq!(store.log_applied().expect("applied"), 8);
+    }
+
+    /// Two nodes may scavenge at once in cluster mode, so the log can carry
+    /// the same removal twice: the second removes and counts nothing.
+    #[test]
+    fn a_removal_of_events_already_removed_counts_nothing() {
+        let (_dir, store, mut writer) = fresh_writer();
+        let log = |sequence| Origin::Log {
+            sequence,
+            recorded_at_micros: 1_000_000,
+        };
+        let delete = WriteOp::Delete {
+            expected: ExpectedRevision::Any,
+            hard: false,
+        };
+        one_group(
+            &mut writer,
+            vec![
+                (
+                    "s",
+                    append_op(ExpectedRevision::NoStream, &[1, 2, 3]),
+                    log(1),
+                ),
+                ("s", delete, log(2)),
+            ],
+        );
+        let s = StreamName::parse("s").expect("valid");
+        let state = store.stream_state(&s).expect("state").expect("exists");
+        let hidden = store
+            .hidden_events(&s, &state, 0, 2_000_000, 100)
+            .expect("hidden")
+            .events;
+        assert_eq!(hidden.len(), 3);
+        let removal = || WriteOp::Remove {
+            events: hidden.clone(),
+            now_micros: 2_000_000,
+        };
+        // Twice in one group, then once more in the next.
+        let answers = one_group(
+            &mut writer,
+            vec![("s", removal(), log(3)), ("s", removal(), log(4))],
+        );
+        let later = one_group(&mut writer, vec![("s", removal(), log(5))]);
+        let counts: Vec<u64> = answers
+            .iter()
+            .chain(&later)
+            .map(|a| match a {
+                Ok(WriteOutcome::Removed { events, .. }) => *events,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(counts, [3, 0, 0]);
+        assert_eq!(store.removed_events().expect("removed"), 3);
+        assert_eq!(
+            store
+                .stream_state(&s)
+                .expect("state")
+                .expect("exists")
+                .bytes,
+            0
+        );
+        assert_eq!(store.log_applied().expect("applied"), 5);
+        // A node catching up may apply an append, its deletion and its
+        // removal in one group: the events are not in the store yet, and
+        // are removed all the same.
+        let removal = |ids: std::ops::Range<u64>| WriteOp::Remove {
+            events: ids
+                .map(|n| HiddenEvent {
+                    position: n + 3,
+                    revision: n,
+                    id: Uuid::from_u128(u128::from(n) + 7),
+                    recorded_at_micros: 1_000_000,
+                    bytes: 1,
+                })
+                .collect(),
+            now_micros: 2_000_000,
+        };
+        let t = StreamName::parse("t").expect("valid");
+        let answers = one_group(
+            &mut writer,
+            vec![
+                ("t", append_op(ExpectedRevision::NoStream, &[7, 8]), log(6)),
+                (
+                    "t",
+                    WriteOp::Delete {
+                        expected: ExpectedRevision::Any,
+                        hard: false,
+                    },
+                    log(7),
+                ),
+                ("t", removal(0..2), log(8)),
+            ],
+        );
+        assert!(
+            matches!(answers[2], Ok(WriteOutcome::Removed { events: 2, .. })),
+            "{answers:?}"
+        );
+        assert_eq!(store.removed_events().expect("removed"), 5);
+        let t_state = store.stream_state(&t).expect("state").expect("exists");
+        assert_eq!(
+            store
+                .hidden_events(&t, &t_state, 0, 2_000_000, 100)
+                .expect("hidden")
+                .events
+                .len(),
+            0
+        );
     }
 
     #[test]
