@@ -292,6 +292,22 @@ pub struct ReplicationStats {
     pub stopped: bool,
 }
 
+/// `GET /admin/cluster` (cluster mode): this node and the cluster's registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// This node's id in the registry (kept in its data directory).
+    pub node_id: String,
+    /// Every registered node -> the log sequence its store had applied when
+    /// it last reported (on start and at each scavenge end it applied).
+    pub nodes: std::collections::BTreeMap<String, u64>,
+    /// Every registered node applied the log up to this sequence, and
+    /// JetStream may have purged messages up to it: a node whose store
+    /// applied less cannot catch up from the log.
+    pub horizon: u64,
+    /// The purges for the removals logged up to this sequence are done.
+    pub purged_through: u64,
+}
+
 /// What `GET /info` tells.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {

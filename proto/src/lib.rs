@@ -18,9 +18,9 @@ mod expected;
 mod subscription;
 
 pub use admin::{
-    BackupHistory, CallerInfo, CatalogPage, EngineStats, Health, JobReport, JobResult, JobStarted,
-    Problem, ReplicationStats, ScavengeHistory, ServerInfo, Stats, StreamInfo, StreamMetadata,
-    StreamMetadataAnswer, VerifyHistory,
+    BackupHistory, CallerInfo, CatalogPage, ClusterInfo, EngineStats, Health, JobReport, JobResult,
+    JobStarted, Problem, ReplicationStats, ScavengeHistory, ServerInfo, Stats, StreamInfo,
+    StreamMetadata, StreamMetadataAnswer, VerifyHistory,
 };
 pub use error::{ErrorBody, ErrorDetails};
 pub use events::{

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Cluster mode: 1 once this node stopped applying the log (a damaged
     /// message or a failed write; see the log), until a restart.
     pub replication_stopped: Gauge,
+    /// Cluster mode: messages this node purged from JetStream after scavenges.
+    pub replication_purged_messages: Counter,
     append_rate: RateWindow,
     read_rate: RateWindow,
 }
@@ -134,6 +136,7 @@ impl Default for Metrics {
             replication_applied: Gauge::default(),
             replication_lag: Gauge::default(),
             replication_stopped: Gauge::default(),
+            replication_purged_messages: Counter::default(),
             append_rate: RateWindow::default(),
             read_rate: RateWindow::default(),
             registry: Registry::default(),
@@ -242,6 +245,11 @@ impl Default for Metrics {
             "replication_stopped",
             "Cluster mode: 1 once this node stopped applying the log (see its log)",
             metrics.replication_stopped.clone(),
+        );
+        registry.register(
+            "replication_purged_messages",
+            "Cluster mode: messages holding only scavenged events this node purged from JetStream",
+            metrics.replication_purged_messages.clone(),
         );
         registry.register(
             "writer_queue_requests",

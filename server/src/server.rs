@@ -87,7 +87,9 @@ impl Server {
         let log_applied = store.log_applied()?;
         let (service, writer_thread) = Service::start(store, shutdown.clone(), queue)?;
         if let Some(cluster) = &config.cluster {
-            let cluster = crate::cluster::Cluster::connect(cluster.clone(), log_applied).await?;
+            let node_id = crate::cluster::node_id(&config.data_dir)?;
+            let cluster =
+                crate::cluster::Cluster::connect(cluster.clone(), log_applied, node_id).await?;
             service.join_cluster(cluster);
         }
         let listener =

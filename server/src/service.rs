@@ -722,6 +722,16 @@ impl Service {
         }
     }
 
+    /// Cluster mode: the JetStream purges for the removals applied from log
+    /// sequences `from..to` (see `Store::purge_plan`).
+    pub async fn purge_plan(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<crate::storage::purge::Purge>, StorageError> {
+        self.blocking(move |store| store.purge_plan(from, to)).await
+    }
+
     /// Events removed by scavenging, ever.
     pub async fn removed_events(&self) -> Result<u64, StorageError> {
         self.blocking(Store::removed_events).await

@@ -681,6 +681,211 @@ async fn scavenges_remove_the_same_events_on_every_node_even_one_that_was_down()
     assert_same_log(&b, &a).await;
 }
 
+/// `GET /admin/cluster` on `node` until `done` holds; returns it.
+async fn wait_registry(node: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, registry) = node.get("/admin/cluster").await;
+        assert_eq!(status, 200, "{registry}");
+        if done(&registry) {
+            return registry;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {registry}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `skald serve` on an empty data directory against `js` and expects
+/// it to refuse to start; returns what it said.
+fn refused_start(js: &JetStream) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            &js.urls(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skald");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("an empty node started on a log purged below its start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut said)
+        .expect("read stderr");
+    assert!(!status.success(), "{said}");
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_every_node_applied_a_scavenge_jetstream_drops_the_removed_events() {
+    let js = JetStream::start();
+    let backups = tempfile::tempdir().expect("temp dir");
+    let a = TestServer::start_with(&[
+        "--cluster",
+        &js.urls(),
+        "--cluster-publish-timeout-ms",
+        "3000",
+        "--backup-dir",
+        backups.path().to_str().expect("utf-8"),
+    ]);
+    let mut b = node(&js);
+    // Log messages: 6 appends of 100 to `gone`, 5 appends of 1 to `capped`,
+    // 1 to `kept`, the delete of `gone`, `capped`'s metadata: 14.
+    for _ in 0..6 {
+        let events: Vec<Value> = (0..100).map(|_| event(uuid::Uuid::new_v4(), "a")).collect();
+        let (status, answer) =
+            post_answered(&a, "/streams/gone", &json!({ "events": events })).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    for _ in 0..5 {
+        let (status, answer) = b.append("capped", json!("any"), &["C"]).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, answer) = a.append("kept", json!("no_stream"), &["K", "K", "K"]).await;
+    assert_eq!(status, 201, "{answer}");
+    let response = b.http.delete(b.url("/streams/gone")).send().await;
+    assert_eq!(response.expect("delete").status(), 204);
+    let response = a
+        .http
+        .put(a.url("/streams/capped/metadata"))
+        .json(&json!({"max_count": 1}))
+        .send()
+        .await
+        .expect("put metadata");
+    assert_eq!(response.status(), 200);
+    assert_same_log(&a, &b).await;
+    assert_eq!(js.log_messages().await, 14);
+
+    // Node B is down: the scavenge (2 removals from `gone`, 1 from `capped`,
+    // its end: 18 messages) purges nothing while B may still need them.
+    b.kill();
+    let end = scavenge(&a).await["log_sequence"].as_u64().expect("end");
+    assert_eq!(end, 18);
+    let (_, me) = a.get("/admin/cluster").await;
+    let a_id = me["node_id"].as_str().expect("id").to_owned();
+    // A reports what its store applied: every removal (the end writes nothing).
+    let registry = wait_registry(&a, "A reports", |r| r["nodes"][&a_id] == end - 1).await;
+    assert_eq!(
+        registry["nodes"].as_object().expect("nodes").len(),
+        2,
+        "{registry}"
+    );
+    assert!(registry["horizon"].as_u64() < Some(end - 1), "{registry}");
+    assert_eq!(registry["purged_through"], 0, "{registry}");
+    assert_eq!(js.log_messages().await, 18);
+
+    // B back: it applies the scavenge, and the last node to apply its end
+    // purges what only the removed events' messages held: `gone`'s six
+    // appends, its delete and first removal (its last message stays: the
+    // compare-and-set needs the subject's last sequence), `capped`'s first
+    // four appends. 6 of 18 messages are left.
+    b.restart();
+    wait_compaction(&b, end).await;
+    wait_registry(&a, "the purge", |r| r["purged_through"] == end - 1).await;
+    assert_eq!(js.log_messages().await, 6);
+    let purged = a
+        .metric("skald_replication_purged_messages_total")
+        .await
+        .unwrap_or(0)
+        + b.metric("skald_replication_purged_messages_total")
+            .await
+            .unwrap_or(0);
+    assert_eq!(purged, 12);
+
+    // An empty node can no longer rebuild from the log, and says what to do.
+    let said = refused_start(&js);
+    assert!(said.contains("restore a backup of another node"), "{said}");
+
+    // From a backup of A it joins, catches up and takes writes.
+    let (status, started) = a.post("/admin/backup", &Value::Null).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("id");
+    let report = crate::support::wait_job(&a, &format!("/admin/backup/{id}")).await;
+    assert_eq!(report["result"], "completed", "{report}");
+    let (status, answer) = a.append("kept", json!(2), &["K"]).await;
+    assert_eq!(status, 201, "{answer}");
+    let restored = tempfile::tempdir().expect("temp dir");
+    let data = restored.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["restore", "--from"])
+        .arg(backups.path().join(id))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run skald restore");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let c = TestServer::start_in(
+        data,
+        &[
+            "--cluster",
+            &js.urls(),
+            "--cluster-publish-timeout-ms",
+            "3000",
+        ],
+    );
+    let (_, me) = c.get("/admin/cluster").await;
+    assert_ne!(
+        me["node_id"],
+        a_id.as_str(),
+        "a restored node is a node of its own"
+    );
+    // Writes to the purged subjects still compare-and-set on their last message.
+    let (status, answer) = c.append("gone", json!("any"), &["G"]).await;
+    assert_eq!(
+        (status, answer["first_revision"].as_u64()),
+        (201, Some(600)),
+        "{answer}"
+    );
+    let (status, answer) = b.append("capped", json!(4), &["C"]).await;
+    assert_eq!(
+        (status, answer["first_revision"].as_u64()),
+        (201, Some(5)),
+        "{answer}"
+    );
+    let log = assert_same_log(&b, &a).await;
+    // `kept` 0-3, `gone` 600, `capped` 5 (its 4 is hidden by `max_count`).
+    assert_eq!(log.len(), 6, "{log:?}");
+    assert_eq!(assert_same_log(&b, &c).await, log);
+    // A node gone for good can be forgotten (by another node).
+    let b_id = b.get("/admin/cluster").await.1["node_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let response = a
+        .http
+        .delete(a.url(&format!("/admin/cluster/nodes/{b_id}")))
+        .send()
+        .await;
+    assert_eq!(response.expect("forget").status(), 204);
+    let (_, registry) = a.get("/admin/cluster").await;
+    assert!(registry["nodes"].get(&b_id).is_none(), "{registry}");
+    let response = a
+        .http
+        .delete(a.url(&format!("/admin/cluster/nodes/{a_id}")))
+        .send()
+        .await;
+    assert_eq!(response.expect("forget").status(), 409);
+}
+
 /// Appends one event per request to its own stream, retrying a 503 with the
 /// same event id, until `count` are acknowledged; returns them as (stream, id, position).
 async fn append_acknowledged(

@@ -14,8 +14,10 @@
 //! See docs/replication.md.
 
 pub mod entry;
+pub mod registry;
 
 use entry::Entry;
+use registry::{Registry, RegistryBucket, RegistryError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,47 @@ pub enum ClusterError {
     Connect { servers: String, message: String },
     #[error("JetStream stream {stream}: {message}")]
     Stream { stream: String, message: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "this node applied the log up to {applied}, but JetStream may have purged messages \
+         up to {horizon} after a scavenge: restore a backup of another node into this data \
+         directory (`skald restore`, docs/replication.md)"
+    )]
+    Compacted { applied: u64, horizon: u64 },
+    #[error("this node's id in {path}: {message}")]
+    NodeId { path: String, message: String },
+}
+
+/// The file in the data directory holding a node's id in the cluster's
+/// registry. Not part of the store, so a backup restored elsewhere does not
+/// carry it: the restored node registers as a node of its own.
+pub const NODE_ID_FILE: &str = "skald-node-id";
+
+/// This node's id: read from the data directory, or made (and synced) on
+/// the first start in cluster mode.
+pub fn node_id(data_dir: &std::path::Path) -> Result<String, ClusterError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let error = |e: std::io::Error| ClusterError::NodeId {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary).map_err(error)?;
+    std::io::Write::write_all(&mut file, id.as_bytes()).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    std::fs::rename(&temporary, &path).map_err(error)?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(error)?;
+    Ok(id)
 }
 
 type Answer = Result<WriteOutcome, WriteError>;
@@ -80,8 +123,12 @@ pub struct Cluster {
     config: ClusterConfig,
     client: async_nats::Client,
     js: jetstream::Context,
-    /// The last log sequence this node's store has applied.
+    /// The last log sequence this node has applied.
     applied: watch::Receiver<u64>,
+    /// The last log sequence its store has applied (a scavenge end writes
+    /// nothing, so it may be behind `applied`): what this node reports to
+    /// the registry.
+    stored: AtomicU64,
     applied_tx: Mutex<Option<watch::Sender<u64>>>,
     /// The log's last sequence as this node last heard it (from the pending
     /// count of the last message received, or from JetStream on start).
@@ -94,12 +141,22 @@ pub struct Cluster {
     next_waiter: AtomicU64,
     /// The log sequence of the last scavenge end applied here.
     scavenged: watch::Sender<u64>,
+    /// This node's id in the registry.
+    node_id: String,
+    /// The cluster's registry of nodes and the purge horizon.
+    registry: RegistryBucket,
 }
 
 impl Cluster {
-    /// Connects, creates the log's stream or checks the existing one, and
-    /// returns the cluster link; `applied` is the store's applied sequence.
-    pub async fn connect(config: ClusterConfig, applied: u64) -> Result<Arc<Self>, ClusterError> {
+    /// Connects, creates the log's stream or checks the existing one,
+    /// registers node `node_id` (refused when JetStream may have purged
+    /// messages it still needs), and returns the cluster link; `applied` is
+    /// the store's applied sequence.
+    pub async fn connect(
+        config: ClusterConfig,
+        applied: u64,
+        node_id: String,
+    ) -> Result<Arc<Self>, ClusterError> {
         let servers = config.servers.join(",");
         let connect_error = |message: String| ClusterError::Connect {
             servers: servers.clone(),
@@ -171,11 +228,34 @@ impl Cluster {
                  it belongs to another log"
             )));
         }
+        let registry = loop {
+            match RegistryBucket::open(&js, &config.stream, config.replicas).await {
+                Ok(registry) => break registry,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for JetStream");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let (joined, _) = registry
+            .change(|r| {
+                if !r.can_catch_up(applied) {
+                    return Err(r.horizon);
+                }
+                r.report(&node_id, applied);
+                Ok(())
+            })
+            .await?;
+        if let Err(horizon) = joined {
+            return Err(ClusterError::Compacted { applied, horizon });
+        }
         tracing::info!(
             stream = %config.stream,
             replicas = have.num_replicas,
             applied,
             log_last,
+            node_id,
             "cluster log ready"
         );
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -184,12 +264,15 @@ impl Cluster {
             client,
             js,
             applied: applied_rx,
+            stored: AtomicU64::new(applied),
             applied_tx: Mutex::new(Some(applied_tx)),
             log_head: AtomicU64::new(log_last),
             stopped: std::sync::atomic::AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
             scavenged: watch::Sender::new(0),
+            node_id,
+            registry,
         }))
     }
 
@@ -225,6 +308,107 @@ impl Cluster {
         let cluster = Arc::clone(self);
         let task_service = Arc::clone(service);
         service.spawn(async move { cluster.apply(task_service, applied_tx).await });
+        let cluster = Arc::clone(self);
+        let task_service = Arc::clone(service);
+        service.spawn(async move { cluster.purge_after_scavenges(task_service).await });
+    }
+
+    /// This node's id in the cluster's registry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The cluster's registry as JetStream holds it now.
+    pub async fn registry(&self) -> Result<Registry, RegistryError> {
+        self.registry.read().await
+    }
+
+    /// Forgets node `id` (gone for good), so the purge horizon no longer
+    /// waits for it, and purges what that allows; returns whether it was
+    /// registered.
+    pub async fn forget(&self, service: &Service, id: &str) -> Result<bool, String> {
+        let (known, registry) = self
+            .registry
+            .change(|r| r.forget(id))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.purge_below_horizon(service, registry).await?;
+        Ok(known)
+    }
+
+    /// At each scavenge end this node applies: reports how far its store
+    /// applied the log (every removal of the scavenge, at least), and, when
+    /// that moved the horizon (every node has applied that far), purges the
+    /// messages holding only removed events from JetStream.
+    async fn purge_after_scavenges(self: Arc<Self>, service: Arc<Service>) {
+        let mut ends = self.scavenged.subscribe();
+        let shutdown = service.shutdown_token().clone();
+        loop {
+            tokio::select! {
+                changed = ends.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            let end = *ends.borrow_and_update();
+            let stored = self.stored.load(Ordering::Relaxed);
+            let reported = self
+                .registry
+                .change(|r| r.report(&self.node_id, stored))
+                .await;
+            let purged = match reported {
+                Ok(((), registry)) => self.purge_below_horizon(&service, registry).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = purged {
+                tracing::warn!(error = %e, end, "cannot purge scavenged events from JetStream; the next scavenge end tries again");
+            }
+        }
+    }
+
+    /// Purges from JetStream the messages holding only events removed by the
+    /// removals logged after the registry's `purged_through` up to its
+    /// horizon (never a message after the horizon, which some node may still
+    /// need), then records that in the registry.
+    async fn purge_below_horizon(
+        &self,
+        service: &Service,
+        registry: Registry,
+    ) -> Result<(), String> {
+        let (from, to) = (registry.purged_through, registry.horizon);
+        if from >= to {
+            return Ok(());
+        }
+        let plan = service
+            .purge_plan(from, to)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| format!("cannot look the log's stream up: {e}"))?;
+        let mut purged = 0;
+        for purge in &plan {
+            let response = stream
+                .purge()
+                .filter(self.subject(&purge.stream))
+                .sequence(purge.before)
+                .await
+                .map_err(|e| format!("cannot purge {}: {e}", purge.stream))?;
+            purged += response.purged;
+        }
+        self.registry
+            .change(|r| r.purged_through = r.purged_through.max(to))
+            .await
+            .map_err(|e| e.to_string())?;
+        service.metrics().replication_purged_messages.inc_by(purged);
+        tracing::info!(
+            purged,
+            streams = plan.len(),
+            from,
+            to,
+            "purged scavenged events from JetStream"
+        );
+        Ok(())
     }
 
     /// The JetStream subject of a Skald stream: any stream name (dots, spaces,
@@ -599,6 +783,7 @@ impl Cluster {
             Err(e) => return Err(Stop::Fatal(format!("log message {sequence}: {e}"))),
         };
         applied.send_replace(sequence);
+        self.stored.store(sequence, Ordering::Relaxed);
         self.log_head.fetch_max(sequence, Ordering::Relaxed);
         let waiting = id.and_then(|id| self.waiters.lock().expect("lock").remove(&id));
         if let Some(waiting) = waiting {

@@ -4,6 +4,7 @@
 mod all;
 pub mod auth;
 mod catalog;
+mod cluster;
 mod console;
 pub mod error;
 pub(crate) mod extract;
@@ -128,6 +129,11 @@ pub fn router(
         .route("/admin/streams", get(catalog::list))
         .route("/admin/streams/{stream}", get(catalog::get))
         .route("/admin/stats", get(stats::stats))
+        .route("/admin/cluster", get(cluster::get))
+        .route(
+            "/admin/cluster/nodes/{id}",
+            axum::routing::delete(cluster::forget),
+        )
         .route("/metrics", get(stats::metrics))
         .route("/health/live", get(system::live))
         .route("/health/ready", get(system::ready))

@@ -58,8 +58,6 @@ pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
 /// log (`META_IDS_INDEXED_BEFORE`); 1 (upgraded on open): every id indexed
 /// at commit.
 pub const LAYOUT_VERSION: u8 = 2;
-/// `CF_META` key of the id index's mark (u64 BE): every stored event id at a
-/// position below it is in `CF_EVENT_IDS`.
 /// Cluster mode: the last sequence of the replicated log applied to the store.
 pub const META_LOG_APPLIED: &[u8] = b"log_applied";
 
@@ -72,6 +70,34 @@ pub fn subject_sequence_key(stream: &str) -> Vec<u8> {
     key
 }
 
+/// Cluster mode: the `meta` key of the log message that appended `stream`'s
+/// events from `first_revision` on (value: its log sequence, u64 BE). Finds
+/// which of JetStream's messages hold only scavenged events.
+pub fn log_message_key(stream: &str, first_revision: u64) -> Vec<u8> {
+    let mut key = log_message_prefix(stream);
+    key.extend_from_slice(&first_revision.to_be_bytes());
+    key
+}
+
+/// The prefix of every `log_message_key` of `stream`.
+pub fn log_message_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(21 + stream.len());
+    key.extend_from_slice(b"log_message/");
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Cluster mode: the `meta` key of the log message `sequence` that removed
+/// events (value: the stream's name), in sequence order.
+pub fn log_removal_key(sequence: u64) -> Vec<u8> {
+    let mut key = b"log_removal/".to_vec();
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// `CF_META` key of the id index's mark (u64 BE): every stored event id at a
+/// position below it is in `CF_EVENT_IDS`.
 pub const META_IDS_INDEXED_BEFORE: &[u8] = b"ids_indexed_before";
 
 /// Key of a stream's state in `CF_STREAMS`: the name's bytes.

@@ -8,6 +8,7 @@
 pub mod codec;
 mod id_index;
 pub(crate) mod keys;
+pub mod purge;
 mod read;
 pub(crate) mod scan;
 pub(crate) mod stream_state;

@@ -440,6 +440,22 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         sequence.to_be_bytes(),
                     );
                     log_sequence = Some(sequence);
+                    let meta = self.store.cf(keys::CF_META);
+                    match &result {
+                        Ok(WriteOutcome::Appended(o)) if !o.idempotent_replay => out.batch.put_cf(
+                            meta,
+                            keys::log_message_key(request.stream.as_str(), o.first_revision),
+                            sequence.to_be_bytes(),
+                        ),
+                        Ok(WriteOutcome::Removed { events, .. }) if *events > 0 => {
+                            out.batch.put_cf(
+                                meta,
+                                keys::log_removal_key(sequence),
+                                request.stream.as_str(),
+                            )
+                        }
+                        _ => {}
+                    }
                     if result.as_ref().is_ok_and(writes) {
                         touched.push(request.stream);
                     }
@@ -1497,6 +1513,78 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    /// Cluster mode: the JetStream purge a removal allows keeps the message
+    /// holding the stream's first remaining event, the stream's last message,
+    /// and everything after the horizon.
+    #[test]
+    fn purge_plans_keep_the_first_remaining_event_and_the_last_message() {
+        use crate::storage::purge::Purge;
+        let (_dir, store, mut writer) = fresh_writer();
+        let log = |sequence| Origin::Log {
+            sequence,
+            recorded_at_micros: 1_000_000,
+        };
+        let removal = |stream: &str| {
+            let name = StreamName::parse(stream).expect("valid");
+            let state = store.stream_state(&name).expect("state").expect("exists");
+            let events = store
+                .hidden_events(&name, &state, 0, 2_000_000, 100)
+                .expect("hidden")
+                .events;
+            WriteOp::Remove {
+                events,
+                now_micros: 2_000_000,
+            }
+        };
+        let truncate = WriteOp::SetMetadata {
+            metadata: StreamMetadata {
+                truncate_before: Some(3),
+                ..StreamMetadata::default()
+            },
+            expected: ExpectedRevision::Any,
+        };
+        let delete = WriteOp::Delete {
+            expected: ExpectedRevision::Any,
+            hard: true,
+        };
+        one_group(
+            &mut writer,
+            vec![
+                // s: revisions 0-1 in message 1, 2-3 in 2, 4 in 3; t: 0 in 4.
+                ("s", append_op(ExpectedRevision::NoStream, &[1, 2]), log(1)),
+                ("s", append_op(ExpectedRevision::Any, &[3, 4]), log(2)),
+                ("s", append_op(ExpectedRevision::Any, &[5]), log(3)),
+                ("t", append_op(ExpectedRevision::NoStream, &[6]), log(4)),
+                ("s", truncate, log(5)),
+                ("t", delete, log(6)),
+            ],
+        );
+        let removed = one_group(&mut writer, vec![("s", removal("s"), log(7))]);
+        assert!(matches!(
+            removed[0],
+            Ok(WriteOutcome::Removed { events: 3, .. })
+        ));
+        let removed = one_group(&mut writer, vec![("t", removal("t"), log(8))]);
+        assert!(matches!(
+            removed[0],
+            Ok(WriteOutcome::Removed { events: 1, .. })
+        ));
+        let purge = |stream: &str, before| Purge {
+            stream: StreamName::parse(stream).expect("valid"),
+            before,
+        };
+        // Revision 3, the first left of s, is in message 2: only 1 goes. All
+        // of t is gone: everything but its last message (8, the removal).
+        assert_eq!(
+            store.purge_plan(0, 8).expect("plan"),
+            [purge("s", 2), purge("t", 8)]
+        );
+        // Never past the horizon, and only for removals after `from`.
+        assert_eq!(store.purge_plan(0, 7).expect("plan"), [purge("s", 2)]);
+        assert_eq!(store.purge_plan(7, 8).expect("plan"), [purge("t", 8)]);
+        assert_eq!(store.purge_plan(0, 6).expect("plan"), []);
     }
 
     #[test]
