@@ -743,16 +743,22 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     if state.is_visible(hidden.revision, hidden.recorded_at_micros, *now_micros) {
                         continue; // the limits changed since the scan
                     }
-                    // Removed already (by this group, or by another scavenge:
-                    // in cluster mode two nodes may scavenge at once). An
-                    // event this group appended is not in the store yet.
-                    let present = match overlay.ids.get(&hidden.id) {
-                        Some(pending) => pending.position == hidden.position,
-                        None => self.store.is_indexed(
+                    // Removed already, by this group or, in cluster mode
+                    // (where two nodes may scavenge at once), by another
+                    // scavenge: a single node runs one scavenge at a time,
+                    // which never hands an event over twice, so only the log
+                    // pays for the lookup (it costs a single node's appends
+                    // about a tenth of their throughput during a scavenge:
+                    // docs/benchmarks.md). An event this group appended is not
+                    // in the store yet.
+                    let present = match (overlay.ids.get(&hidden.id), request.origin) {
+                        (Some(pending), _) => pending.position == hidden.position,
+                        (None, Origin::Log { .. }) => self.store.is_indexed(
                             stream.as_str(),
                             hidden.revision,
                             hidden.position,
                         )?,
+                        (None, _) => true,
                     };
                     if overlay.removed_ids.contains(&hidden.id) || !present {
                         continue;
