@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(skald_server::ServeArgs),
+    Serve(Box<skald_server::ServeArgs>),
     /// Append one event to a stream.
     Append {
         #[command(flatten)]
@@ -221,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Append { connection, args } => cli::append(connection, args).await,
             Command::Read {
                 connection,

@@ -102,6 +102,30 @@ pub struct ServeArgs {
     /// this many log messages behind.
     #[arg(long, env = "SKALD_CLUSTER_READY_LAG", default_value_t = 1000)]
     pub cluster_ready_lag: u64,
+    /// Cluster mode: the NATS user (with --cluster-password).
+    #[arg(long, env = "SKALD_CLUSTER_USER", requires = "cluster_password")]
+    pub cluster_user: Option<String>,
+    /// Cluster mode: the NATS user's password (better from the environment
+    /// than on the command line, where `ps` shows it).
+    #[arg(
+        long,
+        env = "SKALD_CLUSTER_PASSWORD",
+        requires = "cluster_user",
+        hide_env_values = true
+    )]
+    pub cluster_password: Option<String>,
+    /// Cluster mode: a NATS token (instead of a user and password).
+    #[arg(
+        long,
+        env = "SKALD_CLUSTER_TOKEN",
+        conflicts_with = "cluster_user",
+        hide_env_values = true
+    )]
+    pub cluster_token: Option<String>,
+    /// Cluster mode: PEM root certificates the NATS servers' TLS certificates
+    /// must chain to; TLS is then required (`tls://` or `nats://` URLs alike).
+    #[arg(long, env = "SKALD_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
 }
 
 /// Why the flags were refused.
@@ -209,6 +233,17 @@ impl ServeArgs {
                 replicas: self.cluster_replicas,
                 publish_timeout: Duration::from_millis(self.cluster_publish_timeout_ms.max(1)),
                 ready_lag: self.cluster_ready_lag,
+                auth: match (self.cluster_user, self.cluster_password, self.cluster_token) {
+                    (Some(user), Some(password), _) => crate::cluster::ClusterAuth::UserPassword {
+                        user,
+                        password: crate::cluster::Secret(password),
+                    },
+                    (_, _, Some(token)) => {
+                        crate::cluster::ClusterAuth::Token(crate::cluster::Secret(token))
+                    }
+                    _ => crate::cluster::ClusterAuth::None,
+                },
+                ca: self.cluster_ca,
             })
         };
         Ok(Config {

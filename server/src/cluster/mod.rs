@@ -62,6 +62,32 @@ pub struct ClusterConfig {
     pub publish_timeout: Duration,
     /// Above this many unapplied messages the node is not ready.
     pub ready_lag: u64,
+    /// How this node authenticates to NATS.
+    pub auth: ClusterAuth,
+    /// Root certificates for the servers' TLS (TLS required when set).
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// How a node authenticates to the NATS servers.
+#[derive(Debug, Clone, Default)]
+pub enum ClusterAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+}
+
+/// A credential, kept out of `Debug` output (and so out of logs).
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Why cluster mode could not start.
@@ -168,16 +194,66 @@ impl Cluster {
             .map(|s| s.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| connect_error(e.to_string()))?;
-        let client = async_nats::ConnectOptions::new()
+        // The servers' refusals, so a start with wrong credentials fails
+        // with that instead of waiting for JetStream until it gives up.
+        let refused: Arc<Mutex<Option<String>>> = Arc::default();
+        let seen = Arc::clone(&refused);
+        let mut options = async_nats::ConnectOptions::new()
             .name("skald")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             // A server cut off by the network is noticed within seconds
             // (two unanswered pings), and the client moves to another.
             .ping_interval(Duration::from_secs(2))
+            .event_callback(move |event| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    // A refused login comes as a server error once connected,
+                    // as a client error ("authorization violation") while
+                    // connecting.
+                    let refusal = match event {
+                        async_nats::Event::ServerError(
+                            e @ async_nats::ServerError::AuthorizationViolation,
+                        ) => Some(e.to_string()),
+                        async_nats::Event::ClientError(async_nats::ClientError::Other(e))
+                            if e.contains("authorization violation") =>
+                        {
+                            Some(e)
+                        }
+                        _ => None,
+                    };
+                    if let Some(refusal) = refusal {
+                        *seen.lock().expect("lock") = Some(refusal);
+                    }
+                }
+            });
+        options = match &config.auth {
+            ClusterAuth::None => options,
+            ClusterAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.0.clone())
+            }
+            ClusterAuth::Token(token) => options.token(token.0.clone()),
+        };
+        if let Some(ca) = &config.ca {
+            // The NATS client builds its TLS on the process's default
+            // provider, which the build cannot pick (more than one crate
+            // feature is on): ours, as for the HTTPS front end. An error
+            // means one is installed already.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = options
             .connect(addresses)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
+        let check_refused = || -> Result<(), ClusterError> {
+            match refused.lock().expect("lock").take() {
+                Some(refusal) => Err(connect_error(format!(
+                    "{refusal}: check --cluster-user/--cluster-password or --cluster-token"
+                ))),
+                None => Ok(()),
+            }
+        };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.publish_timeout);
         let stream_error = |message: String| ClusterError::Stream {
@@ -195,6 +271,7 @@ impl Cluster {
         // Right after the servers start, JetStream may have no leader yet.
         let deadline = Instant::now() + START_TIMEOUT;
         let info = loop {
+            check_refused()?;
             match js.get_or_create_stream(wanted.clone()).await {
                 Ok(mut stream) => match stream.info().await {
                     Ok(info) => break info.clone(),
@@ -238,15 +315,26 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
-        let (joined, _) = registry
-            .change(|r| {
-                if !r.can_catch_up(applied) {
-                    return Err(r.horizon);
+        // A bucket just created may have no leader yet either.
+        let joined = loop {
+            let registered = registry
+                .change(|r| {
+                    if !r.can_catch_up(applied) {
+                        return Err(r.horizon);
+                    }
+                    r.report(&node_id, applied);
+                    Ok(())
+                })
+                .await;
+            match registered {
+                Ok((joined, _)) => break joined,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for JetStream");
                 }
-                r.report(&node_id, applied);
-                Ok(())
-            })
-            .await?;
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         if let Err(horizon) = joined {
             return Err(ClusterError::Compacted { applied, horizon });
         }
