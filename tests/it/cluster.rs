@@ -146,17 +146,7 @@ impl Drop for Network {
 impl JetStream {
     /// Three servers on loopback.
     fn start() -> Self {
-        let ports: Vec<(String, u16, u16, u16)> = (0..3)
-            .map(|_| {
-                (
-                    "127.0.0.1".to_owned(),
-                    free_port(),
-                    free_port(),
-                    free_port(),
-                )
-            })
-            .collect();
-        Self::start_on(ports, None, "")
+        Self::start_with("")
     }
 
     /// Three servers on loopback with `extra` in their configurations.
