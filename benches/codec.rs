@@ -1,6 +1,7 @@
 //! Micro benchmarks of the event record codec (encode, decode with CRC check)
-//! and of the check every appended payload passes (`check_json_text`: nesting
-//! depth, values every JSON reader can hold).
+//! and of the check every appended payload passes (`check_json_text` and its
+//! scan for texts already parsed, `check_raw_json`: nesting depth, values
+//! every JSON reader can hold).
 //!
 //! Run: `cargo bench --bench codec`.
 
@@ -49,6 +50,16 @@ fn payload_check_benches(c: &mut Criterion) {
         b.iter(|| {
             skald_server::model::check_json_text(std::hint::black_box(data)).expect("valid");
             skald_server::model::check_json_text(std::hint::black_box(metadata)).expect("valid");
+        })
+    });
+    let (raw_data, raw_metadata): (&serde_json::value::RawValue, &serde_json::value::RawValue) = (
+        serde_json::from_str(data).expect("valid"),
+        serde_json::from_str(metadata).expect("valid"),
+    );
+    group.bench_function("check_raw_json", |b| {
+        b.iter(|| {
+            skald_server::model::check_raw_json(std::hint::black_box(raw_data)).expect("valid");
+            skald_server::model::check_raw_json(std::hint::black_box(raw_metadata)).expect("valid");
         })
     });
     group.bench_function("raw_value_parse", |b| {

@@ -103,6 +103,104 @@ pub fn check_json_text(json: &str) -> Result<(), JsonTextError> {
     })
 }
 
+/// [`check_json_text`] for a text serde_json already parsed as valid JSON:
+/// one scan of its bytes answers the common case (no nesting past the limit,
+/// no number long enough or with an exponent that could overflow f64, no
+/// escaped surrogate), and anything else gets the full check, so the answer
+/// and its message are always `check_json_text`'s. Appends check every
+/// event's data and metadata with it: the full check decodes every string
+/// (about 30% of an append's handler time for small events, measured with
+/// callgrind: docs/benchmarks.md).
+pub fn check_raw_json(raw: &serde_json::value::RawValue) -> Result<(), JsonTextError> {
+    if plainly_readable(raw.get().as_bytes()) {
+        Ok(())
+    } else {
+        check_json_text(raw.get())
+    }
+}
+
+/// Numbers up to this many bytes, without an exponent, are finite f64s
+/// (at most 10^300).
+const PLAIN_NUMBER_BYTES: usize = 300;
+
+/// The index of the first `"` or `\\` at or after `i` (`json.len()` if none),
+/// eight bytes at a time: strings in events are mostly short keys and
+/// identifiers, too short for a vectorised search's setup to pay.
+fn string_stop(json: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    while let Some(chunk) = json.get(i..i + 8) {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+        if has_zero(word ^ QUOTES) | has_zero(word ^ BACKSLASHES) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(b) = json.get(i) {
+        if *b == b'"' || *b == b'\\' {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Whether `json`, a valid JSON text, is certainly one [`check_json_text`]
+/// accepts; `false` means "ask it", not "refused".
+fn plainly_readable(json: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&byte) = json.get(i) {
+        match byte {
+            b'"' => {
+                // Up to the closing quote; escapes skip the byte they escape.
+                i += 1;
+                loop {
+                    i = string_stop(json, i);
+                    match json.get(i) {
+                        Some(b'"') => break,
+                        Some(_) => {}
+                        None => return false,
+                    }
+                    match json.get(i + 1..i + 4) {
+                        // `\uD800` to `\uDFFF`: half of a surrogate pair.
+                        Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F']) => {
+                            return false
+                        }
+                        _ => i += 2,
+                    }
+                }
+                i += 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return false;
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while let Some(b'0'..=b'9' | b'.' | b'-' | b'+') = json.get(i) {
+                    i += 1;
+                }
+                if matches!(json.get(i), Some(b'e' | b'E')) || i - start > PLAIN_NUMBER_BYTES {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -458,6 +556,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn values_readers_cannot_hold_are_found() {
@@ -496,6 +595,98 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(fine).is_ok(),
                 "{fine}"
             );
+        }
+    }
+
+    fn raw(json: &str) -> &serde_json::value::RawValue {
+        serde_json::from_str(json).expect("valid JSON")
+    }
+
+    #[test]
+    fn the_scan_answers_common_payloads_itself() {
+        for plain in [
+            r#"{"accountId":"acc-000001","amount":101,"currency":"EUR","note":"x \" \\ \u00e9"}"#,
+            r#"{"correlationId":"4b1f0c8e-1d1a-4f53-9d0e-1a2b3c4d5e6f","source":"esbench"}"#,
+            r#"[-1.5,0,true,null,{"a":[]},"\ue000\uffff"]"#,
+        ] {
+            assert!(plainly_readable(plain.as_bytes()), "{plain}");
+            assert_eq!(check_raw_json(raw(plain)), Ok(()));
+        }
+        let too_deep = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        for asks in [r#""\ud83d\ude00""#, "1e5", &too_deep] {
+            assert!(!plainly_readable(asks.as_bytes()), "{asks}");
+        }
+    }
+
+    /// A JSON text meant to reach every corner of `plainly_readable`: escaped
+    /// surrogates (paired and lone), numbers long, short and with exponents
+    /// around f64's range, nesting around the limit.
+    fn arb_json() -> impl Strategy<Value = String> {
+        let hex = prop_oneof![
+            (0xd800u32..0xe000).prop_map(|u| format!("{u:04x}")),
+            (0xd800u32..0xe000).prop_map(|u| format!("{u:04X}")),
+            any::<u16>().prop_map(|u| format!("{u:04x}")),
+        ];
+        let piece = prop_oneof![
+            "[a-z 😀é/]{0,6}",
+            Just("\\\"".to_owned()),
+            Just("\\n".to_owned()),
+            Just("\\\\".to_owned()),
+            hex.prop_map(|h| format!("\\u{h}")),
+            Just("\\ud83d\\ude00".to_owned()),
+        ];
+        let string =
+            proptest::collection::vec(piece, 0..5).prop_map(|p| format!("\"{}\"", p.concat()));
+        let number = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (1usize..400).prop_map(|n| format!("-9{}", "9".repeat(n))),
+            (any::<bool>(), -500i32..500)
+                .prop_map(|(e, n)| format!("1.5{}{n}", if e { "e" } else { "E" })),
+            Just("0.25".to_owned()),
+        ];
+        let leaf = prop_oneof![
+            string.clone(),
+            number,
+            Just("true".to_owned()),
+            Just("null".to_owned())
+        ];
+        let value = leaf.prop_recursive(8, 64, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        });
+        (value, 0usize..70).prop_map(|(v, n)| format!("{}{v}{}", "[".repeat(n), "]".repeat(n)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_scan_agrees_with_the_full_check(json in arb_json()) {
+            let raw = raw(&json);
+            prop_assert_eq!(check_raw_json(raw), check_json_text(&json), "{}", json);
+        }
+
+        #[test]
+        fn string_stop_finds_the_first_quote_or_backslash(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), any::<u8>()], 0..40),
+            from in 0usize..40,
+        ) {
+            let from = from.min(bytes.len());
+            let naive = bytes[from..]
+                .iter()
+                .position(|b| *b == b'"' || *b == b'\\')
+                .map_or(bytes.len(), |at| from + at);
+            prop_assert_eq!(string_stop(&bytes, from), naive);
         }
     }
 

@@ -15,7 +15,7 @@ use super::pb::event_store::client::streams::read_resp::read_event::{
 };
 use super::pb::event_store::client::streams::read_resp::ReadEvent;
 use super::pb::event_store::client::{uuid, StreamIdentifier, Uuid};
-use crate::model::{check_event_type, check_json_text, ExpectedRevision, NewEvent, RecordedEvent};
+use crate::model::{check_event_type, check_raw_json, ExpectedRevision, NewEvent, RecordedEvent};
 use crate::model::{ContentType, MetadataVersion, StreamMetadata, StreamName};
 use crate::storage::WriteError;
 
@@ -193,10 +193,10 @@ fn payload(event: &RecordedEvent) -> Vec<u8> {
 fn json_text(index: usize, field: &str, bytes: &[u8]) -> Result<String, Status> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Status::invalid_argument(format!("event {index}: {field} is not UTF-8")))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
+    let raw = serde_json::from_str::<&serde_json::value::RawValue>(text).map_err(|e| {
         Status::invalid_argument(format!("event {index}: {field} is not JSON: {e}"))
     })?;
-    check_json_text(text)
+    check_raw_json(raw)
         .map_err(|e| Status::invalid_argument(format!("event {index}: {field} {e}")))?;
     Ok(text.to_owned())
 }

@@ -108,7 +108,7 @@ pub(crate) fn decode_metadata(bytes: &[u8], max_custom: usize) -> Result<StreamM
                 "custom must be a JSON object",
             ));
         }
-        super::streams::check_json_text(format_args!("custom"), custom.get())?;
+        super::streams::check_json_text(format_args!("custom"), custom)?;
     }
     if body.max_count == Some(0) {
         return Err(ApiError::bad_request(

@@ -158,10 +158,13 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 
-/// Checks that every JSON reader can decode `json` (see `check_json_text`);
+/// Checks that every JSON reader can decode `json` (see `check_raw_json`);
 /// `field` names it in the error (formatted only then).
-pub(super) fn check_json_text(field: std::fmt::Arguments<'_>, json: &str) -> Result<(), ApiError> {
-    crate::model::check_json_text(json)
+pub(super) fn check_json_text(
+    field: std::fmt::Arguments<'_>,
+    json: &serde_json::value::RawValue,
+) -> Result<(), ApiError> {
+    crate::model::check_raw_json(json)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("{field} {e}")))
 }
 
@@ -174,6 +177,11 @@ pub(crate) fn decode_append(
     let body: AppendBody = parse_json(bytes)?;
     let events = validate_events(body.events, max_event_bytes)?;
     Ok((body.expected_revision, events))
+}
+
+/// The text of a parsed JSON value, without copying it.
+fn raw_text(raw: Box<serde_json::value::RawValue>) -> String {
+    Box::<str>::from(raw).into()
 }
 
 /// Checks every event of an append and turns it into what the writer stores.
@@ -206,9 +214,9 @@ fn validate_events(
                     ));
                 }
             }
-            check_json_text(format_args!("events[{i}].data"), event.data.get())?;
+            check_json_text(format_args!("events[{i}].data"), &event.data)?;
             if let Some(metadata) = &event.metadata {
-                check_json_text(format_args!("events[{i}].metadata"), metadata.get())?;
+                check_json_text(format_args!("events[{i}].metadata"), metadata)?;
             }
             let size = event.data.get().len()
                 + event.metadata.as_ref().map_or(0, |m| m.get().len())
@@ -233,8 +241,8 @@ fn validate_events(
                 content_type: ContentType::Json,
                 id,
                 event_type: event.event_type,
-                data: event.data.get().to_owned(),
-                metadata: event.metadata.map(|m| m.get().to_owned()),
+                data: raw_text(event.data),
+                metadata: event.metadata.map(raw_text),
             })
         })
         .collect()
