@@ -218,7 +218,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Serve(args) = &cli.command {
+        runtime.worker_threads(args.worker_threads());
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
@@ -279,7 +284,8 @@ async fn serve(args: skald_server::ServeArgs) -> anyhow::Result<()> {
     };
     let server = skald_server::Server::bind(config).await?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, scheme, "listening");
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%addr, scheme, worker_threads, "listening");
     // The one line on stdout: scripts and tests read the address from it.
     println!("skald listening on {scheme}://{addr}");
     if let Some(grpc) = server.grpc_local_addr() {

@@ -325,6 +325,10 @@ pub struct ServerInfo {
     pub tls: bool,
     /// The last committed position, `None` for an empty store.
     pub head_position: Option<u64>,
+    /// The async runtime's worker threads (`--worker-threads`); shown only
+    /// where `data_dir` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Who asked, when access control is on: the token's name, role and
     /// stream prefixes (what the console shows and hides). `None` with
     /// access control off, where every caller may do everything.

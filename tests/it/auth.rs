@@ -218,10 +218,12 @@ async fn each_role_reaches_exactly_its_routes() {
     // /info names paths only to an admin of the whole server.
     let (_, info, _) = call(&server, a, "GET", "/info", None).await;
     assert!(info["data_dir"].is_string(), "{info}");
+    assert!(info["worker_threads"].is_u64(), "{info}");
     assert_eq!(info["auth"], true);
     for limited in [r, oa] {
         let (_, info, _) = call(&server, limited, "GET", "/info", None).await;
         assert!(info.get("data_dir").is_none(), "{info}");
+        assert!(info.get("worker_threads").is_none(), "{info}");
     }
 
     // Refusals are counted.

@@ -110,3 +110,25 @@ fn every_serve_flag_is_documented() {
         .join("\n");
     assert_eq!(flags(&table), in_help);
 }
+
+/// The async runtime has the workers `--worker-threads` asks for, one less
+/// than the CPUs by default (at least one), as `/info` reads them from the
+/// runtime itself; 0 is refused.
+#[tokio::test]
+async fn the_runtime_has_the_worker_threads_asked_for() {
+    let default = TestServer::start();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (_, info) = default.get("/info").await;
+    assert_eq!(info["worker_threads"], (cpus - 1).max(1), "{info}");
+    let three = TestServer::start_with(&["--worker-threads", "3"]);
+    let (_, info) = three.get("/info").await;
+    assert_eq!(info["worker_threads"], 3, "{info}");
+
+    let out = serve(&["--worker-threads", "0", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--worker-threads"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -47,6 +47,9 @@ pub async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerI
         auth: state.security.auth,
         tls: state.security.tls,
         head_position: state.service.head_position(),
+        worker_threads: caller
+            .is_server_admin()
+            .then(|| tokio::runtime::Handle::current().metrics().num_workers()),
         caller: caller.info(),
     })
 }

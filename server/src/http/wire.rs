@@ -431,6 +431,7 @@ mod tests {
             auth: true,
             tls: false,
             head_position: None,
+            worker_threads: Some(3),
             caller: Some(skald_proto::CallerInfo {
                 name: "ops".into(),
                 role: "reader".into(),
@@ -440,6 +441,7 @@ mod tests {
         assert_eq!(read_as::<ServerInfo>(&info), info);
         let hidden = ServerInfo {
             data_dir: None,
+            worker_threads: None,
             ..info
         };
         assert_eq!(read_as::<ServerInfo>(&hidden), hidden);
