@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use axum::middleware::Next;
@@ -119,11 +119,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Authenticates the request and checks its route's [`need`]; handlers get
-/// the [`Caller`].
+/// Authenticates the request and checks its route's [`need`], then runs it;
+/// handlers get the [`Caller`]. Called by the one middleware, `track`, which
+/// counts refused requests like the others.
 pub async fn authorize(
-    State(layer): State<AuthLayer>,
-    matched: Option<MatchedPath>,
+    layer: &AuthLayer,
+    matched: Option<&MatchedPath>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -131,7 +132,7 @@ pub async fn authorize(
         request.extensions_mut().insert(Caller(None));
         return next.run(request).await;
     };
-    let need = need(request.method(), matched.as_ref().map(MatchedPath::as_str));
+    let need = need(request.method(), matched.map(MatchedPath::as_str));
     if need == Need::Open {
         return next.run(request).await;
     }

@@ -143,16 +143,12 @@ pub fn router(
         .route("/ui/{file}", get(console::file))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        // Inside `track`, so refused requests are counted like the others.
+        // Metrics and access checks, refused requests counted like the others.
         .layer(axum::middleware::from_fn_with_state(
             auth::AuthLayer {
                 auth,
                 metrics: Arc::clone(service.metrics()),
             },
-            auth::authorize,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(service.metrics()),
             track::track,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
