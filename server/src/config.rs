@@ -67,8 +67,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
     /// Threads of the async runtime (HTTP and gRPC requests, subscriptions,
-    /// cluster tasks); default: one less than the CPUs, at least one, which
-    /// leaves a CPU to the writer thread and RocksDB (docs/operations.md).
+    /// cluster tasks); default: one per CPU. Fewer leave the writer thread a
+    /// CPU of its own (docs/operations.md).
     #[arg(long, env = "SKALD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
     /// Most subscriptions open at once; more are answered 503 with Retry-After.
@@ -185,18 +185,14 @@ pub struct Config {
 }
 
 impl ServeArgs {
-    /// The async runtime's worker threads: `--worker-threads`, or one less
-    /// than the CPUs this process may use, at least one. The single writer
-    /// thread is busy for most of a heavy append load, and on a small machine
-    /// a worker per CPU besides it costs more in hand-offs between cores than
-    /// it serves: on 2 CPUs, one worker took 17% less CPU per single-event
-    /// append than two (docs/benchmarks.md).
+    /// The async runtime's worker threads: `--worker-threads`, or one per CPU
+    /// this process may use (tokio's default). Fewer workers than CPUs leave
+    /// the writer thread a CPU of its own: on 2 CPUs one worker served 5-10%
+    /// more single-event appends than two, but fanned commits out to 100
+    /// subscribers 13% slower (docs/benchmarks.md), so the default stays.
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.map_or_else(
-            || {
-                std::thread::available_parallelism()
-                    .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
-            },
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             usize::from,
         )
     }

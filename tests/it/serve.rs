@@ -111,18 +111,19 @@ fn every_serve_flag_is_documented() {
     assert_eq!(flags(&table), in_help);
 }
 
-/// The async runtime has the workers `--worker-threads` asks for, one less
-/// than the CPUs by default (at least one), as `/info` reads them from the
-/// runtime itself; 0 is refused.
+/// The async runtime has the workers `--worker-threads` asks for, one per
+/// CPU by default, as `/info` reads them from the runtime itself; 0 is
+/// refused.
 #[tokio::test]
 async fn the_runtime_has_the_worker_threads_asked_for() {
     let default = TestServer::start();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (_, info) = default.get("/info").await;
-    assert_eq!(info["worker_threads"], (cpus - 1).max(1), "{info}");
-    let three = TestServer::start_with(&["--worker-threads", "3"]);
-    let (_, info) = three.get("/info").await;
-    assert_eq!(info["worker_threads"], 3, "{info}");
+    assert_eq!(info["worker_threads"], cpus, "{info}");
+    let other = cpus + 1;
+    let asked = TestServer::start_with(&["--worker-threads", &other.to_string()]);
+    let (_, info) = asked.get("/info").await;
+    assert_eq!(info["worker_threads"], other, "{info}");
 
     let out = serve(&["--worker-threads", "0", "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
