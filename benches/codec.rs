@@ -1,7 +1,8 @@
 //! Micro benchmarks of the event record codec (encode, decode with CRC check)
 //! and of the check every appended payload passes (`check_json_text` and its
 //! scan for texts already parsed, `check_raw_json`: nesting depth, values
-//! every JSON reader can hold).
+//! every JSON reader can hold), and of decoding a whole append body of 100
+//! such events (`decode_append`, on its fast path and on the serde path).
 //!
 //! Run: `cargo bench --bench codec`.
 
@@ -71,5 +72,50 @@ fn payload_check_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec_benches, payload_check_benches);
+/// An append body as the harness's W3 sends it: 100 events, each with a
+/// client id, a type, the data and metadata above. `type` spelled with an
+/// escape (`OrderPl\u0061ced`, the same type) sends the body down the serde
+/// path, which takes what the fast path hands on.
+fn append_body(escaped_type: bool) -> Vec<u8> {
+    let data = r#"{"order_id":"ord-000123","customer":"cust-42","lines":[{"sku":"A-1","qty":2,"price":9.99},{"sku":"B-7","qty":1,"price":24.5}],"total":44.48}"#;
+    let metadata = r#"{"correlation_id":"0190a1b2-0000-7000-8000-000000000001","user":"ann"}"#;
+    let event_type = if escaped_type {
+        "OrderPl\\u0061ced"
+    } else {
+        "OrderPlaced"
+    };
+    let events: Vec<String> = (0..100u128)
+        .map(|n| {
+            let id = uuid::Uuid::from_u128(0x0190_a1b2_0000_4000_8000_0000_0000_0000 + n * 7919);
+            format!(r#"{{"id":"{id}","type":"{event_type}","data":{data},"metadata":{metadata}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"expected_revision":"any","events":[{}]}}"#,
+        events.join(",")
+    )
+    .into_bytes()
+}
+
+fn append_body_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_body_100_events");
+    for (name, escaped) in [("fast_path", false), ("serde_path", true)] {
+        let body = append_body(escaped);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                skald_server::http::decode_append(std::hint::black_box(&body), 1 << 20)
+                    .expect("valid")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    codec_benches,
+    payload_check_benches,
+    append_body_benches
+);
 criterion_main!(benches);

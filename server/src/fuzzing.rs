@@ -52,6 +52,11 @@ pub fn query(raw: &[u8]) {
 /// An append body: decoding never panics, and every event the API accepts is
 /// served back as JSON that the client's types decode, payloads intact.
 pub fn append_body(bytes: &[u8]) {
+    // The fast path answers only what the serde path answers the same.
+    let (fast, slow) = crate::http::streams::decode_append_both_ways(bytes, 1 << 20);
+    if let Some(fast) = fast {
+        assert_eq!(Some(fast), slow.ok(), "the fast path disagrees");
+    }
     let Ok((_, events)) = crate::http::streams::decode_append(bytes, 1 << 20) else {
         return;
     };

@@ -42,6 +42,8 @@ pub use server::{Server, ServerError};
 /// Shared by the crate's property tests.
 #[cfg(test)]
 pub(crate) mod testing {
+    use proptest::prelude::*;
+
     /// A proptest configuration of `cases` cases whose seed is `SKALD_TEST_SEED`
     /// when set (to replay a run), else random; printed either way.
     pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
@@ -60,5 +62,51 @@ pub(crate) mod testing {
             rng_seed: RngSeed::Fixed(seed),
             ..Config::default()
         }
+    }
+
+    /// A JSON text meant to reach every corner of the reader rules' checks:
+    /// escaped surrogates (paired and lone), numbers long, short and with
+    /// exponents around f64's range, nesting around the limit.
+    pub fn arb_json() -> impl Strategy<Value = String> {
+        let hex = prop_oneof![
+            (0xd800u32..0xe000).prop_map(|u| format!("{u:04x}")),
+            (0xd800u32..0xe000).prop_map(|u| format!("{u:04X}")),
+            any::<u16>().prop_map(|u| format!("{u:04x}")),
+        ];
+        let piece = prop_oneof![
+            "[a-z 😀é/]{0,6}",
+            Just("\\\"".to_owned()),
+            Just("\\n".to_owned()),
+            Just("\\\\".to_owned()),
+            hex.prop_map(|h| format!("\\u{h}")),
+            Just("\\ud83d\\ude00".to_owned()),
+        ];
+        let string =
+            proptest::collection::vec(piece, 0..5).prop_map(|p| format!("\"{}\"", p.concat()));
+        let number = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (1usize..400).prop_map(|n| format!("-9{}", "9".repeat(n))),
+            (any::<bool>(), -500i32..500)
+                .prop_map(|(e, n)| format!("1.5{}{n}", if e { "e" } else { "E" })),
+            Just("0.25".to_owned()),
+        ];
+        let leaf = prop_oneof![
+            string.clone(),
+            number,
+            Just("true".to_owned()),
+            Just("null".to_owned())
+        ];
+        let value = leaf.prop_recursive(8, 64, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        });
+        (value, 0usize..70).prop_map(|(v, n)| format!("{}{v}{}", "[".repeat(n), "]".repeat(n)))
     }
 }

@@ -121,26 +121,34 @@ pub fn check_raw_json(raw: &serde_json::value::RawValue) -> Result<(), JsonTextE
 
 /// Numbers up to this many bytes, without an exponent, are finite f64s
 /// (at most 10^300).
-const PLAIN_NUMBER_BYTES: usize = 300;
+pub(crate) const PLAIN_NUMBER_BYTES: usize = 300;
 
-/// The index of the first `"` or `\\` at or after `i` (`json.len()` if none),
-/// eight bytes at a time: strings in events are mostly short keys and
-/// identifiers, too short for a vectorised search's setup to pay.
-fn string_stop(json: &[u8], mut i: usize) -> usize {
+/// The index of the first byte at or after `i` that ends a JSON string's
+/// plain run: `"`, `\\` or a control character (`json.len()` if none), eight
+/// bytes at a time: strings in events are mostly short keys and identifiers,
+/// too short for a vectorised search's setup to pay.
+pub(crate) fn string_stop(json: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
     const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    // Flags (at least) every byte below `n` in the word; a flag can be
+    // spurious (a borrow), so the bytes are then looked at one by one.
+    let has_below = |x: u64, n: u64| x.wrapping_sub(n) & !x & HIGHS;
     while let Some(chunk) = json.get(i..i + 8) {
         let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
-        if has_zero(word ^ QUOTES) | has_zero(word ^ BACKSLASHES) != 0 {
+        if has_below(word ^ QUOTES, ONES)
+            | has_below(word ^ BACKSLASHES, ONES)
+            | has_below(word, SPACES)
+            != 0
+        {
             break;
         }
         i += 8;
     }
-    while let Some(b) = json.get(i) {
-        if *b == b'"' || *b == b'\\' {
+    while let Some(&b) = json.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
             break;
         }
         i += 1;
@@ -162,8 +170,9 @@ fn plainly_readable(json: &[u8]) -> bool {
                     i = string_stop(json, i);
                     match json.get(i) {
                         Some(b'"') => break,
-                        Some(_) => {}
-                        None => return false,
+                        Some(b'\\') => {}
+                        // A control character: not in a valid text.
+                        Some(_) | None => return false,
                     }
                     match json.get(i + 1..i + 4) {
                         // `\uD800` to `\uDFFF`: half of a surrogate pair.
@@ -556,6 +565,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::arb_json;
     use proptest::prelude::*;
 
     #[test]
@@ -622,52 +632,6 @@ mod tests {
         }
     }
 
-    /// A JSON text meant to reach every corner of `plainly_readable`: escaped
-    /// surrogates (paired and lone), numbers long, short and with exponents
-    /// around f64's range, nesting around the limit.
-    fn arb_json() -> impl Strategy<Value = String> {
-        let hex = prop_oneof![
-            (0xd800u32..0xe000).prop_map(|u| format!("{u:04x}")),
-            (0xd800u32..0xe000).prop_map(|u| format!("{u:04X}")),
-            any::<u16>().prop_map(|u| format!("{u:04x}")),
-        ];
-        let piece = prop_oneof![
-            "[a-z 😀é/]{0,6}",
-            Just("\\\"".to_owned()),
-            Just("\\n".to_owned()),
-            Just("\\\\".to_owned()),
-            hex.prop_map(|h| format!("\\u{h}")),
-            Just("\\ud83d\\ude00".to_owned()),
-        ];
-        let string =
-            proptest::collection::vec(piece, 0..5).prop_map(|p| format!("\"{}\"", p.concat()));
-        let number = prop_oneof![
-            any::<i64>().prop_map(|n| n.to_string()),
-            (1usize..400).prop_map(|n| format!("-9{}", "9".repeat(n))),
-            (any::<bool>(), -500i32..500)
-                .prop_map(|(e, n)| format!("1.5{}{n}", if e { "e" } else { "E" })),
-            Just("0.25".to_owned()),
-        ];
-        let leaf = prop_oneof![
-            string.clone(),
-            number,
-            Just("true".to_owned()),
-            Just("null".to_owned())
-        ];
-        let value = leaf.prop_recursive(8, 64, 4, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
-                    let fields: Vec<String> =
-                        v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
-                    format!("{{{}}}", fields.join(","))
-                }),
-            ]
-        });
-        (value, 0usize..70).prop_map(|(v, n)| format!("{}{v}{}", "[".repeat(n), "]".repeat(n)))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
@@ -677,14 +641,17 @@ mod tests {
         }
 
         #[test]
-        fn string_stop_finds_the_first_quote_or_backslash(
-            bytes in proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), any::<u8>()], 0..40),
+        fn string_stop_finds_the_first_quote_backslash_or_control(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), 0x80u8.., any::<u8>()],
+                0..40,
+            ),
             from in 0usize..40,
         ) {
             let from = from.min(bytes.len());
             let naive = bytes[from..]
                 .iter()
-                .position(|b| *b == b'"' || *b == b'\\')
+                .position(|b| *b == b'"' || *b == b'\\' || *b < 0x20)
                 .map_or(bytes.len(), |at| from + at);
             prop_assert_eq!(string_stop(&bytes, from), naive);
         }

@@ -2,6 +2,7 @@
 //! `error` is the only place where errors become statuses.
 
 mod all;
+mod append_body;
 pub mod auth;
 mod catalog;
 mod cluster;
@@ -12,6 +13,7 @@ mod jobs;
 mod stats;
 pub(crate) mod stream_admin;
 pub(crate) mod streams;
+pub use streams::decode_append;
 mod subscriptions;
 mod system;
 mod track;

@@ -168,15 +168,78 @@ pub(super) fn check_json_text(
         .map_err(|e| ApiError::bad_request("invalid_body", format!("{field} {e}")))
 }
 
+/// An append body decoded: the expectation and the events.
+pub type DecodedAppend = (ExpectedRevision, Vec<NewEvent>);
+
 /// Decodes and checks an append body: the expected revision and the events
-/// as the writer stores them.
-pub(crate) fn decode_append(
+/// as the writer stores them (public for `benches/codec.rs`).
+pub fn decode_append(bytes: &[u8], max_event_bytes: usize) -> Result<DecodedAppend, ApiError> {
+    decode_append_with(bytes, max_event_bytes, &mut uuid::Uuid::now_v7)
+}
+
+/// `decode_append`, with `new_id` giving the ids of events without one.
+fn decode_append_with(
     bytes: &[u8],
     max_event_bytes: usize,
-) -> Result<(ExpectedRevision, Vec<NewEvent>), ApiError> {
+    new_id: &mut dyn FnMut() -> uuid::Uuid,
+) -> Result<DecodedAppend, ApiError> {
+    if let Some(decoded) = decode_plain(bytes, max_event_bytes, new_id) {
+        return Ok(decoded);
+    }
     let body: AppendBody = parse_json(bytes)?;
-    let events = validate_events(body.events, max_event_bytes)?;
+    let events = validate_events(body.events, max_event_bytes, new_id)?;
     Ok((body.expected_revision, events))
+}
+
+/// The fast path of `decode_append` (see `append_body`): the events of a
+/// body it vouches for that also pass the checks below; `None` sends the
+/// body down the serde path, which has every answer and explains refusals.
+fn decode_plain(
+    bytes: &[u8],
+    max_event_bytes: usize,
+    new_id: &mut dyn FnMut() -> uuid::Uuid,
+) -> Option<DecodedAppend> {
+    let (expected, plain) = super::append_body::parse(bytes)?;
+    let mut seen = HashSet::with_capacity(plain.len());
+    let events = plain
+        .into_iter()
+        .map(|event| {
+            let size =
+                event.data.len() + event.metadata.map_or(0, str::len) + event.event_type.len();
+            let id = event.id.unwrap_or_else(&mut *new_id);
+            (size <= max_event_bytes && seen.insert(id)).then(|| NewEvent {
+                content_type: ContentType::Json,
+                id,
+                event_type: event.event_type.to_owned(),
+                data: event.data.to_owned(),
+                metadata: event.metadata.map(str::to_owned),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((expected, events))
+}
+
+/// The fast path's answer and the serde path's, each on its own, events
+/// without an id numbered 1, 2, 3, ... (for the property tests and the fuzz
+/// target, which hold the first to agree with the second).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_append_both_ways(
+    bytes: &[u8],
+    max_event_bytes: usize,
+) -> (Option<DecodedAppend>, Result<DecodedAppend, ApiError>) {
+    let counter = || {
+        let mut next = 0u128;
+        move || {
+            next += 1;
+            uuid::Uuid::from_u128(next)
+        }
+    };
+    let fast = decode_plain(bytes, max_event_bytes, &mut counter());
+    let slow = parse_json::<AppendBody>(bytes).and_then(|body| {
+        let events = validate_events(body.events, max_event_bytes, &mut counter())?;
+        Ok((body.expected_revision, events))
+    });
+    (fast, slow)
 }
 
 /// The text of a parsed JSON value, without copying it.
@@ -188,6 +251,7 @@ fn raw_text(raw: Box<serde_json::value::RawValue>) -> String {
 fn validate_events(
     events: Vec<EventBody>,
     max_event_bytes: usize,
+    new_id: &mut dyn FnMut() -> uuid::Uuid,
 ) -> Result<Vec<NewEvent>, ApiError> {
     if events.is_empty() || events.len() > MAX_EVENTS_PER_APPEND {
         return Err(ApiError::bad_request(
@@ -230,7 +294,7 @@ fn validate_events(
                     limit: max_event_bytes,
                 });
             }
-            let id = event.id.unwrap_or_else(uuid::Uuid::now_v7);
+            let id = event.id.unwrap_or_else(&mut *new_id);
             if !seen.insert(id) {
                 return Err(ApiError::bad_request(
                     "duplicate_event_id_in_batch",
@@ -246,4 +310,256 @@ fn validate_events(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{arb_json, proptest_config};
+    use proptest::prelude::*;
+
+    fn slow(bytes: &[u8], max_event_bytes: usize) -> Result<DecodedAppend, ApiError> {
+        decode_append_both_ways(bytes, max_event_bytes).1
+    }
+
+    fn fast(bytes: &[u8], max_event_bytes: usize) -> Option<DecodedAppend> {
+        decode_append_both_ways(bytes, max_event_bytes).0
+    }
+
+    /// Whitespace as JSON allows it.
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just(""), Just(" "), Just("\n\t"), Just("\r\n  ")]
+    }
+
+    /// `"key": value` members, each with whitespace around its tokens.
+    fn object(members: Vec<(String, String)>, pad: &[&str]) -> String {
+        let pad = |i: usize| pad[i % pad.len()];
+        let fields: Vec<String> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                format!(
+                    "{}\"{k}\"{}:{}{v}{}",
+                    pad(i),
+                    pad(i + 1),
+                    pad(i + 2),
+                    pad(i + 3)
+                )
+            })
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// Event fields, right and wrong: every kind of value the serde path
+    /// takes or refuses for each.
+    fn arb_event() -> impl Strategy<Value = Vec<(String, String)>> {
+        let id = prop_oneof![
+            4 => any::<u128>().prop_map(|n| format!("\"{}\"", uuid::Uuid::from_u128(n))),
+            // A few ids, so that appends repeat them (and repeat the ids
+            // given to events without one: 1, 2, 3, ...).
+            3 => (0u128..4).prop_map(|n| format!("\"{}\"", uuid::Uuid::from_u128(n))),
+            1 => Just("null".to_owned()),
+            1 => Just("\"0190a1b2000070008000000000000001\"".to_owned()),
+            1 => Just("\"{0190a1b2-0000-7000-8000-000000000001}\"".to_owned()),
+            1 => Just("\"urn:uuid:0190a1b2-0000-7000-8000-000000000001\"".to_owned()),
+            1 => Just("\"0190A1B2-0000-7000-8000-00000000000F\"".to_owned()),
+            1 => Just("\"\\u0030190a1b2-0000-7000-8000-000000000001\"".to_owned()),
+            1 => Just("\"not-a-uuid\"".to_owned()),
+            1 => Just("7".to_owned()),
+        ];
+        let event_type = prop_oneof![
+            6 => "\"[A-Za-z.é-]{1,12}\"",
+            1 => Just("\"\"".to_owned()),
+            1 => Just(format!("\"{}\"", "t".repeat(300))),
+            1 => Just("\"Order\\u0041\"".to_owned()),
+            1 => Just("\"tab\there\"".to_owned()),
+            1 => Just("3".to_owned()),
+        ];
+        // Mostly payloads the fast path takes, so its answers get compared.
+        let data = prop_oneof![3 => plain_json(), 1 => arb_json()];
+        let metadata = prop_oneof![
+            4 => data.clone().prop_map(|j| format!("{{\"m\":{j}}}")),
+            1 => data.clone(),
+            1 => Just("null".to_owned()),
+            1 => Just("{}".to_owned()),
+        ];
+        let field = |name: &str, value: BoxedStrategy<String>, keep: u32, drop: u32| {
+            let name = name.to_owned();
+            prop_oneof![keep => value.prop_map(move |v| Some((name.clone(), v))), drop => Just(None)]
+        };
+        (
+            field("id", id.boxed(), 3, 1),
+            field("type", event_type.boxed(), 12, 1),
+            field("data", data.boxed(), 12, 1),
+            field("metadata", metadata.boxed(), 2, 1),
+            field("surprise", Just("1".to_owned()).boxed(), 1, 15),
+            field("data", Just("2".to_owned()).boxed(), 1, 20),
+            Just(()).prop_perturb(|(), mut rng| rng.next_u32()),
+        )
+            .prop_map(|(a, b, c, d, e, f, order)| {
+                let mut fields: Vec<(String, String)> =
+                    [a, b, c, d, e, f].into_iter().flatten().collect();
+                let turn = order as usize % fields.len().max(1);
+                fields.rotate_left(turn);
+                fields
+            })
+    }
+
+    /// Append bodies: mostly what clients send, with every kind of fault.
+    fn arb_body() -> impl Strategy<Value = Vec<u8>> {
+        let expected = prop_oneof![
+            Just(None),
+            Just(Some("\"any\"".to_owned())),
+            Just(Some("\"no_stream\"".to_owned())),
+            Just(Some("\"stream_exists\"".to_owned())),
+            (0u64..5).prop_map(|n| Some(n.to_string())),
+            Just(Some("\"bogus\"".to_owned())),
+            Just(Some("-1".to_owned())),
+            Just(Some("1e2".to_owned())),
+        ];
+        let events = proptest::collection::vec(arb_event(), 0..4);
+        let fault = prop_oneof![
+            12 => Just(None),
+            1 => (0usize..400).prop_map(|at| Some(("truncate", at, 0u8))),
+            1 => (0usize..400, any::<u8>()).prop_map(|(at, b)| Some(("replace", at, b))),
+            1 => (0usize..400, prop_oneof![Just(b','), Just(b']'), Just(b'}'), Just(b'"'), Just(0xff)])
+                .prop_map(|(at, b)| Some(("insert", at, b))),
+        ];
+        (
+            expected,
+            events,
+            proptest::collection::vec(ws(), 4),
+            fault,
+            any::<bool>(),
+        )
+            .prop_map(|(expected, events, pad, fault, events_first)| {
+                let events: Vec<String> = events.into_iter().map(|e| object(e, &pad)).collect();
+                let events = (
+                    "events".to_owned(),
+                    format!(
+                        "[{}{}{}]",
+                        pad[0],
+                        events.join(&format!(",{}", pad[1])),
+                        pad[2]
+                    ),
+                );
+                let mut members = vec![events];
+                if let Some(expected) = expected {
+                    members.push(("expected_revision".to_owned(), expected));
+                }
+                if !events_first {
+                    members.reverse();
+                }
+                let mut bytes =
+                    format!("{}{}{}", pad[3], object(members, &pad), pad[1]).into_bytes();
+                match fault {
+                    Some(("truncate", at, _)) => bytes.truncate(at.min(bytes.len())),
+                    Some(("replace", at, b)) if !bytes.is_empty() => {
+                        let at = at % bytes.len();
+                        bytes[at] = b;
+                    }
+                    Some(("insert", at, b)) => bytes.insert(at.min(bytes.len()), b),
+                    _ => {}
+                }
+                bytes
+            })
+    }
+
+    /// JSON without anything the fast path hands on: no exponents, no
+    /// surrogate escapes, shallow.
+    fn plain_json() -> impl Strategy<Value = String> {
+        let string = proptest::collection::vec(
+            prop_oneof![
+                "[a-z 😀é/]{0,6}",
+                Just("\\\"".to_owned()),
+                Just("\\u00e9".to_owned()),
+                Just("\\n".to_owned())
+            ],
+            0..4,
+        )
+        .prop_map(|p| format!("\"{}\"", p.concat()));
+        let leaf = prop_oneof![
+            string.clone(),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<i32>().prop_map(|n| format!("{}.25", n)),
+            Just("0".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("null".to_owned()),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// Nesting in a payload: the fast path takes the limit and hands on
+    /// one more, which the serde path refuses.
+    #[test]
+    fn the_fast_path_stops_at_the_nesting_limit() {
+        let body = |depth: usize| {
+            let data = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            format!(r#"{{"events":[{{"type":"t","data":{data}}}]}}"#)
+        };
+        let limit = body(crate::model::MAX_JSON_DEPTH);
+        assert!(fast(limit.as_bytes(), 1 << 20).is_some());
+        assert!(slow(limit.as_bytes(), 1 << 20).is_ok());
+        let past = body(crate::model::MAX_JSON_DEPTH + 1);
+        assert!(fast(past.as_bytes(), 1 << 20).is_none());
+        assert!(slow(past.as_bytes(), 1 << 20).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(4000))]
+
+        /// The fast path answers only what the serde path answers the same.
+        #[test]
+        fn the_fast_path_agrees_with_serde(body in arb_body(), small in any::<bool>()) {
+            let max = if small { 96 } else { 1 << 20 };
+            if let Some(decoded) = fast(&body, max) {
+                let text = String::from_utf8_lossy(&body);
+                prop_assert_eq!(Some(decoded), slow(&body, max).ok(), "{}", text);
+            }
+        }
+
+        /// And it does answer the usual appends.
+        #[test]
+        fn the_fast_path_takes_usual_appends(
+            events in proptest::collection::vec(
+                (any::<Option<u128>>(), "[A-Za-z-]{1,12}", plain_json(), proptest::option::of(plain_json())),
+                1..20,
+            ),
+            pad in proptest::collection::vec(ws(), 4),
+            expected in proptest::option::of(0u64..9),
+        ) {
+            let events: Vec<String> = events
+                .into_iter()
+                .map(|(id, event_type, data, metadata)| {
+                    let mut fields = vec![("type".to_owned(), format!("\"{event_type}\"")), ("data".to_owned(), data)];
+                    if let Some(id) = id {
+                        fields.insert(0, ("id".to_owned(), format!("\"{}\"", uuid::Uuid::from_u128(id))));
+                    }
+                    if let Some(metadata) = metadata {
+                        fields.push(("metadata".to_owned(), format!("{{\"m\": {metadata}}}")));
+                    }
+                    object(fields, &pad)
+                })
+                .collect();
+            let mut members = vec![("events".to_owned(), format!("[{}]", events.join(",")))];
+            if let Some(expected) = expected {
+                members.push(("expected_revision".to_owned(), expected.to_string()));
+            }
+            let body = object(members, &pad);
+            let decoded = fast(body.as_bytes(), 1 << 20);
+            prop_assert!(decoded.is_some(), "{}", body);
+            prop_assert_eq!(decoded, slow(body.as_bytes(), 1 << 20).ok(), "{}", body);
+        }
+    }
 }
