@@ -3,6 +3,11 @@
 //! `$all` reads over HTTP. Every loop is bounded in count and in time.
 //!
 //! Run: `cargo bench --bench load` (env `SKALD_BENCH_SECS`, default 5 per scenario).
+//!
+//! Every row also shows how fast the disk synced just before it (a short
+//! `write` + `fdatasync` probe beside the server's data): on shared machines
+//! that moves more than most changes under test, so rows of two runs compare
+//! only where the probes are alike.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -321,17 +326,36 @@ async fn scavenge_scenario(
     Ok((baseline, during, report))
 }
 
-fn report(name: &str, mut outcome: Outcome) {
+fn report(name: &str, mut outcome: Outcome, syncs_per_s: f64) {
     let secs = outcome.elapsed.as_secs_f64();
     let (p50, p99) = (outcome.percentile(0.50), outcome.percentile(0.99));
     println!(
-        "| {name} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+        "| {name} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {syncs_per_s:.0} |",
         outcome.requests,
         outcome.requests as f64 / secs,
         outcome.events as f64 / secs,
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
     );
+}
+
+/// Syncs per second of the temp directory's disk just now: 8 KiB `write` +
+/// `fdatasync` on a growing file, for at most 250 ms or 2,000 syncs.
+async fn fsync_probe() -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(|| {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new()?;
+        let block = [0u8; 8192];
+        let started = Instant::now();
+        let mut syncs = 0u32;
+        while syncs < 2_000 && started.elapsed() < Duration::from_millis(250) {
+            file.write_all(&block)?;
+            file.as_file().sync_data()?;
+            syncs += 1;
+        }
+        Ok(f64::from(syncs) / started.elapsed().as_secs_f64())
+    })
+    .await?
 }
 
 fn main() -> anyhow::Result<()> {
@@ -346,43 +370,51 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let server = Arc::new(start_server()?);
-        println!("| scenario | requests | requests/s | events/s | p50 ms | p99 ms |");
-        println!("|---|---|---|---|---|---|");
+        println!("| scenario | requests | requests/s | events/s | p50 ms | p99 ms | disk syncs/s before |");
+        println!("|---|---|---|---|---|---|---|");
         for (clients, batch) in [(1, 1), (16, 1), (64, 1), (256, 1), (16, 100)] {
+            let disk = fsync_probe().await?;
             let outcome = append_scenario(&server, clients, batch, Payload::Plain, duration).await?;
             report(
                 &format!("append, {clients} clients x {batch} event(s)"),
                 outcome,
+                disk,
             );
         }
         // The shared harness's payload (W1, W2 and W3 shapes).
         for (clients, batch) in [(1, 1), (32, 1), (8, 100)] {
+            let disk = fsync_probe().await?;
             let outcome =
                 append_scenario(&server, clients, batch, Payload::Harness, duration).await?;
             report(
                 &format!("append, {clients} clients x {batch} event(s), harness payload (ids, metadata)"),
                 outcome,
+                disk,
             );
         }
         for subscribers in [1, 100] {
+            let disk = fsync_probe().await?;
             let outcome = subscription_scenario(&server, subscribers, 200, duration).await?;
             report(
                 &format!("append -> live delivery, {subscribers} subscriber(s), 200 appends/s"),
                 outcome,
+                disk,
             );
         }
+        let disk = fsync_probe().await?;
         let (baseline, during, scavenge) = scavenge_scenario(&server, 600, duration).await?;
         let ratio = during.requests as f64 / during.elapsed.as_secs_f64()
             / (baseline.requests as f64 / baseline.elapsed.as_secs_f64());
-        report("append, 16 clients, before the scavenge", baseline);
-        report("append, 16 clients, during the scavenge", during);
+        report("append, 16 clients, before the scavenge", baseline, disk);
+        report("append, 16 clients, during the scavenge", during, disk);
         println!(
             "\nappend throughput during scavenge / before: {ratio:.2} (scavenge still {} at the end of the window, {} events removed by then)\n",
             scavenge["result"], scavenge["events_removed"]
         );
         for limit in [100, 1000] {
+            let disk = fsync_probe().await?;
             let outcome = read_all_scenario(&server, limit, duration).await?;
-            report(&format!("read $all, pages of {limit}"), outcome);
+            report(&format!("read $all, pages of {limit}"), outcome, disk);
         }
         anyhow::Ok(())
     })
