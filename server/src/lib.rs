@@ -64,6 +64,29 @@ pub(crate) mod testing {
         }
     }
 
+    /// JSON texts of `leaf` values in arrays and objects (keys from `key`),
+    /// nested up to `depth` levels, with `space` after every `,` and `:`.
+    pub fn json_tree(
+        leaf: BoxedStrategy<String>,
+        key: BoxedStrategy<String>,
+        depth: u32,
+        space: &'static str,
+    ) -> impl Strategy<Value = String> + Clone {
+        leaf.prop_recursive(depth, 64, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(move |v| format!("[{}]", v.join(&format!(",{space}")))),
+                proptest::collection::vec((key.clone(), inner), 0..4).prop_map(move |v| {
+                    let fields: Vec<String> = v
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}:{space}{v}"))
+                        .collect();
+                    format!("{{{}}}", fields.join(&format!(",{space}")))
+                }),
+            ]
+        })
+    }
+
     /// A JSON text meant to reach every corner of the reader rules' checks:
     /// escaped surrogates (paired and lone), numbers long, short and with
     /// exponents around f64's range, nesting around the limit.
@@ -96,17 +119,7 @@ pub(crate) mod testing {
             Just("true".to_owned()),
             Just("null".to_owned())
         ];
-        let value = leaf.prop_recursive(8, 64, 4, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
-                    let fields: Vec<String> =
-                        v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
-                    format!("{{{}}}", fields.join(","))
-                }),
-            ]
-        });
+        let value = json_tree(leaf.boxed(), string.boxed(), 8, "");
         (value, 0usize..70).prop_map(|(v, n)| format!("{}{v}{}", "[".repeat(n), "]".repeat(n)))
     }
 }

@@ -315,7 +315,7 @@ fn validate_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{arb_json, proptest_config};
+    use crate::testing::{arb_json, json_tree, proptest_config};
     use proptest::prelude::*;
 
     fn slow(bytes: &[u8], max_event_bytes: usize) -> Result<DecodedAppend, ApiError> {
@@ -487,17 +487,7 @@ mod tests {
             Just("false".to_owned()),
             Just("null".to_owned()),
         ];
-        leaf.prop_recursive(4, 32, 4, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|v| format!("[{}]", v.join(", "))),
-                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|v| {
-                    let fields: Vec<String> =
-                        v.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                    format!("{{{}}}", fields.join(","))
-                }),
-            ]
-        })
+        json_tree(leaf.boxed(), string.boxed(), 4, " \n")
     }
 
     /// Nesting in a payload: the fast path takes the limit and hands on
