@@ -219,6 +219,8 @@ try {
 
   step("stream view: edit limits");
   await go(page, "#/streams/order-3");
+  // The view of order-2 has a limits form too: wait for order-3's.
+  await page.waitForFunction(() => document.getElementById("page-title")?.textContent === "order-3", null, WAIT);
   await page.locator("#limits-form").waitFor(WAIT);
   await page.fill("#limit-max_count", "1");
   await page.click('#limits-form button[type="submit"]');
