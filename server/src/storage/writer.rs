@@ -750,9 +750,11 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     // pays for the lookup (it costs a single node's appends
                     // about a tenth of their throughput during a scavenge:
                     // docs/benchmarks.md). An event this group appended is not
-                    // in the store yet.
+                    // in the store yet; its id may be one an earlier removal of
+                    // the group freed, so the group's appends answer first.
                     let present = match (overlay.ids.get(&hidden.id), request.origin) {
                         (Some(pending), _) => pending.position == hidden.position,
+                        (None, _) if overlay.removed_ids.contains(&hidden.id) => false,
                         (None, Origin::Log { .. }) => self.store.is_indexed(
                             stream.as_str(),
                             hidden.revision,
@@ -760,7 +762,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         )?,
                         (None, _) => true,
                     };
-                    if overlay.removed_ids.contains(&hidden.id) || !present {
+                    if !present {
                         continue;
                     }
                     out.batch.delete_cf(
@@ -1416,6 +1418,71 @@ mod tests {
 
     /// Two nodes may scavenge at once in cluster mode, so the log can carry
     /// the same removal twice: the second removes and counts nothing.
+    /// A scavenge frees an event's id; a client appends it again in the same
+    /// group; a later removal of the group must still remove that new event.
+    #[test]
+    fn an_id_freed_and_appended_again_in_one_group_can_be_removed_again() {
+        let (_dir, store, mut writer) = fresh_writer();
+        let delete = || WriteOp::Delete {
+            expected: ExpectedRevision::Any,
+            hard: false,
+        };
+        let removal = |position, revision| WriteOp::Remove {
+            events: vec![HiddenEvent {
+                position,
+                revision,
+                id: Uuid::from_u128(1),
+                recorded_at_micros: 0,
+                bytes: 1,
+            }],
+            now_micros: 0,
+        };
+        one_group(
+            &mut writer,
+            vec![
+                (
+                    "s",
+                    append_op(ExpectedRevision::NoStream, &[1]),
+                    Origin::Client,
+                ),
+                ("s", delete(), Origin::Client),
+            ],
+        );
+        let answers = one_group(
+            &mut writer,
+            vec![
+                ("s", removal(0, 0), Origin::Client),
+                ("s", append_op(ExpectedRevision::Any, &[1]), Origin::Client),
+                ("s", delete(), Origin::Client),
+                ("s", removal(1, 1), Origin::Client),
+            ],
+        );
+        let removed = |answer: &Result<WriteOutcome, WriteError>| match answer {
+            Ok(WriteOutcome::Removed { events, .. }) => Some(*events),
+            _ => None,
+        };
+        assert_eq!(removed(&answers[0]), Some(1), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Ok(WriteOutcome::Appended(o)) if o.first_position == 1 && !o.idempotent_replay),
+            "{answers:?}"
+        );
+        assert_eq!(removed(&answers[3]), Some(1), "{answers:?}");
+        assert_eq!(store.removed_events().expect("removed"), 2);
+        let mut it = store.db.raw_iterator_cf(store.cf(keys::CF_EVENTS));
+        it.seek_to_first();
+        assert!(!it.valid(), "no event is left");
+        drop(it);
+        // The id is free again: a new append with it is not a replay.
+        let again = one_group(
+            &mut writer,
+            vec![("s", append_op(ExpectedRevision::Any, &[1]), Origin::Client)],
+        );
+        assert!(
+            matches!(&again[0], Ok(WriteOutcome::Appended(o)) if o.first_position == 2 && !o.idempotent_replay),
+            "{again:?}"
+        );
+    }
+
     #[test]
     fn a_removal_of_events_already_removed_counts_nothing() {
         let (_dir, store, mut writer) = fresh_writer();
