@@ -1164,11 +1164,13 @@ async fn a_node_far_behind_the_log_is_not_ready_until_it_caught_up() {
         assert_eq!(status, 201, "{answer}");
     }
     // Node B joins empty, 44 log messages behind, with a ready threshold of
-    // 10 and every write of its store held up 300 ms (the test build's fault
-    // knob): it cannot have applied anything when it first answers.
+    // 10 and every write of its store held until the gate file exists (the
+    // test build's fault knob): it cannot have applied anything yet.
+    let gate_dir = tempfile::tempdir().expect("temp dir");
+    let gate = gate_dir.path().join("open");
     let b = TestServer::start_with_env(
         &["--cluster", &js.urls(), "--cluster-ready-lag", "10"],
-        &[("SKALD_FAULT_WRITE_DELAY_MS", "300")],
+        &[("SKALD_FAULT_WRITE_GATE", gate.to_str().expect("utf-8 path"))],
     );
     let (status, ready) = b.get("/health/ready").await;
     assert_eq!(
@@ -1183,6 +1185,7 @@ async fn a_node_far_behind_the_log_is_not_ready_until_it_caught_up() {
         replication["lag_messages"].as_u64().expect("lag") > 10,
         "{stats}"
     );
+    std::fs::write(&gate, b"").expect("open the gate");
     // Caught up, it is ready, and says so everywhere.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while b.get("/health/ready").await.0 != 200 {

@@ -396,13 +396,21 @@ pub mod fault {
     use std::path::Path;
 
     /// Makes every group commit take at least `SKALD_FAULT_WRITE_DELAY_MS` more
-    /// (when set), so a test can fill the writer's queue.
+    /// (when set), so a test can fill the writer's queue; with
+    /// `SKALD_FAULT_WRITE_GATE` set to a path, holds every group commit until
+    /// that file exists, so a test can look at a node that cannot have
+    /// written anything yet.
     pub(super) fn write_delay() {
         let delay = std::env::var("SKALD_FAULT_WRITE_DELAY_MS")
             .ok()
             .and_then(|ms| ms.parse().ok());
         if let Some(ms) = delay {
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if let Some(gate) = std::env::var_os("SKALD_FAULT_WRITE_GATE") {
+            while !Path::new(&gate).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     }
 
