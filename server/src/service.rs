@@ -21,7 +21,7 @@ use crate::storage::scan::{CompactionSlice, HiddenPage, VerifyCursor, VerifyPage
 use crate::storage::writer::{
     self, CommitInfo, HiddenEvent, Origin, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
 };
-use crate::storage::{EngineStats, Store};
+use crate::storage::{EngineStats, KnownIds, Store};
 /// The errors of the layers below, as the service hands them out.
 pub use crate::storage::{StorageError, WriteError};
 
@@ -311,6 +311,7 @@ impl Service {
             },
             reply,
             admission: Vec::new(),
+            known_ids: None,
         });
         async move {
             submitted?;
@@ -346,9 +347,16 @@ impl Service {
             origin,
             reply,
             admission: Vec::new(),
+            known_ids: None,
         };
         let kib = request.payload_bytes().div_ceil(1024).max(1);
         request.admission = self.queue.admit(kib, timeout).await?;
+        if let (Origin::Client, WriteOp::Append { events, .. }) = (origin, &request.op) {
+            // The id lookup in RocksDB runs here, off the single writer; on an
+            // error the writer looks the ids up itself.
+            let ids = events.iter().map(|e| e.id);
+            request.known_ids = KnownIds::look_up(&self.store, ids).ok();
+        }
         self.writer.submit(request)?;
         let result = answer.await.map_err(|_| WriteError::WriterStopped)?;
         let metrics = &self.metrics;

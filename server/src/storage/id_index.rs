@@ -19,6 +19,13 @@
 //! in the run being ingested first waits for the ingestion, so that the
 //! removal's delete is newer than the ingested entry.
 //!
+//! An append may bring its ids' RocksDB answers along (`KnownIds`, looked up
+//! on the request's task before it was queued): the writer then asks only its
+//! memory for them. Such an answer is still true as long as no id left the
+//! writer's memory for `event_ids` and none left `event_ids` since; both move
+//! the store's id generation (after the fact, as the lookup reads it before
+//! asking RocksDB), and an answer of an older generation is asked again.
+//!
 //! Bounded: at most one run is being ingested; when the tail reaches
 //! `MAX_RUNS_BEHIND` runs (the indexer is failing or slow), the writer waits
 //! for it, which fills the writer's queue and answers appends 503.
@@ -48,6 +55,29 @@ const RUN_DIR: &str = "id-runs";
 struct Run {
     ids: HashMap<Uuid, u64>,
     before: u64,
+}
+
+/// The `event_ids` answers for one append's ids, read before the request
+/// was queued; the writer takes them instead of asking RocksDB again while
+/// the store's id generation is still `generation`.
+#[derive(Debug, Clone, Default)]
+pub struct KnownIds {
+    generation: u64,
+    /// The ids `event_ids` held, with their positions.
+    stored: HashMap<Uuid, u64>,
+}
+
+impl KnownIds {
+    /// Looks `ids` up in `event_ids` (not in the writer's memory, which the
+    /// writer asks itself).
+    pub fn look_up(store: &Store, ids: impl Iterator<Item = Uuid>) -> Result<Self, StorageError> {
+        // Read first: whatever leaves the writer's memory or the index after
+        // this moves the generation and voids the answer.
+        let generation = store.id_generation.load(Ordering::Acquire);
+        let mut ids: Vec<Uuid> = ids.collect();
+        let stored = store.stored_event_ids(&mut ids)?;
+        Ok(Self { generation, stored })
+    }
 }
 
 /// The writer's side of the index.
@@ -128,32 +158,62 @@ impl IdIndex {
             stop,
             thread: Some(thread),
         };
+        // Answers read before this writer started are void.
+        index.next_generation();
         index.hand_off_if_due(next_position);
         Ok(index)
     }
 
-    /// Where each of `ids` is stored, for those that are. Sorts and dedups `ids`.
-    pub(super) fn lookup(
+    /// Where each of `ids`, and of the ids of the appends that come with
+    /// `known` RocksDB answers, is stored, for those that are. Known answers
+    /// still valid are taken (their ids asked of the memory only); the others'
+    /// ids are looked up with `ids`, which this sorts and dedups.
+    pub(super) fn lookup<'a>(
         &mut self,
         ids: &mut Vec<Uuid>,
+        known: impl Iterator<Item = (&'a KnownIds, &'a [crate::model::NewEvent])>,
     ) -> Result<HashMap<Uuid, u64>, StorageError> {
+        // Nothing leaves the memory between this poll and the checks below.
         self.poll();
+        let generation = self.store.id_generation.load(Ordering::Relaxed);
         let mut found = HashMap::new();
-        ids.retain(|id| {
-            let known = self
-                .tail
-                .get(id)
-                .or_else(|| self.in_flight.as_ref().and_then(|run| run.ids.get(id)));
-            match known {
-                Some(&position) => {
-                    found.insert(*id, position);
-                    false
+        let mut answered = Vec::new();
+        for (known, events) in known {
+            if known.generation == generation {
+                answered.push(known);
+                for event in events {
+                    if let Some(&position) = self.in_memory(&event.id) {
+                        found.insert(event.id, position);
+                    }
                 }
-                None => true,
+            } else {
+                ids.extend(events.iter().map(|e| e.id));
             }
+        }
+        ids.retain(|id| match self.in_memory(id) {
+            Some(&position) => {
+                found.insert(*id, position);
+                false
+            }
+            None => true,
         });
-        found.extend(self.store.stored_event_ids(ids)?);
+        let stored = self.store.stored_event_ids(ids)?;
+        for (id, position) in answered.into_iter().flat_map(|k| &k.stored).chain(&stored) {
+            // The memory is newer than the index (an id removed and appended again).
+            found.entry(*id).or_insert(*position);
+        }
         Ok(found)
+    }
+
+    fn in_memory(&self, id: &Uuid) -> Option<&u64> {
+        self.tail
+            .get(id)
+            .or_else(|| self.in_flight.as_ref().and_then(|run| run.ids.get(id)))
+    }
+
+    /// Voids the `KnownIds` read so far.
+    fn next_generation(&self) {
+        self.store.id_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Called before a group that removes `ids`: waits for the run being
@@ -177,8 +237,14 @@ impl IdIndex {
         added: impl Iterator<Item = (Uuid, u64)>,
         next_position: u64,
     ) {
+        let mut any_removed = false;
         for id in removed {
+            any_removed = true;
             self.tail.remove(&id);
+        }
+        if any_removed {
+            // The group deleted ids from `event_ids` too.
+            self.next_generation();
         }
         self.tail.extend(added);
         self.hand_off_if_due(next_position);
@@ -243,14 +309,20 @@ impl IdIndex {
 
     fn poll(&mut self) {
         while self.ingested.try_recv().is_ok() {
-            self.in_flight = None;
+            self.dropped_in_flight();
         }
     }
 
     fn wait_for_ingestion(&mut self) {
         if self.in_flight.is_some() && self.ingested.recv().is_ok() {
-            self.in_flight = None;
+            self.dropped_in_flight();
         }
+    }
+
+    /// The run being ingested is in `event_ids` now, and leaves the memory.
+    fn dropped_in_flight(&mut self) {
+        self.in_flight = None;
+        self.next_generation();
     }
 }
 
@@ -398,7 +470,9 @@ mod tests {
     }
 
     fn positions(index: &mut IdIndex, ids: &[Uuid]) -> HashMap<Uuid, u64> {
-        index.lookup(&mut ids.to_vec()).expect("lookup")
+        index
+            .lookup(&mut ids.to_vec(), std::iter::empty())
+            .expect("lookup")
     }
 
     #[test]
@@ -441,6 +515,71 @@ mod tests {
                 .expect("get")
                 .len(),
             3
+        );
+    }
+
+    fn events(ids: &[Uuid]) -> Vec<crate::model::NewEvent> {
+        ids.iter()
+            .map(|id| crate::model::NewEvent {
+                content_type: crate::model::ContentType::Json,
+                id: *id,
+                event_type: "T".into(),
+                data: "{}".into(),
+                metadata: None,
+            })
+            .collect()
+    }
+
+    /// What the writer finds for `ids` when they come with `known`.
+    fn positions_known(index: &mut IdIndex, known: &KnownIds, ids: &[Uuid]) -> HashMap<Uuid, u64> {
+        let events = events(ids);
+        index
+            .lookup(&mut Vec::new(), std::iter::once((known, events.as_slice())))
+            .expect("lookup")
+    }
+
+    #[test]
+    fn known_ids_are_taken_while_no_id_left_the_memory_or_the_index() {
+        let (_dir, store, all, want) = logged_store(4, 2);
+        let mut index = IdIndex::open(Arc::clone(&store), 4, 3).expect("open index");
+        // Positions 0 and 1 in `event_ids`, 2 and 3 in the tail.
+        let known = KnownIds::look_up(&store, all.iter().copied()).expect("look up");
+        assert_eq!(known.stored.len(), 2);
+        assert_eq!(positions_known(&mut index, &known, &all), want);
+        // A valid answer is taken as it is: RocksDB is not asked again.
+        let mut made_up = known.clone();
+        made_up.stored.insert(Uuid::from_u128(5), 77);
+        let found = positions_known(&mut index, &made_up, &[Uuid::from_u128(5)]);
+        assert_eq!(found.get(&Uuid::from_u128(5)), Some(&77));
+
+        // Ids committed after the answer are in the memory, found there...
+        let late = Uuid::from_u128(6);
+        let before = KnownIds::look_up(&store, [late].into_iter()).expect("look up");
+        index.committed(std::iter::empty(), [(late, 4)].into_iter(), 5);
+        assert_eq!(
+            positions_known(&mut index, &before, &[late]).get(&late),
+            Some(&4)
+        );
+        // ...and still found once their run left the memory for `event_ids`.
+        index.wait_for_ingestion();
+        assert!(index.in_memory(&late).is_none());
+        assert_eq!(
+            positions_known(&mut index, &before, &[late]).get(&late),
+            Some(&4)
+        );
+
+        // An id removed after the answer found it is not taken from the answer.
+        let first = all[0];
+        let known = KnownIds::look_up(&store, [first].into_iter()).expect("look up");
+        assert_eq!(known.stored.get(&first), Some(&0));
+        store
+            .db
+            .delete_cf(store.cf(keys::CF_EVENT_IDS), first.as_bytes())
+            .expect("delete");
+        index.committed([first].into_iter(), std::iter::empty(), 5);
+        assert_eq!(
+            positions_known(&mut index, &known, &[first]).get(&first),
+            None
         );
     }
 

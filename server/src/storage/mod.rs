@@ -7,6 +7,7 @@
 // public.
 pub mod codec;
 mod id_index;
+pub use id_index::KnownIds;
 pub(crate) mod keys;
 pub mod purge;
 mod read;
@@ -93,6 +94,9 @@ pub struct Store {
     options: Options,
     /// The options of `event_ids`, which the id index's files are written with.
     event_ids_options: Options,
+    /// Moves whenever an id may have left the id index's memory without
+    /// being in `event_ids`, or left `event_ids` (see `id_index::KnownIds`).
+    id_generation: std::sync::atomic::AtomicU64,
 }
 
 /// The options of every column family, its blocks cached in `cache`.
@@ -139,6 +143,7 @@ impl Store {
             path: path.to_owned(),
             options: db_opts,
             event_ids_options: cf_options(&cache),
+            id_generation: std::sync::atomic::AtomicU64::new(0),
         };
         store.check_layout()?;
         Ok(store)
@@ -330,6 +335,7 @@ impl Store {
             path: path.to_owned(),
             event_ids_options: Options::default(),
             options: opts,
+            id_generation: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(store.next_position()?.checked_sub(1))
     }

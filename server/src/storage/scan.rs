@@ -497,6 +497,7 @@ mod tests {
                 origin: writer::Origin::Client,
                 reply,
                 admission: Vec::new(),
+                known_ids: None,
             })
             .is_ok());
         answer
@@ -656,6 +657,7 @@ mod tests {
                 origin: writer::Origin::Client,
                 reply,
                 admission: Vec::new(),
+                known_ids: None,
             };
             assert!(writer.submit(request).is_ok());
             answer.blocking_recv().expect("answered")

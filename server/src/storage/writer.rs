@@ -151,6 +151,9 @@ pub struct WriteRequest {
     /// The request's place in the bounded queue, given back when the writer
     /// drops the request (after answering it).
     pub admission: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// An append's ids looked up in `event_ids` before it was queued (off
+    /// the writer thread); `None`: the writer looks them up.
+    pub known_ids: Option<super::KnownIds>,
 }
 
 impl WriteRequest {
@@ -357,12 +360,16 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         }
         let mut ids: Vec<Uuid> = group
             .iter()
-            .filter_map(|r| match &r.op {
-                WriteOp::Append { events, .. } => Some(events.iter().map(|e| e.id)),
+            .filter_map(|r| match (&r.op, &r.known_ids) {
+                (WriteOp::Append { events, .. }, None) => Some(events.iter().map(|e| e.id)),
                 _ => None,
             })
             .flatten()
             .collect();
+        let known = group.iter().filter_map(|r| match (&r.op, &r.known_ids) {
+            (WriteOp::Append { events, .. }, Some(known)) => Some((known, events.as_slice())),
+            _ => None,
+        });
         self.ids.prepare_removal(
             group
                 .iter()
@@ -376,7 +383,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         // indexer only moves ids this thread keeps in memory until they are
         // in, so the store stays as read here until the group is written; the
         // overlay covers the group's own effects.
-        let stored_ids = match self.ids.lookup(&mut ids) {
+        let stored_ids = match self.ids.lookup(&mut ids, known) {
             Ok(found) => found,
             Err(e) => {
                 // A failed read changes nothing: the group is answered, not stopped.
@@ -928,6 +935,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AllFilter, Direction};
+    use crate::storage::KnownIds;
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -1251,6 +1259,7 @@ mod tests {
                     origin,
                     reply,
                     admission: Vec::new(),
+                    known_ids: None,
                 }
             })
             .collect();
@@ -1700,7 +1709,8 @@ mod tests {
             let mut writer = Writer::new(Arc::clone(&store), ignore as fn(CommitInfo), RUN).expect("writer");
             let mut model = Model::default();
             let mut group_start = model.clone();
-            let mut sent: Vec<(String, Vec<Uuid>)> = Vec::new();
+            // Each append's ids with what `event_ids` said of them when it was last sent.
+            let mut sent: Vec<(String, Vec<Uuid>, KnownIds)> = Vec::new();
             let mut fresh = 0u128;
             let mut next_id = || { fresh += 1; Uuid::from_u128(fresh) };
             let (mut group, mut wants, mut answers) = (Vec::new(), Vec::new(), Vec::new());
@@ -1708,45 +1718,61 @@ mod tests {
             let mut results: Vec<(Answer, oneshot::Receiver<_>)> = Vec::new();
             let count = ops.len();
             for (i, op) in ops.iter().enumerate() {
+                // Appends come without their ids looked up, looked up now, or
+                // (retries) with the answer of their previous sending: stale.
+                let look_up = |ids: &[Uuid], stale: Option<&KnownIds>| match (i % 3, stale) {
+                    (0, _) => None,
+                    (2, Some(stale)) => Some(stale.clone()),
+                    _ => Some(KnownIds::look_up(&store, ids.iter().copied()).expect("look up")),
+                };
                 let request = match op {
                     Op::New { stream, expected, exact, count } => {
                         let stream = format!("s{stream}");
                         let expected = expectation(*expected, *exact);
                         let ids: Vec<_> = (0..*count).map(|_| next_id()).collect();
                         let want = model.append(&stream, expected, &ids);
-                        sent.push((stream.clone(), ids.clone()));
+                        let known = KnownIds::look_up(&store, ids.iter().copied()).expect("look up");
+                        sent.push((stream.clone(), ids.clone(), known));
+                        let known = look_up(&ids, None);
                         let events = ids.into_iter().map(new_event).collect();
-                        Some((stream, WriteOp::Append { expected, events }, want))
+                        Some((stream, WriteOp::Append { expected, events }, want, known))
                     }
                     Op::Retry { earlier, other_stream, reverse } if !sent.is_empty() => {
-                        let (stream, mut ids) = sent[earlier % sent.len()].clone();
+                        let k = earlier % sent.len();
+                        let (stream, mut ids, first) = sent[k].clone();
+                        // The next retry's stale answer: this one, as of now.
+                        sent[k].2 = KnownIds::look_up(&store, ids.iter().copied()).expect("look up");
                         if *reverse { ids.reverse(); }
                         let stream = other_stream.map_or(stream, |s| format!("s{s}"));
                         let expected = ExpectedRevision::NoStream;
                         let want = model.append(&stream, expected, &ids);
+                        let known = look_up(&ids, Some(&first));
                         let events = ids.into_iter().map(new_event).collect();
-                        Some((stream, WriteOp::Append { expected, events }, want))
+                        Some((stream, WriteOp::Append { expected, events }, want, known))
                     }
                     Op::MixOldAndNew { earlier } if !sent.is_empty() => {
-                        let (stream, ids) = sent[earlier % sent.len()].clone();
+                        let k = earlier % sent.len();
+                        let (stream, ids, first) = sent[k].clone();
+                        sent[k].2 = KnownIds::look_up(&store, ids.iter().copied()).expect("look up");
                         let ids = vec![ids[0], next_id()];
                         let expected = ExpectedRevision::Any;
                         let want = model.append(&stream, expected, &ids);
+                        let known = look_up(&ids, Some(&first));
                         let events = ids.into_iter().map(new_event).collect();
-                        Some((stream, WriteOp::Append { expected, events }, want))
+                        Some((stream, WriteOp::Append { expected, events }, want, known))
                     }
                     Op::Delete { stream, hard, expected, exact } => {
                         let stream = format!("s{stream}");
                         let expected = expectation(*expected, *exact);
                         let want = model.delete(&stream, expected, *hard);
-                        Some((stream, WriteOp::Delete { expected, hard: *hard }, want))
+                        Some((stream, WriteOp::Delete { expected, hard: *hard }, want, None))
                     }
                     Op::SetMaxCount { stream, max_count } => {
                         let stream = format!("s{stream}");
                         let want = model.set_max_count(&stream, *max_count);
                         let metadata = StreamMetadata { max_count: *max_count, ..StreamMetadata::default() };
                         let op = WriteOp::SetMetadata { metadata, expected: ExpectedRevision::Any };
-                        Some((stream, op, want))
+                        Some((stream, op, want, None))
                     }
                     Op::Remove { stream } => {
                         let stream = format!("s{stream}");
@@ -1759,7 +1785,7 @@ mod tests {
                             position: *position, revision: *revision, id: *id,
                             recorded_at_micros: 0, bytes: 1,
                         }).collect();
-                        Some((stream, WriteOp::Remove { events, now_micros: now_micros() }, want))
+                        Some((stream, WriteOp::Remove { events, now_micros: now_micros() }, want, None))
                         }
                     }
                     Op::Restart if group.is_empty() => {
@@ -1770,10 +1796,10 @@ mod tests {
                     }
                     _ => None,
                 };
-                if let Some((stream, op, want)) = request {
+                if let Some((stream, op, want, known_ids)) = request {
                     let (reply, answer) = oneshot::channel();
                     let stream = StreamName::parse(&stream).expect("valid");
-                    group.push(WriteRequest { stream, op, origin: Origin::Client, reply, admission: Vec::new() });
+                    group.push(WriteRequest { stream, op, origin: Origin::Client, reply, admission: Vec::new(), known_ids });
                     wants.push(want);
                     answers.push(answer);
                 }
