@@ -284,7 +284,8 @@ impl StateCache {
 /// What an earlier request of the same group wrote for an event id.
 #[derive(Clone)]
 struct PendingId {
-    stream: StreamName,
+    /// Shared by the ids of one append (no copy of the name per event).
+    stream: std::rc::Rc<StreamName>,
     revision: u64,
     position: u64,
 }
@@ -310,6 +311,8 @@ struct GroupBatch {
     now_micros: u64,
     events: usize,
     bytes: u64,
+    /// A scratch buffer the group's records are encoded in.
+    record: Vec<u8>,
 }
 
 type Reply = oneshot::Sender<Result<WriteOutcome, WriteError>>;
@@ -366,6 +369,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             })
             .flatten()
             .collect();
+        let appended = group
+            .iter()
+            .map(|r| match &r.op {
+                WriteOp::Append { events, .. } => events.len(),
+                _ => 0,
+            })
+            .sum();
         let known = group.iter().filter_map(|r| match (&r.op, &r.known_ids) {
             (WriteOp::Append { events, .. }, Some(known)) => Some((known, events.as_slice())),
             _ => None,
@@ -399,6 +409,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let mut overlay = GroupOverlay {
             removed_events: self.removed_events,
             stored_ids,
+            ids: HashMap::with_capacity(appended),
             ..GroupOverlay::default()
         };
         let mut out = GroupBatch {
@@ -407,6 +418,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             now_micros: now_micros(),
             events: 0,
             bytes: 0,
+            record: Vec::new(),
         };
         let mut answered: Vec<(Reply, Result<WriteOutcome, WriteError>)> = Vec::new();
         let mut written: Vec<(Reply, WriteOutcome)> = Vec::new();
@@ -618,6 +630,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             now_micros: out.now_micros,
             events: 0,
             bytes: 0,
+            record: Vec::new(),
         };
         let result = self.prepare(request, &mut scratch, &mut scratch_out);
         overlay.stored_ids = scratch.stored_ids;
@@ -813,24 +826,30 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let first_position = out.next_position;
         let store = &self.store;
         let (events_cf, index_cf) = (store.cf(keys::CF_EVENTS), store.cf(keys::CF_STREAM_INDEX));
+        let shared = std::rc::Rc::new(stream.clone());
+        // One buffer for the records: the batch copies each.
+        let mut record = std::mem::take(&mut out.record);
         for (offset, event) in (0u64..).zip(events) {
             let position = first_position + offset;
             let revision = first_revision + offset;
-            let record = codec::encode_record(&codec::RecordRef {
-                position,
-                stream: stream.as_str(),
-                revision,
-                recorded_at_micros: out.now_micros,
-                id: &event.id,
-                event_type: &event.event_type,
-                data: &event.data,
-                metadata: event.metadata.as_deref(),
-                content_type: event.content_type,
-            });
+            codec::encode_record_into(
+                &codec::RecordRef {
+                    position,
+                    stream: stream.as_str(),
+                    revision,
+                    recorded_at_micros: out.now_micros,
+                    id: &event.id,
+                    event_type: &event.event_type,
+                    data: &event.data,
+                    metadata: event.metadata.as_deref(),
+                    content_type: event.content_type,
+                },
+                &mut record,
+            );
             state.bytes += record.len() as u64;
             out.bytes += record.len() as u64;
             out.batch
-                .put_cf(events_cf, keys::position_key(position), record);
+                .put_cf(events_cf, keys::position_key(position), &record);
             out.batch.put_cf(
                 index_cf,
                 keys::stream_index_key(stream.as_str(), revision),
@@ -839,12 +858,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             overlay.ids.insert(
                 event.id,
                 PendingId {
-                    stream: stream.clone(),
+                    stream: std::rc::Rc::clone(&shared),
                     revision,
                     position,
                 },
             );
         }
+        out.record = record;
         let count = events.len() as u64;
         let last_revision = first_revision + count - 1;
         state.last_revision = Some(last_revision);
@@ -881,7 +901,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 found.push((
                     event.id,
                     PendingId {
-                        stream: stored.stream,
+                        stream: std::rc::Rc::new(stored.stream),
                         revision: stored.revision,
                         position,
                     },
@@ -895,7 +915,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             && found
                 .iter()
                 .zip(0u64..)
-                .all(|((_, f), i)| f.stream == *stream && f.revision == first.revision + i);
+                .all(|((_, f), i)| *f.stream == *stream && f.revision == first.revision + i);
         if !is_replay {
             return Err(WriteError::DuplicateEventId {
                 id: *first_id,
