@@ -120,6 +120,11 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
+        // Flushes and compactions write their files out a megabyte at a time
+        // instead of leaving it all to the final sync, whose burst of
+        // writeback the WAL's fdatasync then waits behind (the append
+        // latency tail: docs/benchmarks.md, "Issue 11, sixth pass").
+        db_opts.set_bytes_per_sync(1 << 20);
         // Counters only (no histograms, no timers): what /admin/stats reports.
         // Histograms cost about 500 instructions per point lookup (measured
         // with callgrind: docs/benchmarks.md).
