@@ -85,6 +85,17 @@ async function go(page, hash) {
   }, hash);
 }
 
+/** `go`, then waits until the new page has replaced the old one's heading
+ *  (two pages may both hold what a caller waits for, such as `.event`). */
+async function goFresh(page, hash) {
+  await page.evaluate(() => document.getElementById("page-title")?.setAttribute("data-left", ""));
+  await go(page, hash);
+  await page.waitForFunction(() => {
+    const title = document.getElementById("page-title");
+    return title !== null && !title.hasAttribute("data-left");
+  }, null, WAIT);
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 }
@@ -319,7 +330,7 @@ try {
     ["all", "#/all", ".event"],
     ["jobs", "#/jobs", "#scavenge-history table"],
   ]) {
-    await go(phone.page, hash);
+    await goFresh(phone.page, hash);
     await phone.page.locator(ready).first().waitFor(WAIT);
     const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     check(overflow <= 0, `${name} fits the phone's width (overflows by ${overflow}px)`);
