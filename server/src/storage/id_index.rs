@@ -60,7 +60,7 @@ struct Run {
 /// The `event_ids` answers for one append's ids, read before the request
 /// was queued; the writer takes them instead of asking RocksDB again while
 /// the store's id generation is still `generation`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KnownIds {
     generation: u64,
     /// The ids `event_ids` held, with their positions.
