@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::support::{assert_error, verify_clean, TestServer};
+use crate::support::{self, assert_error, verify_clean, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_kill_9() {
@@ -31,6 +31,13 @@ async fn acknowledged_appends_survive_kill_9() {
         server = Arc::into_inner(shared).expect("writer tasks are done");
         let before = server.read_all_events().await;
         assert_eq!(before.len() as u64, 161 * round + 160);
+        // The kill leaves the live WAL with a zero-filled preallocated tail,
+        // which the recovery must read past.
+        let wals = support::wal_lengths(server.data_dir());
+        assert!(
+            wals.iter().any(|&len| len >= 1 << 20),
+            "no preallocated WAL: {wals:?}"
+        );
 
         server.kill_and_restart();
         let after = server.read_all_events().await;

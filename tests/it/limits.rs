@@ -23,16 +23,26 @@ async fn put_metadata(server: &TestServer, stream: &str, body: &Value) -> (u16, 
 /// would write 18 MiB if each rewrote it.
 #[tokio::test]
 async fn appends_do_not_rewrite_custom_stream_metadata() {
-    let server = TestServer::start();
+    let mut server = TestServer::start();
     let custom = json!({"blob": "x".repeat(60 << 10)});
     let (status, body) = put_metadata(&server, "heavy", &json!({"custom": custom})).await;
     assert_eq!(status, 200, "{body}");
+    // Measured stopped: a running server's WAL is preallocated.
+    assert!(server.terminate().success());
     let before = support::dir_bytes(server.data_dir());
+    server.restart();
     for _ in 0..300 {
         let (status, body) = server.append("heavy", json!("any"), &["E"]).await;
         assert_eq!(status, 201, "{body}");
     }
+    assert!(server.terminate().success());
+    let wals = support::wal_lengths(server.data_dir());
+    assert!(
+        wals.iter().all(|&len| len < 1 << 20),
+        "a stopped server's WAL was not trimmed to what it holds: {wals:?}"
+    );
     let grown = support::dir_bytes(server.data_dir()).saturating_sub(before);
+    server.restart();
     assert!(
         grown < 4 << 20,
         "300 small appends grew the data dir by {grown} bytes"

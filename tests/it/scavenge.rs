@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, dir_bytes, verify_clean, wait_job, TestServer};
+use crate::support::{assert_error, sst_bytes, verify_clean, wait_job, TestServer};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -136,7 +136,7 @@ async fn scavenge_removes_hidden_events_everywhere_while_serving() {
         server.restart();
         Arc::new(server)
     };
-    let disk_before = dir_bytes(server.data_dir());
+    let disk_before = sst_bytes(server.data_dir());
 
     // While the scavenge runs: a subscription follows and writers append.
     let mut follower = server.subscribe("/subscriptions/all?from=end", &[]).await;
@@ -186,8 +186,10 @@ async fn scavenge_removes_hidden_events_everywhere_while_serving() {
     let after = visible(&server).await;
     assert_eq!(after[..before.len()], before[..]);
     assert_eq!(after.len(), before.len() + acked.len());
-    let disk_after = dir_bytes(server.data_dir());
-    eprintln!("scavenge: data dir {disk_before} bytes before, {disk_after} after; report {report}");
+    let disk_after = sst_bytes(server.data_dir());
+    eprintln!(
+        "scavenge: SST files {disk_before} bytes before, {disk_after} after; report {report}"
+    );
     assert!(
         disk_after < disk_before * 3 / 4,
         "the data directory did not shrink: {disk_before} -> {disk_after}"

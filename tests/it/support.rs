@@ -64,7 +64,9 @@ pub fn python_venv(name: &str, requirements: &str) -> PathBuf {
     venv
 }
 
-/// Bytes of the files under `dir` (a data directory, WAL included).
+/// Bytes of the files under `dir` (a data directory, WAL included). The live
+/// WAL is preallocated (tens of MiB) while the server runs; a closed one is
+/// trimmed to what was written, so measure a stopped server's directory.
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .expect("read dir")
@@ -78,6 +80,27 @@ pub fn dir_bytes(dir: &Path) -> u64 {
             }
         })
         .sum()
+}
+
+/// Bytes of the SST files in `dir` (a data directory): the stored data once
+/// memtables are flushed, without the WAL.
+pub fn sst_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sst"))
+        .map(|path| std::fs::metadata(path).expect("metadata").len())
+        .sum()
+}
+
+/// The lengths of the write-ahead log files in `dir` (a data directory).
+pub fn wal_lengths(dir: &Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .map(|path| std::fs::metadata(path).expect("metadata").len())
+        .collect()
 }
 
 /// Runs a verify job to its end and checks that it completed without

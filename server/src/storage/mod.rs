@@ -118,6 +118,17 @@ impl Store {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
+        // WAL files preallocated with their size set, so that a small
+        // append's fdatasync writes its data and no new file size (the
+        // skald-rocksdb-env crate). Set first: `increase_parallelism` sizes
+        // the thread pools of the options' Env.
+        match skald_rocksdb_env::preallocated_wal_env() {
+            Some(env) => db_opts.set_env(&env),
+            None => tracing::warn!(
+                "the linked RocksDB is not the version the WAL preallocation was built for; \
+                 using RocksDB's own Env"
+            ),
+        }
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
         // Flushes and compactions write their files out a megabyte at a time
