@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// seconds.
     #[arg(long, env = "SKALD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// How long a response (a page, a subscription's stream) may wait on a
+    /// client that reads none of it before the connection is closed, in
+    /// seconds.
+    #[arg(long, env = "SKALD_WRITE_STALL_TIMEOUT_SECS", default_value_t = 60)]
+    pub write_stall_timeout_secs: u64,
     /// How long graceful shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "SKALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -148,7 +153,7 @@ pub enum ConfigError {
     ExposedWithoutAuth(SocketAddr),
     #[error("--max-connections must be at least 1")]
     MaxConnections,
-    #[error("--header-timeout-secs and --idle-timeout-secs must be between 1 and 3600")]
+    #[error("--header-timeout-secs, --idle-timeout-secs and --write-stall-timeout-secs must be between 1 and 3600")]
     ConnectionTimeouts,
     #[error("--writer-queue-requests must be at least 1 and --writer-queue-bytes at least 1024")]
     WriterQueue,
@@ -175,6 +180,7 @@ pub struct Config {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub write_stall_timeout: Duration,
     pub max_subscriptions: usize,
     pub max_long_polls: usize,
     pub writer_queue_requests: usize,
@@ -216,6 +222,7 @@ impl ServeArgs {
         let timeouts = 1..=3600;
         if !timeouts.contains(&self.header_timeout_secs)
             || !timeouts.contains(&self.idle_timeout_secs)
+            || !timeouts.contains(&self.write_stall_timeout_secs)
         {
             return Err(ConfigError::ConnectionTimeouts);
         }
@@ -279,6 +286,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            write_stall_timeout: Duration::from_secs(self.write_stall_timeout_secs),
             max_subscriptions: self.max_subscriptions,
             max_long_polls: self.max_long_polls,
             writer_queue_requests: self.writer_queue_requests,

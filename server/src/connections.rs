@@ -11,6 +11,12 @@
 //! here. Both clocks run in hyper's header-read timer, which hyper arms while
 //! it waits for a request head; `HeadTimer` gives it the deadlines above,
 //! using the byte counts that `CountedIo` keeps.
+//!
+//! A response, though, may not wait forever on a client that reads none of
+//! it: each pending write holds the connection and whatever hyper buffered
+//! (up to a page of 16 MiB). When a write makes no progress for the write
+//! stall timeout, `CountedIo` fails it and the connection closes. A client
+//! reading slowly but steadily is not cut off.
 
 use std::future::Future;
 use std::io;
@@ -70,6 +76,7 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub write_stall_timeout: Duration,
 }
 
 /// Accepts connections until `stop` is cancelled, serving each on a task of
@@ -148,9 +155,11 @@ async fn serve_connection<S>(
     let io = TokioIo::new(CountedIo {
         inner: stream,
         counts: Arc::clone(&counts),
+        stall_timeout: limits.write_stall_timeout,
+        stall: None,
     });
     let timer = HeadTimer {
-        counts,
+        counts: Arc::clone(&counts),
         header_timeout: limits.header_timeout,
         idle_timeout: limits.idle_timeout,
     };
@@ -171,7 +180,10 @@ async fn serve_connection<S>(
         }
     };
     if let Err(e) = result {
-        if e.is_timeout() {
+        if counts.write_stalled.load(Ordering::Relaxed) {
+            metrics.connections_write_stalled.inc();
+            tracing::debug!("connection closed: the client read none of a response in time");
+        } else if e.is_timeout() {
             metrics.connections_timed_out.inc();
             tracing::debug!("connection closed: no complete request head in time");
         } else {
@@ -230,13 +242,46 @@ fn reject(mut stream: TcpStream, rejecting: &Arc<Semaphore>) {
 struct IoCounts {
     read: AtomicU64,
     written: AtomicU64,
+    /// A write was failed for making no progress within the stall timeout.
+    write_stalled: std::sync::atomic::AtomicBool,
 }
 
 /// A connection (TCP, or TLS's plaintext side) that counts its bytes (for
-/// `HeadTimer`).
+/// `HeadTimer`) and fails a write that makes no progress for `stall_timeout`.
 struct CountedIo<S> {
     inner: S,
     counts: Arc<IoCounts>,
+    stall_timeout: Duration,
+    /// Armed while writes are pending, from the first one that was; cleared
+    /// when one makes progress.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> CountedIo<S> {
+    /// Passes a write's (or flush's) outcome on, but fails it once writes
+    /// have stayed pending for the stall timeout.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall = None;
+            return polled;
+        }
+        let timeout = self.stall_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.counts.write_stalled.store(true, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read none of the response within the write stall timeout",
+        )))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for CountedIo<S> {
@@ -263,7 +308,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountedIo<S> {
         if let Poll::Ready(Ok(n)) = polled {
             self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
         }
-        polled
+        self.unless_stalled(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -275,7 +320,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountedIo<S> {
         if let Poll::Ready(Ok(n)) = polled {
             self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
         }
-        polled
+        self.unless_stalled(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -283,7 +328,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountedIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.unless_stalled(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     /// Connections closed for not sending a complete request head in time.
     pub connections_timed_out: Counter,
+    /// Connections closed because the client read none of a response for
+    /// `--write-stall-timeout-secs`.
+    pub connections_write_stalled: Counter,
     /// gRPC (KurrentDB protocol) connections open now.
     pub grpc_connections: Gauge,
     /// gRPC connections closed at once for being over `--max-connections`.
@@ -116,6 +119,7 @@ impl Default for Metrics {
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
             connections_timed_out: Counter::default(),
+            connections_write_stalled: Counter::default(),
             grpc_connections: Gauge::default(),
             grpc_connections_rejected: Counter::default(),
             accept_errors: Counter::default(),
@@ -215,6 +219,11 @@ impl Default for Metrics {
             "connections_timed_out",
             "Connections closed for not sending a complete request head in time",
             metrics.connections_timed_out.clone(),
+        );
+        registry.register(
+            "connections_write_stalled",
+            "Connections closed because the client read none of a response for --write-stall-timeout-secs",
+            metrics.connections_write_stalled.clone(),
         );
         registry.register(
             "accept_errors",

@@ -169,6 +169,7 @@ impl Server {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
+            write_stall_timeout: config.write_stall_timeout,
         };
         let connections = TaskTracker::new();
         if let Some(grpc_listener) = grpc_listener {

@@ -120,6 +120,110 @@ async fn parallel_reads_of_large_events_cost_about_one_page_each() {
     );
 }
 
+/// A response the client reads none of is given up after the write stall
+/// timeout: the connection closes and frees what the server buffered for it
+/// (here a page of 16 MiB; 20 such readers held 370-490 MiB of RSS for as
+/// long as they liked before). A client reading a page slowly but steadily,
+/// for longer than the timeout in all, gets all of it.
+#[tokio::test]
+async fn a_response_nobody_reads_is_given_up_after_the_write_stall_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(&["--write-stall-timeout-secs", "2"]);
+    let data = "x".repeat((1 << 20) - 1024);
+    for _ in 0..2 {
+        let events: Vec<_> = (0..8)
+            .map(|_| json!({"type": "Big", "data": data}))
+            .collect();
+        let (status, body) = server
+            .post("/streams/big", &json!({"events": events}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let request = b"GET /streams/big?limit=100 HTTP/1.1\r\nhost: skald\r\n\r\n";
+    // Reads nothing (through a small receive window, so that the page does
+    // not fit in the kernel's buffers).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    stalled.write_all(request).await.expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = server.metrics_text().await;
+        if metrics.contains("skald_connections_write_stalled_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unread response still holds its connection after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(
+        answer.len() < 16 << 20,
+        "the whole page went out: {}",
+        answer.len()
+    );
+
+    // Reads half a MiB every 400 ms: a page of 4 MiB takes longer than the
+    // timeout (the pauses alone take 2.8 s).
+    let mut steady = connect(&server).await;
+    steady
+        .write_all(b"GET /streams/big?limit=4 HTTP/1.1\r\nhost: skald\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut since_pause = 0;
+    loop {
+        let n = steady.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed before the page was complete: {} bytes",
+            answer.len()
+        );
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..at]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("length"))
+                .expect("content-length");
+            if answer.len() - (at + 4) >= length {
+                assert_eq!(answer.len() - (at + 4), length);
+                break;
+            }
+        }
+        since_pause += n;
+        if since_pause >= 512 << 10 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the page went out in {:?}, too fast to test a slow reader",
+        started.elapsed()
+    );
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("skald_connections_write_stalled_total 1"),
+        "the steady reader was counted as stalled"
+    );
+}
+
 /// A raw connection to the server.
 async fn connect(server: &TestServer) -> tokio::net::TcpStream {
     let addr = server.base.trim_start_matches("http://");
