@@ -86,16 +86,7 @@ async fn custom_metadata_above_its_limit_is_413_and_changes_nothing() {
 #[tokio::test]
 async fn parallel_reads_of_large_events_cost_about_one_page_each() {
     let server = TestServer::start();
-    let data = "x".repeat((1 << 20) - 1024);
-    for _ in 0..8 {
-        let events: Vec<_> = (0..8)
-            .map(|_| json!({"type": "Big", "data": data}))
-            .collect();
-        let (status, body) = server
-            .post("/streams/big", &json!({"events": events}))
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
+    append_megabyte_events(&server, 64).await;
     let before = server.peak_rss_kib();
     for path in ["/streams/big?limit=100", "/all?limit=100"] {
         let reads = (0..24).map(|_| {
@@ -129,16 +120,7 @@ async fn parallel_reads_of_large_events_cost_about_one_page_each() {
 async fn a_response_nobody_reads_is_given_up_after_the_write_stall_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start_with(&["--write-stall-timeout-secs", "2"]);
-    let data = "x".repeat((1 << 20) - 1024);
-    for _ in 0..2 {
-        let events: Vec<_> = (0..8)
-            .map(|_| json!({"type": "Big", "data": data}))
-            .collect();
-        let (status, body) = server
-            .post("/streams/big", &json!({"events": events}))
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
+    append_megabyte_events(&server, 16).await;
     let request = b"GET /streams/big?limit=100 HTTP/1.1\r\nhost: skald\r\n\r\n";
     // Reads nothing (through a small receive window, so that the page does
     // not fit in the kernel's buffers).
@@ -222,6 +204,20 @@ async fn a_response_nobody_reads_is_given_up_after_the_write_stall_timeout() {
         metrics.contains("skald_connections_write_stalled_total 1"),
         "the steady reader was counted as stalled"
     );
+}
+
+/// Appends `count` events of just under 1 MiB to the stream `big`, 8 at a time.
+async fn append_megabyte_events(server: &TestServer, count: usize) {
+    let data = "x".repeat((1 << 20) - 1024);
+    for _ in 0..count.div_ceil(8) {
+        let events: Vec<_> = (0..8)
+            .map(|_| json!({"type": "Big", "data": data}))
+            .collect();
+        let (status, body) = server
+            .post("/streams/big", &json!({"events": events}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
 }
 
 /// A raw connection to the server.

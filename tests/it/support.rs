@@ -82,25 +82,25 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Bytes of the SST files in `dir` (a data directory): the stored data once
-/// memtables are flushed, without the WAL.
-pub fn sst_bytes(dir: &Path) -> u64 {
+/// The lengths of the files in `dir` (a data directory) named `*.{ext}`.
+fn lengths(dir: &Path, ext: &str) -> Vec<u64> {
     std::fs::read_dir(dir)
         .expect("read dir")
         .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "sst"))
+        .filter(|path| path.extension().is_some_and(|e| e == ext))
         .map(|path| std::fs::metadata(path).expect("metadata").len())
-        .sum()
+        .collect()
+}
+
+/// Bytes of the SST files in `dir` (a data directory): the stored data once
+/// memtables are flushed, without the WAL.
+pub fn sst_bytes(dir: &Path) -> u64 {
+    lengths(dir, "sst").iter().sum()
 }
 
 /// The lengths of the write-ahead log files in `dir` (a data directory).
 pub fn wal_lengths(dir: &Path) -> Vec<u64> {
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .map(|path| std::fs::metadata(path).expect("metadata").len())
-        .collect()
+    lengths(dir, "log")
 }
 
 /// Runs a verify job to its end and checks that it completed without
