@@ -91,11 +91,57 @@ impl Client {
         stream: &str,
         metadata: &StreamMetadata,
     ) -> Result<StreamMetadata, Error> {
-        let url = self.url(&["streams", stream, "metadata"])?;
-        let answer: StreamMetadataAnswer = self
-            .send_json(self.inner.http.put(url).json(metadata))
+        let answer = self
+            .set_stream_metadata_expecting(stream, metadata, ExpectedRevision::Any)
             .await?;
         Ok(answer.into_metadata())
+    }
+
+    /// A stream's metadata with its `version` (`None`: never set), for
+    /// [`Client::set_stream_metadata_expecting`].
+    pub async fn stream_metadata_versioned(
+        &self,
+        stream: &str,
+    ) -> Result<StreamMetadataAnswer, Error> {
+        let url = self.url(&["streams", stream, "metadata"])?;
+        self.with_retries(Error::is_retryable, || {
+            self.send_json(self.inner.http.get(url.clone()))
+        })
+        .await
+    }
+
+    /// Replaces a stream's metadata only while it is at the `expected`
+    /// version: `NoStream` (never set), `StreamExists` (set before), `Exact`
+    /// (that version) or `Any`. Otherwise nothing changes and the answer is
+    /// [`Error::WrongExpectedRevision`], whose `actual` is the current version.
+    /// Returns the metadata with its new version.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: skald_client::Client) -> Result<(), skald_client::Error> {
+    /// use skald_client::{Error, ExpectedRevision, StreamMetadata};
+    /// let current = client.stream_metadata_versioned("audit").await?;
+    /// let expected = current.version.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+    /// let mut wanted = current.into_metadata();
+    /// wanted.max_count = Some(1000);
+    /// match client.set_stream_metadata_expecting("audit", &wanted, expected).await {
+    ///     Ok(answer) => println!("now at version {:?}", answer.version),
+    ///     Err(Error::WrongExpectedRevision { actual, .. }) => println!("changed meanwhile: {actual:?}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_stream_metadata_expecting(
+        &self,
+        stream: &str,
+        metadata: &StreamMetadata,
+        expected: ExpectedRevision,
+    ) -> Result<StreamMetadataAnswer, Error> {
+        let url = self.url(&["streams", stream, "metadata"])?;
+        let mut request = self.inner.http.put(url).json(metadata);
+        if expected != ExpectedRevision::Any {
+            request = request.query(&[("expected_version", expected.to_string())]);
+        }
+        self.send_json(request).await
     }
 
     /// A page of the stream catalog, in name order.

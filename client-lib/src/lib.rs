@@ -51,7 +51,7 @@ pub use error::Error;
 pub use read::{Direction, ReadOptions};
 pub use skald_proto::{
     AllPage, AppendResult, CatalogPage, ExpectedRevision, JobReport, JobResult, RecordedEvent,
-    ServerInfo, Stats, StreamInfo, StreamMetadata, StreamPage,
+    ServerInfo, Stats, StreamInfo, StreamMetadata, StreamMetadataAnswer, StreamPage,
 };
 #[cfg(feature = "http")]
 pub use subscribe::{SubscribeOptions, SubscriptionMessage};

@@ -132,6 +132,49 @@ async fn append_read_and_subscribe_round_trip() {
 }
 
 #[tokio::test]
+async fn metadata_changes_can_expect_the_version_they_replace() {
+    let server = TestServer::start();
+    let client = server.client();
+    let unset = client
+        .stream_metadata_versioned("meta")
+        .await
+        .expect("read");
+    assert_eq!(unset.version, None);
+    let wanted = skald_client::StreamMetadata {
+        max_count: Some(3),
+        ..Default::default()
+    };
+    let set = client
+        .set_stream_metadata_expecting("meta", &wanted, ExpectedRevision::NoStream)
+        .await
+        .expect("never set");
+    assert_eq!((set.version, set.max_count), (Some(0), Some(3)));
+    let refused = client
+        .set_stream_metadata_expecting("meta", &wanted, ExpectedRevision::NoStream)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::WrongExpectedRevision {
+                expected: ExpectedRevision::NoStream,
+                actual: Some(0)
+            })
+        ),
+        "{refused:?}"
+    );
+    let next = client
+        .set_stream_metadata_expecting("meta", &wanted, ExpectedRevision::Exact(0))
+        .await
+        .expect("at version 0");
+    assert_eq!(next.version, Some(1));
+    let read = client
+        .stream_metadata_versioned("meta")
+        .await
+        .expect("read");
+    assert_eq!((read.version, read.max_count), (Some(1), Some(3)));
+}
+
+#[tokio::test]
 async fn a_repeated_append_with_the_same_ids_is_stored_once() {
     let server = TestServer::start();
     let client = server.client();

@@ -254,3 +254,74 @@ async fn metadata_limits_apply_to_every_read_at_once() {
         assert_error(status, &body, 400, "invalid_body");
     }
 }
+
+#[tokio::test]
+async fn a_metadata_change_can_expect_the_version_it_replaces() {
+    let server = TestServer::start();
+    let path = "/streams/guarded/metadata";
+    let first = json!({"max_count": 5});
+    // Never set: `no_stream` holds, a version does not.
+    let (status, body) = put(&server, &format!("{path}?expected_version=0"), &first).await;
+    assert_error(status, &body, 409, "wrong_expected_version");
+    assert_eq!(
+        (body["expected"].clone(), body["actual"].clone()),
+        (json!(0), Value::Null),
+        "{body}"
+    );
+    assert_eq!(
+        server.get(path).await.1["max_count"],
+        Value::Null,
+        "nothing was set"
+    );
+    let (status, body) = put(
+        &server,
+        &format!("{path}?expected_version=no_stream"),
+        &first,
+    )
+    .await;
+    assert_eq!((status, body["version"].clone()), (200, json!(0)), "{body}");
+
+    // Set once: version 0 holds, `no_stream` and other versions do not, and
+    // a refused change changes nothing.
+    for stale in ["no_stream", "1", "7"] {
+        let (status, body) = put(
+            &server,
+            &format!("{path}?expected_version={stale}"),
+            &json!({"max_count": 1}),
+        )
+        .await;
+        assert_error(status, &body, 409, "wrong_expected_version");
+        assert_eq!(body["actual"], json!(0), "{body}");
+    }
+    let (_, current) = server.get(path).await;
+    assert_eq!(
+        (current["max_count"].clone(), current["version"].clone()),
+        (json!(5), json!(0))
+    );
+    let second = json!({"max_count": 2});
+    let (status, body) = put(&server, &format!("{path}?expected_version=0"), &second).await;
+    assert_eq!((status, body["version"].clone()), (200, json!(1)), "{body}");
+    let (status, body) = put(
+        &server,
+        &format!("{path}?expected_version=stream_exists"),
+        &second,
+    )
+    .await;
+    assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
+    let (status, body) = put(&server, &format!("{path}?expected_version=any"), &second).await;
+    assert_eq!((status, body["version"].clone()), (200, json!(3)), "{body}");
+
+    for bad in [
+        "expected_version=-1",
+        "expected_version=soon",
+        "expected_revision=3",
+    ] {
+        let (status, body) = put(&server, &format!("{path}?{bad}"), &second).await;
+        assert_error(status, &body, 400, "invalid_query");
+    }
+    assert_eq!(
+        server.get(path).await.1["version"],
+        json!(3),
+        "bad queries changed nothing"
+    );
+}

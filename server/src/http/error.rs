@@ -42,6 +42,13 @@ pub enum ApiError {
         expected: ExpectedRevision,
         actual: Option<u64>,
     },
+    /// A metadata change whose expected version did not hold; `actual` is
+    /// the metadata's current version (`None`: never set).
+    #[error("expected metadata version {expected}, but the stream's metadata is at version {}", display_revision(*actual))]
+    WrongExpectedVersion {
+        expected: ExpectedRevision,
+        actual: Option<u64>,
+    },
     #[error("event id {id} is already stored (position {position}) in a different append")]
     DuplicateEventId { id: Uuid, position: u64 },
     #[error("corrupt event at position {position}: {detail}")]
@@ -96,6 +103,7 @@ impl ApiError {
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::WrongExpectedRevision { .. } => (StatusCode::CONFLICT, "wrong_expected_revision"),
+            Self::WrongExpectedVersion { .. } => (StatusCode::CONFLICT, "wrong_expected_version"),
             Self::DuplicateEventId { .. } => (StatusCode::CONFLICT, "duplicate_event_id"),
             Self::CorruptEvent { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_event"),
             Self::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
@@ -120,7 +128,8 @@ impl ApiError {
                 stream: stream.as_str().to_owned(),
                 revision: *revision,
             },
-            Self::WrongExpectedRevision { expected, actual } => {
+            Self::WrongExpectedRevision { expected, actual }
+            | Self::WrongExpectedVersion { expected, actual } => {
                 ErrorDetails::WrongExpectedRevision {
                     expected: *expected,
                     actual: *actual,

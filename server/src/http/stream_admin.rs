@@ -16,6 +16,7 @@ use super::wire::{metadata_answer, MetadataBody};
 use super::AppState;
 use crate::model::ExpectedRevision;
 use crate::model::{StreamMetadata, StreamState};
+use crate::service::WriteError;
 
 pub async fn delete(
     State(state): State<AppState>,
@@ -26,17 +27,22 @@ pub async fn delete(
     let stream = stream_name(path)?;
     caller.check_stream(&stream)?;
     let mut params = QueryParams::parse(raw.as_deref())?;
-    let expected: ExpectedRevision = match params.take_str("expected_revision") {
-        Some(text) => text
-            .parse()
-            .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
-        None => ExpectedRevision::Any,
-    };
+    let expected = expected_in(&mut params, "expected_revision")?;
     let hard = params.take_bool("hard")?.unwrap_or(false);
     params.finish()?;
     state.service.delete(stream.clone(), expected, hard).await?;
     tracing::info!(stream = %stream, hard, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The expectation in the query parameter `name` (`any` when absent).
+fn expected_in(params: &mut QueryParams, name: &str) -> Result<ExpectedRevision, ApiError> {
+    match params.take_str(name) {
+        Some(text) => text
+            .parse()
+            .map_err(|e: String| ApiError::bad_request("invalid_query", format!("{name}: {e}"))),
+        None => Ok(ExpectedRevision::Any),
+    }
 }
 
 pub async fn get_metadata(
@@ -64,11 +70,17 @@ pub async fn put_metadata(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
     caller.check_stream(&stream)?;
+    let mut params = QueryParams::parse(raw.as_deref())?;
+    // The version the metadata is expected at: `no_stream` (never set),
+    // `stream_exists` (set before), a number, or `any` (the default).
+    let expected = expected_in(&mut params, "expected_version")?;
+    params.finish()?;
     let max_custom = state.limits.max_custom_metadata_bytes;
     // Room for the limits and for whitespace around the custom object.
     let bytes = read_body(
@@ -82,8 +94,14 @@ pub async fn put_metadata(
     let metadata = decode_metadata(&bytes, max_custom)?;
     let updated: StreamState = state
         .service
-        .set_metadata(stream.clone(), metadata, ExpectedRevision::Any)
-        .await?;
+        .set_metadata(stream.clone(), metadata, expected)
+        .await
+        .map_err(|e| match e {
+            WriteError::WrongExpectedRevision { expected, actual } => {
+                ApiError::WrongExpectedVersion { expected, actual }
+            }
+            other => other.into(),
+        })?;
     tracing::info!(stream = %stream, "stream metadata set");
     Ok(Json(metadata_answer(stream.as_str(), &updated)).into_response())
 }
