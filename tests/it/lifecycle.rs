@@ -39,6 +39,16 @@ async fn put(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
     crate::support::status_json(response).await
 }
 
+/// `put` with `?expected_version=expected`.
+async fn put_expecting(
+    server: &TestServer,
+    path: &str,
+    expected: &str,
+    body: &Value,
+) -> (u16, Value) {
+    put(server, &format!("{path}?expected_version={expected}"), body).await
+}
+
 fn streams_in(page: &Value) -> Vec<String> {
     page["events"]
         .as_array()
@@ -261,7 +271,7 @@ async fn a_metadata_change_can_expect_the_version_it_replaces() {
     let path = "/streams/guarded/metadata";
     let first = json!({"max_count": 5});
     // Never set: `no_stream` holds, a version does not.
-    let (status, body) = put(&server, &format!("{path}?expected_version=0"), &first).await;
+    let (status, body) = put_expecting(&server, path, "0", &first).await;
     assert_error(status, &body, 409, "wrong_expected_version");
     assert_eq!(
         (body["expected"].clone(), body["actual"].clone()),
@@ -273,23 +283,13 @@ async fn a_metadata_change_can_expect_the_version_it_replaces() {
         Value::Null,
         "nothing was set"
     );
-    let (status, body) = put(
-        &server,
-        &format!("{path}?expected_version=no_stream"),
-        &first,
-    )
-    .await;
+    let (status, body) = put_expecting(&server, path, "no_stream", &first).await;
     assert_eq!((status, body["version"].clone()), (200, json!(0)), "{body}");
 
     // Set once: version 0 holds, `no_stream` and other versions do not, and
     // a refused change changes nothing.
     for stale in ["no_stream", "1", "7"] {
-        let (status, body) = put(
-            &server,
-            &format!("{path}?expected_version={stale}"),
-            &json!({"max_count": 1}),
-        )
-        .await;
+        let (status, body) = put_expecting(&server, path, stale, &json!({"max_count": 1})).await;
         assert_error(status, &body, 409, "wrong_expected_version");
         assert_eq!(body["actual"], json!(0), "{body}");
     }
@@ -299,16 +299,11 @@ async fn a_metadata_change_can_expect_the_version_it_replaces() {
         (json!(5), json!(0))
     );
     let second = json!({"max_count": 2});
-    let (status, body) = put(&server, &format!("{path}?expected_version=0"), &second).await;
+    let (status, body) = put_expecting(&server, path, "0", &second).await;
     assert_eq!((status, body["version"].clone()), (200, json!(1)), "{body}");
-    let (status, body) = put(
-        &server,
-        &format!("{path}?expected_version=stream_exists"),
-        &second,
-    )
-    .await;
+    let (status, body) = put_expecting(&server, path, "stream_exists", &second).await;
     assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
-    let (status, body) = put(&server, &format!("{path}?expected_version=any"), &second).await;
+    let (status, body) = put_expecting(&server, path, "any", &second).await;
     assert_eq!((status, body["version"].clone()), (200, json!(3)), "{body}");
 
     for bad in [
