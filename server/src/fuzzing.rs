@@ -67,9 +67,9 @@ pub fn append_body(bytes: &[u8]) {
             stream: StreamName::parse("fuzz").expect("valid"),
             revision: revision as u64,
             id: event.id,
-            event_type: event.event_type,
-            data: event.data,
-            metadata: event.metadata,
+            event_type: event.event_type.into(),
+            data: event.data.into(),
+            metadata: event.metadata.map(String::from),
             recorded_at_micros: 1,
         };
         let data: Value = serde_json::from_str(&stored.data).expect("accepted data decodes");

@@ -295,10 +295,116 @@ pub fn display_revision(revision: Option<u64>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     pub id: Uuid,
-    pub event_type: String,
-    pub data: String,
-    pub metadata: Option<String>,
+    pub event_type: Text,
+    pub data: Text,
+    pub metadata: Option<Text>,
     pub content_type: ContentType,
+}
+
+/// Immutable UTF-8 text that may share its bytes with other `Text`s: the
+/// events of one append body are slices of the body, so decoding an append
+/// allocates nothing per event, and the writer thread that drops the events
+/// only releases references (freeing another thread's allocations was a
+/// tenth of an append's request-side CPU: docs/benchmarks.md).
+#[derive(Clone)]
+pub struct Text {
+    whole: std::sync::Arc<str>,
+    range: std::ops::Range<usize>,
+}
+
+impl Text {
+    /// `part`, which must be a slice of `whole`, sharing `whole`'s bytes;
+    /// `None` if it is not a slice of it.
+    pub fn part_of(whole: &std::sync::Arc<str>, part: &str) -> Option<Self> {
+        // Addresses, not contents: a `start` in bounds means `part` is the
+        // bytes of `whole` at `start` (no unsafe code reads through them).
+        let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+        let range = start..start.checked_add(part.len())?;
+        whole.get(range.clone())?;
+        Some(Self {
+            whole: std::sync::Arc::clone(whole),
+            range,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.whole[self.range.clone()]
+    }
+
+    /// The bytes this text keeps alive: all of the text it is a part of.
+    pub fn held_len(&self) -> usize {
+        self.whole.len()
+    }
+
+    /// Whether the two are parts of the same text.
+    pub fn shares_bytes_with(&self, other: &Text) -> bool {
+        std::sync::Arc::ptr_eq(&self.whole, &other.whole)
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        let len = text.len();
+        Self {
+            whole: text.into(),
+            range: 0..len,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Self {
+            whole: text.into(),
+            range: 0..text.len(),
+        }
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> Self {
+        text.as_str().to_owned()
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What an event's data is. The HTTP API stores JSON; the gRPC front end
@@ -567,6 +673,24 @@ mod tests {
     use super::*;
     use crate::testing::arb_json;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_text_is_a_slice_of_the_text_it_shares() {
+        let whole: std::sync::Arc<str> = r#"{"type":"é1","data":{}}"#.into();
+        let start = whole.find('é').expect("present");
+        let part = Text::part_of(&whole, &whole[start..start + 3]).expect("a slice of it");
+        assert_eq!(part, "é1");
+        assert_eq!(
+            std::sync::Arc::strong_count(&whole),
+            2,
+            "shared, not copied"
+        );
+        let elsewhere = String::from("é1");
+        assert!(Text::part_of(&whole, &elsewhere).is_none());
+        assert!(Text::part_of(&whole, &whole[..]).is_some());
+        assert_eq!(Text::from("abc"), Text::from(String::from("abc")));
+        assert_eq!(format!("{:?}", Text::from("a\"b")), r#""a\"b""#);
+    }
 
     #[test]
     fn values_readers_cannot_hold_are_found() {

@@ -349,7 +349,7 @@ impl Service {
             admission: Vec::new(),
             known_ids: None,
         };
-        let kib = request.payload_bytes().div_ceil(1024).max(1);
+        let kib = request.held_bytes().div_ceil(1024).max(1);
         request.admission = self.queue.admit(kib, timeout).await?;
         if let (Origin::Client, WriteOp::Append { events, .. }) = (origin, &request.op) {
             // The id lookup in RocksDB runs here, off the single writer; on an

@@ -7,7 +7,7 @@
 
 use uuid::Uuid;
 
-use crate::model::{ContentType, ExpectedRevision, NewEvent, StreamMetadata, StreamName};
+use crate::model::{ContentType, ExpectedRevision, NewEvent, StreamMetadata, StreamName, Text};
 use crate::storage::writer::{HiddenEvent, WriteOp};
 
 const VERSION: u8 = 1;
@@ -165,9 +165,9 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
                 events.push(NewEvent {
                     id,
                     content_type,
-                    event_type: r.text()?.to_owned(),
-                    data: r.text()?.to_owned(),
-                    metadata: r.optional()?,
+                    event_type: r.text()?.into(),
+                    data: r.text()?.into(),
+                    metadata: r.optional()?.map(Text::from),
                 });
             }
             WriteOp::Append { expected, events }
@@ -328,9 +328,9 @@ mod tests {
                 } else {
                     ContentType::Json
                 },
-                event_type,
-                data,
-                metadata,
+                event_type: event_type.into(),
+                data: data.into(),
+                metadata: metadata.map(Text::from),
             })
     }
 

@@ -16,7 +16,7 @@ use super::pb::event_store::client::streams::read_resp::read_event::{
 use super::pb::event_store::client::streams::read_resp::ReadEvent;
 use super::pb::event_store::client::{uuid, StreamIdentifier, Uuid};
 use crate::model::{check_event_type, check_raw_json, ExpectedRevision, NewEvent, RecordedEvent};
-use crate::model::{ContentType, MetadataVersion, StreamMetadata, StreamName};
+use crate::model::{ContentType, MetadataVersion, StreamMetadata, StreamName, Text};
 use crate::storage::WriteError;
 
 /// .NET ticks (100 ns) per microsecond: KurrentDB's `created` is ticks since
@@ -153,9 +153,9 @@ pub fn new_event(
     }
     Ok(NewEvent {
         id,
-        event_type: event_type.clone(),
-        data: data_text,
-        metadata,
+        event_type: event_type.as_str().into(),
+        data: data_text.into(),
+        metadata: metadata.map(Text::from),
         content_type,
     })
 }

@@ -31,9 +31,9 @@ pub(crate) struct PlainEvent<'a> {
 /// Decodes `body` if it is an append body this path vouches for (1 to
 /// `MAX_EVENTS_PER_APPEND` events, each with a valid type); `None` means
 /// "decode it on the serde path", not "refused".
-pub(crate) fn parse(body: &[u8]) -> Option<(ExpectedRevision, Vec<PlainEvent<'_>>)> {
-    // Checked once here, so every span below is a `str` slice.
-    let text = std::str::from_utf8(body).ok()?;
+pub(crate) fn parse(text: &str) -> Option<(ExpectedRevision, Vec<PlainEvent<'_>>)> {
+    // UTF-8 already, so every span below is a `str` slice.
+    let body = text.as_bytes();
     let mut cur = Cursor {
         text,
         bytes: body,

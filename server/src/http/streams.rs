@@ -17,7 +17,7 @@ use super::{parse_direction, AppState};
 use crate::model::{
     check_event_type, ExpectedRevision, NewEvent, StreamName, MAX_EVENTS_PER_APPEND,
 };
-use crate::model::{ContentType, Direction, StreamRead};
+use crate::model::{ContentType, Direction, StreamRead, Text};
 use crate::service::{StreamQuery, MAX_WAIT};
 
 /// Most events one read returns.
@@ -199,20 +199,29 @@ fn decode_plain(
     max_event_bytes: usize,
     new_id: &mut dyn FnMut() -> uuid::Uuid,
 ) -> Option<DecodedAppend> {
-    let (expected, plain) = super::append_body::parse(bytes)?;
+    // One copy of the body that the events' texts share (see `Text`).
+    let whole: std::sync::Arc<str> = std::str::from_utf8(bytes).ok()?.into();
+    let (expected, plain) = super::append_body::parse(&whole)?;
     let mut seen = HashSet::with_capacity(plain.len());
+    let text = |part: &str| Text::part_of(&whole, part);
     let events = plain
         .into_iter()
         .map(|event| {
             let size =
                 event.data.len() + event.metadata.map_or(0, str::len) + event.event_type.len();
             let id = event.id.unwrap_or_else(&mut *new_id);
-            (size <= max_event_bytes && seen.insert(id)).then(|| NewEvent {
+            if size > max_event_bytes || !seen.insert(id) {
+                return None;
+            }
+            Some(NewEvent {
                 content_type: ContentType::Json,
                 id,
-                event_type: event.event_type.to_owned(),
-                data: event.data.to_owned(),
-                metadata: event.metadata.map(str::to_owned),
+                event_type: text(event.event_type)?,
+                data: text(event.data)?,
+                metadata: match event.metadata {
+                    Some(metadata) => Some(text(metadata)?),
+                    None => None,
+                },
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -304,9 +313,9 @@ fn validate_events(
             Ok(NewEvent {
                 content_type: ContentType::Json,
                 id,
-                event_type: event.event_type,
-                data: raw_text(event.data),
-                metadata: event.metadata.map(raw_text),
+                event_type: event.event_type.into(),
+                data: raw_text(event.data).into(),
+                metadata: event.metadata.map(|m| raw_text(m).into()),
             })
         })
         .collect()

@@ -331,7 +331,8 @@ impl Store {
         &self,
         ids: &mut Vec<uuid::Uuid>,
     ) -> Result<std::collections::HashMap<uuid::Uuid, u64>, StorageError> {
-        ids.sort_unstable();
+        // The ids' byte order, compared as integers.
+        ids.sort_unstable_by_key(|id| id.as_u128());
         ids.dedup();
         let values = self.db.batched_multi_get_cf(
             self.cf(keys::CF_EVENT_IDS),

@@ -162,11 +162,33 @@ impl WriteRequest {
             WriteOp::Append { events, .. } => events
                 .iter()
                 .map(|e| {
-                    e.data.len() + e.metadata.as_ref().map_or(0, String::len) + e.event_type.len()
+                    e.data.len() + e.metadata.as_ref().map_or(0, |m| m.len()) + e.event_type.len()
                 })
                 .sum(),
             _ => 64,
         }
+    }
+
+    /// The memory the request keeps alive until the writer drops it: each
+    /// text its events share counted once (the events of an append body
+    /// share the body, whitespace and all), at least `payload_bytes`.
+    pub fn held_bytes(&self) -> usize {
+        let WriteOp::Append { events, .. } = &self.op else {
+            return self.payload_bytes();
+        };
+        let mut held = 0;
+        let mut last: Option<&crate::model::Text> = None;
+        let texts = events
+            .iter()
+            .flat_map(|e| [Some(&e.event_type), Some(&e.data), e.metadata.as_ref()])
+            .flatten();
+        for text in texts {
+            if !last.is_some_and(|last| last.shares_bytes_with(text)) {
+                held += text.held_len();
+            }
+            last = Some(text);
+        }
+        held
     }
 }
 
@@ -1259,6 +1281,43 @@ mod tests {
             // A full disk fails the group only; any other failure stops the writer.
             *stopped = !disk_full;
         }
+    }
+
+    #[test]
+    fn a_request_holds_its_append_body_once_and_its_own_texts_each() {
+        let request = |events| WriteRequest {
+            stream: StreamName::parse("s").expect("valid"),
+            op: WriteOp::Append {
+                expected: ExpectedRevision::Any,
+                events,
+            },
+            origin: Origin::Client,
+            reply: oneshot::channel().0,
+            admission: Vec::new(),
+            known_ids: None,
+        };
+        // Decoded on the fast path: the events share the body, padding and all.
+        let body = format!(
+            r#"{{"events":[{{"type":"a","data":{{"k":1}}}},{{"type":"b","data":[2],"metadata":{{}}}}]}}{}"#,
+            " ".repeat(4096)
+        );
+        let (_, events) =
+            crate::http::streams::decode_append(body.as_bytes(), 1 << 20).expect("valid");
+        let shared = request(events);
+        assert_eq!(shared.payload_bytes(), 1 + 7 + 1 + 3 + 2);
+        assert_eq!(shared.held_bytes(), body.len());
+        // Built field by field (the serde path, gRPC): each text on its own.
+        let own = NewEvent {
+            id: Uuid::from_u128(1),
+            event_type: "ab".into(),
+            data: "[1]".into(),
+            metadata: Some("{}".into()),
+            content_type: crate::model::ContentType::Json,
+        };
+        assert_eq!(
+            request(vec![own.clone(), own]).held_bytes(),
+            2 * (2 + 3 + 2)
+        );
     }
 
     /// Sends `requests` as one group; returns their answers.
