@@ -184,6 +184,7 @@ impl Server {
                 max_streams_per_connection: 256,
                 max_connections: config.max_connections,
                 max_subscriptions: config.max_subscriptions,
+                write_stall_timeout: config.write_stall_timeout,
             };
             let security = crate::grpc::Security {
                 auth: auth.clone(),

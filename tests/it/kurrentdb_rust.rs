@@ -4,7 +4,8 @@
 //! kind of expected revision and the wrong-expected-version error, reads of a
 //! stream forward and backward, `$all` with a filter, a stream subscription
 //! that catches up and goes live, stream metadata, a binary payload, a soft
-//! delete and a tombstone with the errors the client raises for them.
+//! delete and a tombstone with the errors the client raises for them. And
+//! the server's pings: a client that reads nothing loses its connection.
 
 use std::time::Duration;
 
@@ -298,4 +299,110 @@ async fn the_official_rust_client_runs_against_skald() {
         matches!(refused, Err(KurrentError::ResourceDeleted)),
         "{refused:?}"
     );
+}
+
+/// A loopback proxy for one connection that can stop passing the server's
+/// bytes on while keeping both sockets open: to the server, a client that
+/// reads nothing. Returns its address and the switch.
+async fn freezable_proxy(server: &str) -> (String, std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (server, frozen) = (server.to_owned(), std::sync::Arc::clone(&freeze));
+    tokio::spawn(async move {
+        // One connection only: the listener closes, so a client that
+        // reconnects cannot come back through here.
+        let (client, _) = listener.accept().await.expect("accept");
+        drop(listener);
+        let upstream = tokio::net::TcpStream::connect(server)
+            .await
+            .expect("connect");
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = upstream.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        });
+        let mut buffer = vec![0; 64 << 10];
+        loop {
+            let read = tokio::select! {
+                () = frozen.notified() => break,
+                read = server_read.read(&mut buffer) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Frozen: hold both sockets open and read nothing more.
+        std::future::pending::<()>().await;
+        drop((server_read, client_write));
+    });
+    (address, freeze)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_that_reads_nothing_is_disconnected_and_a_quiet_one_is_not() {
+    let server = TestServer::start_with(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--write-stall-timeout-secs",
+        "2",
+    ]);
+    let grpc = server.grpc.clone().expect("the gRPC address");
+    let (proxied, freeze) = freezable_proxy(&grpc).await;
+    // Without pings of its own, the stalled client would never notice that
+    // its answers stopped: only the server's pings can end its connection.
+    let settings: ClientSettings = format!("kurrentdb://{proxied}?tls=false&keepAliveInterval=-1")
+        .parse()
+        .expect("connection string");
+    let stalled = Client::new(settings).expect("client");
+    let quiet = client(&grpc);
+    let from_start = SubscribeToStreamOptions::default().start_from(StreamPosition::Start);
+    let mut stalled_sub = stalled.subscribe_to_stream("ticks", &from_start).await;
+    let mut quiet_sub = quiet.subscribe_to_stream("ticks", &from_start).await;
+    quiet
+        .append_to_stream("ticks", &expect(StreamState::NoStream), placed(0))
+        .await
+        .expect("append");
+    for sub in [&mut stalled_sub, &mut quiet_sub] {
+        let first = tokio::time::timeout(T, sub.next())
+            .await
+            .expect("the subscription went quiet")
+            .expect("event");
+        assert_eq!(first.get_original_event().revision, 0);
+    }
+    assert_eq!(server.metric("skald_grpc_connections").await, Some(2));
+
+    // The proxied client now reads nothing: the server's ping goes
+    // unanswered and the connection is closed, though the client keeps its
+    // socket open.
+    freeze.notify_one();
+    let deadline = tokio::time::Instant::now() + T;
+    while server.metric("skald_grpc_connections").await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client that reads nothing kept its gRPC connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The quiet client, idle for as long, answered the pings and still
+    // gets what is appended.
+    quiet
+        .append_to_stream("ticks", &expect(StreamState::StreamRevision(0)), placed(1))
+        .await
+        .expect("append");
+    let live = tokio::time::timeout(T, quiet_sub.next())
+        .await
+        .expect("the live event never came")
+        .expect("event");
+    assert_eq!(live.get_original_event().revision, 1);
+    assert_eq!(server.metric("skald_grpc_connections").await, Some(1));
 }

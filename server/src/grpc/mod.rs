@@ -74,6 +74,9 @@ pub struct GrpcConfig {
     /// Subscriptions open at once (`--max-subscriptions`, counted apart
     /// from the HTTP API's).
     pub max_subscriptions: usize,
+    /// `--write-stall-timeout-secs`: a connection whose client reads
+    /// nothing for about this long is closed (see `serve`).
+    pub write_stall_timeout: std::time::Duration,
 }
 
 /// Access control and TLS, shared with the HTTP API (`--auth-file`,
@@ -118,8 +121,18 @@ pub async fn serve(
         metrics: Arc::clone(service.metrics()),
     });
     let incoming = incoming(listener, &service, config.max_connections, security);
+    // A client that reads nothing must not hold its connection, and what
+    // the server buffered for it, forever: HTTP/2 flow control bounds what
+    // a stream buffers, but not how long. After half the write stall timeout
+    // without a frame from the client the server pings it, and closes the
+    // connection if the ping is not acknowledged within the other half: a
+    // client that reads none of what it is sent never sees the ping. (KurrentDB
+    // pings its clients the same way, every 10 s by default.)
+    let half_stall = config.write_stall_timeout / 2;
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.max_streams_per_connection))
+        .http2_keepalive_interval(Some(half_stall))
+        .http2_keepalive_timeout(Some(half_stall))
         .tcp_nodelay(true)
         .add_service(InterceptedService::new(streams, authenticate.clone()))
         .add_service(GossipServer::new(info::GossipService::new(
