@@ -25,6 +25,11 @@ pub struct MetaArgs {
     /// Custom metadata, a JSON object.
     #[arg(long)]
     pub custom: Option<String>,
+    /// Change the metadata only while it is at this version (`any`,
+    /// `no_stream`: never set, `stream_exists`: set before, or a number, as
+    /// `version` shows it); otherwise nothing changes and the command fails.
+    #[arg(long, value_name = "VERSION")]
+    pub expected_version: Option<String>,
 }
 
 pub async fn streams(connection: Connection, prefix: Option<String>) -> anyhow::Result<()> {
@@ -101,6 +106,15 @@ pub async fn meta(connection: Connection, args: MetaArgs) -> anyhow::Result<()> 
         || args.max_age.is_some()
         || args.truncate_before.is_some()
         || args.custom.is_some();
+    let expected = match &args.expected_version {
+        Some(_) if !changing => {
+            anyhow::bail!("--expected-version needs a change (--max-count, --max-age, --truncate-before or --custom)")
+        }
+        Some(raw) => raw
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--expected-version: {e}"))?,
+        None => skald_client::ExpectedRevision::Any,
+    };
     let metadata = if changing {
         let max_age_secs = args
             .max_age
@@ -122,9 +136,11 @@ pub async fn meta(connection: Connection, args: MetaArgs) -> anyhow::Result<()> 
             truncate_before: args.truncate_before,
             custom,
         };
-        client.set_stream_metadata(&args.stream, &wanted).await?
+        client
+            .set_stream_metadata_expecting(&args.stream, &wanted, expected)
+            .await?
     } else {
-        client.stream_metadata(&args.stream).await?
+        client.stream_metadata_versioned(&args.stream).await?
     };
     println!("{}", serde_json::to_string(&metadata)?);
     Ok(())

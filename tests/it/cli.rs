@@ -181,6 +181,58 @@ async fn admin_subcommands_manage_streams_and_run_jobs() {
         (meta["max_count"].clone(), meta["max_age_secs"].clone()),
         (serde_json::json!(1), serde_json::json!(2_592_000))
     );
+    assert_eq!(meta["version"], 0, "{meta}");
+    // A change that expects another version fails and changes nothing; one
+    // that expects the current version goes through.
+    for (expected, needs) in [
+        ("5", "actual"),
+        ("no_stream", "actual"),
+        ("soon", "--expected-version"),
+    ] {
+        let out = run(&[
+            "meta",
+            "acct-1",
+            "--max-count",
+            "2",
+            "--expected-version",
+            expected,
+        ]);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needs),
+            "{out:?}"
+        );
+    }
+    let out = run(&["meta", "acct-1", "--expected-version", "0"]);
+    assert!(
+        !out.status.success(),
+        "an expectation without a change: {out:?}"
+    );
+    let out = run(&["meta", "acct-1"]);
+    let unchanged: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (unchanged["max_count"].clone(), unchanged["version"].clone()),
+        (serde_json::json!(1), serde_json::json!(0))
+    );
+    let out = run(&[
+        "meta",
+        "acct-1",
+        "--max-count",
+        "1",
+        "--max-age",
+        "30d",
+        "--custom",
+        r#"{"team":"ledger"}"#,
+        "--expected-version",
+        "0",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (meta["max_count"].clone(), meta["version"].clone()),
+        (serde_json::json!(1), serde_json::json!(1))
+    );
+
     let out = run(&["stream", "acct-1", "--json"]);
     let info: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
