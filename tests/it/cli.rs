@@ -165,7 +165,7 @@ async fn admin_subcommands_manage_streams_and_run_jobs() {
         "{lines:?}"
     );
 
-    let out = run(&[
+    let limits = [
         "meta",
         "acct-1",
         "--max-count",
@@ -174,7 +174,8 @@ async fn admin_subcommands_manage_streams_and_run_jobs() {
         "30d",
         "--custom",
         r#"{"team":"ledger"}"#,
-    ]);
+    ];
+    let out = run(&limits);
     assert!(out.status.success(), "{out:?}");
     let meta: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
@@ -214,18 +215,7 @@ async fn admin_subcommands_manage_streams_and_run_jobs() {
         (unchanged["max_count"].clone(), unchanged["version"].clone()),
         (serde_json::json!(1), serde_json::json!(0))
     );
-    let out = run(&[
-        "meta",
-        "acct-1",
-        "--max-count",
-        "1",
-        "--max-age",
-        "30d",
-        "--custom",
-        r#"{"team":"ledger"}"#,
-        "--expected-version",
-        "0",
-    ]);
+    let out = run(&[&limits[..], &["--expected-version", "0"]].concat());
     assert!(out.status.success(), "{out:?}");
     let meta: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
