@@ -308,14 +308,16 @@ pub struct NewEvent {
 /// tenth of an append's request-side CPU: docs/benchmarks.md).
 #[derive(Clone)]
 pub struct Text {
-    whole: std::sync::Arc<str>,
+    // A `String` behind the `Arc` (not an `Arc<str>`): a text decoded on its
+    // own (the serde path, gRPC) is shared without copying it again.
+    whole: std::sync::Arc<String>,
     range: std::ops::Range<usize>,
 }
 
 impl Text {
     /// `part`, which must be a slice of `whole`, sharing `whole`'s bytes;
     /// `None` if it is not a slice of it.
-    pub fn part_of(whole: &std::sync::Arc<str>, part: &str) -> Option<Self> {
+    pub fn part_of(whole: &std::sync::Arc<String>, part: &str) -> Option<Self> {
         // Addresses, not contents: a `start` in bounds means `part` is the
         // bytes of `whole` at `start` (no unsafe code reads through them).
         let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
@@ -354,7 +356,7 @@ impl From<String> for Text {
     fn from(text: String) -> Self {
         let len = text.len();
         Self {
-            whole: text.into(),
+            whole: std::sync::Arc::new(text),
             range: 0..len,
         }
     }
@@ -362,10 +364,7 @@ impl From<String> for Text {
 
 impl From<&str> for Text {
     fn from(text: &str) -> Self {
-        Self {
-            whole: text.into(),
-            range: 0..text.len(),
-        }
+        text.to_owned().into()
     }
 }
 
@@ -676,7 +675,7 @@ mod tests {
 
     #[test]
     fn a_text_is_a_slice_of_the_text_it_shares() {
-        let whole: std::sync::Arc<str> = r#"{"type":"é1","data":{}}"#.into();
+        let whole = std::sync::Arc::new(r#"{"type":"é1","data":{}}"#.to_owned());
         let start = whole.find('é').expect("present");
         let part = Text::part_of(&whole, &whole[start..start + 3]).expect("a slice of it");
         assert_eq!(part, "é1");

@@ -200,7 +200,7 @@ fn decode_plain(
     new_id: &mut dyn FnMut() -> uuid::Uuid,
 ) -> Option<DecodedAppend> {
     // One copy of the body that the events' texts share (see `Text`).
-    let whole: std::sync::Arc<str> = std::str::from_utf8(bytes).ok()?.into();
+    let whole = std::sync::Arc::new(std::str::from_utf8(bytes).ok()?.to_owned());
     let (expected, plain) = super::append_body::parse(&whole)?;
     let mut seen = HashSet::with_capacity(plain.len());
     let text = |part: &str| Text::part_of(&whole, part);
