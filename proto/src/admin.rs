@@ -231,6 +231,9 @@ pub struct EngineStats {
     pub memtable_bytes: Option<u64>,
     /// Block cache in use.
     pub block_cache_bytes: Option<u64>,
+    /// Index and filter blocks of the open table files, held in memory
+    /// outside the block cache (they grow with the data).
+    pub table_readers_bytes: Option<u64>,
     /// Table files' size.
     pub sst_bytes: Option<u64>,
 }

@@ -434,6 +434,7 @@ async fn stats_and_metrics_report_the_server() {
         "pending_compaction_bytes",
         "memtable_bytes",
         "block_cache_bytes",
+        "table_readers_bytes",
     ] {
         assert!(stats["rocksdb"].get(key).is_some(), "{key}: {stats}");
     }

@@ -29,6 +29,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
             running_compactions: engine.running_compactions,
             memtable_bytes: engine.memtable_bytes,
             block_cache_bytes: engine.block_cache_bytes,
+            table_readers_bytes: engine.table_readers_bytes,
             sst_bytes: engine.sst_bytes,
         },
         append_rate_per_sec_1m: metrics.append_rate(),

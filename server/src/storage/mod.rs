@@ -80,6 +80,8 @@ pub struct EngineStats {
     pub pending_compaction_bytes: Option<u64>,
     pub memtable_bytes: Option<u64>,
     pub block_cache_bytes: Option<u64>,
+    /// Index and filter blocks of open table files, held outside the block cache.
+    pub table_readers_bytes: Option<u64>,
     pub sst_bytes: Option<u64>,
     pub running_compactions: Option<u64>,
     /// RocksDB's estimate of the number of stream states.
@@ -105,6 +107,22 @@ fn cf_options(cache: &Cache) -> Options {
     table.set_block_cache(cache);
     // Point lookups (stream state, event ids, stream index seeks) skip files early.
     table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+/// The options of `events`: no Bloom filters. Its keys are positions that
+/// appends write in order, so a file holds a range of them that others
+/// seldom overlap (a scavenge's deletes until they are compacted), and a
+/// point read skips the other files by their key ranges. A filter would be
+/// built on every flush and compaction and held in memory (1.25 bytes per
+/// event, outside the block cache) to spare the rare read of a position
+/// that is not there.
+fn events_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_block_based_table_factory(&table);
@@ -167,10 +185,10 @@ impl Store {
         db_opts.enable_statistics();
         db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = keys::ALL_CFS.iter().map(|name| {
-            let opts = if *name == keys::CF_EVENT_IDS {
-                event_ids_options(&cache)
-            } else {
-                cf_options(&cache)
+            let opts = match *name {
+                keys::CF_EVENT_IDS => event_ids_options(&cache),
+                keys::CF_EVENTS => events_options(&cache),
+                _ => cf_options(&cache),
             };
             ColumnFamilyDescriptor::new(*name, opts)
         });
@@ -296,6 +314,7 @@ impl Store {
             memtable_bytes: self.property_sum("rocksdb.cur-size-all-mem-tables"),
             // One cache is shared by every column family: read it once.
             block_cache_bytes: int(keys::CF_EVENTS, "rocksdb.block-cache-usage"),
+            table_readers_bytes: self.property_sum("rocksdb.estimate-table-readers-mem"),
             sst_bytes: self.property_sum("rocksdb.total-sst-files-size"),
             running_compactions: int(keys::CF_EVENTS, "rocksdb.num-running-compactions"),
             estimated_streams: int(keys::CF_STREAMS, "rocksdb.estimate-num-keys"),
@@ -514,5 +533,50 @@ impl Store {
                 Ok((*name, n))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The "filter block size" a column family's table files report together.
+    fn filter_bytes(store: &Store, cf: &str) -> u64 {
+        store.db.flush_cf(store.cf(cf)).expect("flush");
+        let properties = store
+            .db
+            .property_value_cf(store.cf(cf), "rocksdb.aggregated-table-properties")
+            .expect("property")
+            .expect("a table file");
+        let value = properties
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("filter block size="))
+            .unwrap_or_else(|| panic!("no filter size in {properties}"));
+        value.trim().parse().expect("a number")
+    }
+
+    #[test]
+    fn only_the_event_files_are_written_without_bloom_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for position in 0..1_000u64 {
+            let key = keys::position_key(position);
+            store
+                .db
+                .put_cf(store.cf(keys::CF_EVENTS), key, b"record")
+                .expect("put");
+            let index_key = keys::stream_index_key(&format!("s-{}", position % 7), position);
+            store
+                .db
+                .put_cf(store.cf(keys::CF_STREAM_INDEX), index_key, key)
+                .expect("put");
+        }
+        assert_eq!(filter_bytes(&store, keys::CF_EVENTS), 0);
+        assert!(filter_bytes(&store, keys::CF_STREAM_INDEX) > 0);
+        let stats = store.engine_stats();
+        assert!(
+            stats.table_readers_bytes.is_some_and(|b| b > 0),
+            "{stats:?}"
+        );
     }
 }
