@@ -101,16 +101,28 @@ pub struct Store {
     id_generation: std::sync::atomic::AtomicU64,
 }
 
-/// The options of every column family, its blocks cached in `cache`.
-fn cf_options(cache: &Cache) -> Options {
+/// A column family's options: blocks cached in `cache`, Bloom filters of
+/// `bloom_bits` per key (none for `None`), blocks compressed with `compression`.
+fn table_options(
+    cache: &Cache,
+    bloom_bits: Option<f64>,
+    compression: DBCompressionType,
+) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
-    // Point lookups (stream state, event ids, stream index seeks) skip files early.
-    table.set_bloom_filter(10.0, false);
+    if let Some(bits) = bloom_bits {
+        table.set_bloom_filter(bits, false);
+    }
     let mut opts = Options::default();
-    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_compression_type(compression);
     opts.set_block_based_table_factory(&table);
     opts
+}
+
+/// The options of every column family but `events` and `event_ids`: point
+/// lookups (stream state, stream index entries) skip files by their filters.
+fn cf_options(cache: &Cache) -> Options {
+    table_options(cache, Some(10.0), DBCompressionType::Lz4)
 }
 
 /// The options of `events`: no Bloom filters. Its keys are positions that
@@ -121,24 +133,14 @@ fn cf_options(cache: &Cache) -> Options {
 /// event, outside the block cache) to spare the rare read of a position
 /// that is not there.
 fn events_options(cache: &Cache) -> Options {
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    let mut opts = Options::default();
-    opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_block_based_table_factory(&table);
-    opts
+    table_options(cache, None, DBCompressionType::Lz4)
 }
 
 /// The options of `event_ids`, whose files the id index writes itself.
+/// Random ids do not compress, and every lookup a filter lets through would
+/// decompress a block for nothing: no compression.
 fn event_ids_options(cache: &Cache) -> Options {
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    table.set_bloom_filter(EVENT_IDS_BLOOM_BITS, false);
-    let mut opts = Options::default();
-    // Random ids do not compress; every lookup a filter lets through would
-    // decompress a block for nothing.
-    opts.set_compression_type(DBCompressionType::None);
-    opts.set_block_based_table_factory(&table);
+    let mut opts = table_options(cache, Some(EVENT_IDS_BLOOM_BITS), DBCompressionType::None);
     // Its level 0 files are the id index's sorted runs of random ids, each
     // overlapping all the others: merging them every 8 runs (4M ids, as
     // often as its flushes were merged when the ids went through the
