@@ -144,7 +144,7 @@ async fn grpc_connections_are_capped() {
     let _second = tokio::net::TcpStream::connect(&grpc)
         .await
         .expect("connect");
-    wait_for_metric(&server, "skald_grpc_connections", 2).await;
+    server.wait_for_metric("skald_grpc_connections", 2).await;
     let mut third = tokio::net::TcpStream::connect(&grpc)
         .await
         .expect("connect");
@@ -158,12 +158,12 @@ async fn grpc_connections_are_capped() {
         Some(1)
     );
     drop(first);
-    wait_for_metric(&server, "skald_grpc_connections", 1).await;
+    server.wait_for_metric("skald_grpc_connections", 1).await;
     // The freed place takes a new connection.
     let _fourth = tokio::net::TcpStream::connect(&grpc)
         .await
         .expect("connect");
-    wait_for_metric(&server, "skald_grpc_connections", 2).await;
+    server.wait_for_metric("skald_grpc_connections", 2).await;
     assert_eq!(
         server.metric("skald_grpc_connections_rejected_total").await,
         Some(1)
@@ -351,19 +351,6 @@ finally:
         Some(3)
     );
     assert_eq!(server.metric("skald_auth_forbidden_total").await, Some(5));
-}
-
-/// Polls `/metrics` until `name` reads exactly `value` (bounded).
-async fn wait_for_metric(server: &TestServer, name: &str, value: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while server.metric(name).await != Some(value) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never read {value}: {:?}",
-            server.metric(name).await
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// gRPC subscriptions are capped by `--max-subscriptions` with the error the

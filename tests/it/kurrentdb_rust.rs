@@ -384,14 +384,7 @@ async fn a_grpc_client_that_reads_nothing_is_disconnected_and_a_quiet_one_is_not
     // unanswered and the connection is closed, though the client keeps its
     // socket open.
     freeze.notify_one();
-    let deadline = tokio::time::Instant::now() + T;
-    while server.metric("skald_grpc_connections").await != Some(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a client that reads nothing kept its gRPC connection"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_for_metric("skald_grpc_connections", 1).await;
 
     // The quiet client, idle for as long, answered the pings and still
     // gets what is appended.

@@ -591,6 +591,19 @@ impl TestServer {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Polls `/metrics` until `name` reads exactly `value`. Panics after 30 s.
+    pub async fn wait_for_metric(&self, name: &str, value: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.metric(name).await != Some(value) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never read {value}: {:?}",
+                self.metric(name).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn proc_status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
