@@ -643,12 +643,12 @@ mod tests {
             let meta = store.cf(keys::CF_META);
             store
                 .db
-                .put_cf(meta, keys::META_LAYOUT_VERSION, [3])
+                .put_cf(meta, keys::META_LAYOUT_VERSION, [4])
                 .expect("put");
         }
         assert!(matches!(
             Store::open(dir.path()),
-            Err(StorageError::UnsupportedLayout(3))
+            Err(StorageError::UnsupportedLayout(4))
         ));
     }
 }

@@ -7,7 +7,9 @@
 
 /// Events by global position: `position (u64 BE)` -> encoded record (see `codec`).
 pub const CF_EVENTS: &str = "events";
-/// Stream index: `stream bytes, 0x00, revision (u64 BE)` -> `position (u64 BE)`.
+/// Stream index: `stream bytes, 0x00, first revision (u64 BE)` -> a run of
+/// consecutive revisions at consecutive positions (see `stream_index_value`):
+/// one entry per append, split when a scavenge removes events from its middle.
 pub const CF_STREAM_INDEX: &str = "stream_index";
 /// Stream state: `stream bytes` -> encoded `StreamState` (see `codec`).
 pub const CF_STREAMS: &str = "streams";
@@ -54,10 +56,12 @@ pub fn job_history_key(kind: crate::model::JobKind) -> &'static [u8] {
 }
 /// `CF_META` key of the on-disk layout version (one byte).
 pub const META_LAYOUT_VERSION: &[u8] = b"layout_version";
-/// The layout version this code writes and reads. 2: `event_ids` may lag the
-/// log (`META_IDS_INDEXED_BEFORE`); 1 (upgraded on open): every id indexed
-/// at commit.
-pub const LAYOUT_VERSION: u8 = 2;
+/// The layout version this code writes and reads. 3: a stream index entry
+/// may cover a run of revisions (a 16-byte value); 2 (upgraded on open, as
+/// its 8-byte entries are runs of one): `event_ids` may lag the log
+/// (`META_IDS_INDEXED_BEFORE`); 1 (upgraded on open): every id indexed at
+/// commit.
+pub const LAYOUT_VERSION: u8 = 3;
 /// Cluster mode: the last sequence of the replicated log applied to the store.
 pub const META_LOG_APPLIED: &[u8] = b"log_applied";
 
@@ -134,6 +138,47 @@ pub fn stream_index_key(stream: &str, revision: u64) -> Vec<u8> {
     key
 }
 
+/// A `CF_STREAM_INDEX` value: the position of the entry's first revision,
+/// then, for a run of more than one, how many revisions it covers (u64 BE
+/// each). A run of one is the 8-byte value of layouts 1 and 2.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIndexValue {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl AsRef<[u8]> for StreamIndexValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The `CF_STREAM_INDEX` value of `count` (at least one) revisions from `position` on.
+pub fn stream_index_value(position: u64, count: u64) -> StreamIndexValue {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&position.to_be_bytes());
+    let len = if count > 1 {
+        bytes[8..].copy_from_slice(&count.to_be_bytes());
+        16
+    } else {
+        8
+    };
+    StreamIndexValue { bytes, len }
+}
+
+/// Decodes a `CF_STREAM_INDEX` value into its first position and count;
+/// `None` when it is neither 8 bytes nor 16 with a count of at least two.
+pub fn decode_stream_index_value(bytes: &[u8]) -> Option<(u64, u64)> {
+    match bytes.len() {
+        8 => Some((decode_position(bytes)?, 1)),
+        16 => {
+            let count = decode_position(&bytes[8..])?;
+            (count > 1).then_some((decode_position(&bytes[..8])?, count))
+        }
+        _ => None,
+    }
+}
+
 /// The prefix every `CF_STREAM_INDEX` key of `stream` starts with.
 pub fn stream_index_prefix(stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream.len() + 9);
@@ -166,6 +211,26 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::testing::proptest_config(256))]
+        #[test]
+        fn stream_index_values_round_trip(position: u64, count in 1u64..) {
+            let value = stream_index_value(position, count);
+            prop_assert_eq!(value.as_ref().len(), if count == 1 { 8 } else { 16 });
+            prop_assert_eq!(decode_stream_index_value(value.as_ref()), Some((position, count)));
+        }
+
+        #[test]
+        fn malformed_stream_index_values_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+            let decoded = decode_stream_index_value(&bytes);
+            match bytes.len() {
+                8 => prop_assert_eq!(decoded, Some((decode_position(&bytes).expect("8 bytes"), 1))),
+                16 => {
+                    let count = decode_position(&bytes[8..]).expect("8 bytes");
+                    prop_assert_eq!(decoded.is_some(), count > 1);
+                }
+                _ => prop_assert_eq!(decoded, None),
+            }
+        }
+
         #[test]
         fn position_keys_sort_numerically(a: u64, b: u64) {
             prop_assert_eq!(a.cmp(&b), position_key(a).cmp(&position_key(b)));

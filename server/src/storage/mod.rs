@@ -12,6 +12,7 @@ pub(crate) mod keys;
 pub mod purge;
 mod read;
 pub(crate) mod scan;
+mod stream_index;
 pub(crate) mod stream_state;
 pub(crate) mod writer;
 
@@ -119,8 +120,9 @@ fn table_options(
     opts
 }
 
-/// The options of every column family but `events` and `event_ids`: point
-/// lookups (stream state, stream index entries) skip files by their filters.
+/// The options of every column family but `events`, `stream_index` and
+/// `event_ids`: point lookups (stream state, custom metadata, meta) skip
+/// files by their filters.
 fn cf_options(cache: &Cache) -> Options {
     table_options(cache, Some(10.0), DBCompressionType::Lz4)
 }
@@ -133,6 +135,13 @@ fn cf_options(cache: &Cache) -> Options {
 /// event, outside the block cache) to spare the rare read of a position
 /// that is not there.
 fn events_options(cache: &Cache) -> Options {
+    table_options(cache, None, DBCompressionType::Lz4)
+}
+
+/// The options of `stream_index`: no Bloom filters either. Every read of it
+/// is a seek (the run holding a revision is found backwards from it: see
+/// `stream_index`), which a whole-key filter cannot answer.
+fn stream_index_options(cache: &Cache) -> Options {
     table_options(cache, None, DBCompressionType::Lz4)
 }
 
@@ -190,6 +199,7 @@ impl Store {
             let opts = match *name {
                 keys::CF_EVENT_IDS => event_ids_options(&cache),
                 keys::CF_EVENTS => events_options(&cache),
+                keys::CF_STREAM_INDEX => stream_index_options(&cache),
                 _ => cf_options(&cache),
             };
             ColumnFamilyDescriptor::new(*name, opts)
@@ -217,9 +227,11 @@ impl Store {
             .expect("every column family is opened in Store::open")
     }
 
-    /// Checks the layout version; a new store gets the current one, and a
-    /// store of layout 1 (every event id indexed at commit) gets the id
-    /// index's mark at its head.
+    /// Checks the layout version; a new store gets the current one, a store
+    /// of layout 1 (every event id indexed at commit) gets the id index's
+    /// mark at its head, and one of layout 2 (stream index entries of one
+    /// revision each, which layout 3 reads as runs of one) only the new
+    /// version, so that older binaries refuse it.
     fn check_layout(&self) -> Result<(), StorageError> {
         let meta = self.cf(keys::CF_META);
         let mark = |batch: &mut rocksdb::WriteBatch, before: u64| {
@@ -241,6 +253,14 @@ impl Store {
                     "data directory layout upgraded (the id index marks position {head})"
                 );
                 mark(&mut batch, head);
+            }
+            Some([2]) => {
+                tracing::info!(
+                    from = 2,
+                    to = keys::LAYOUT_VERSION,
+                    "data directory layout upgraded (stream index entries may now cover runs)"
+                );
+                batch.put_cf(meta, keys::META_LAYOUT_VERSION, [keys::LAYOUT_VERSION]);
             }
             Some(v) => {
                 return Err(StorageError::UnsupportedLayout(
@@ -333,21 +353,6 @@ impl Store {
                 .ok_or_else(|| StorageError::CorruptIndex("removed_events is not 8 bytes".into())),
             None => Ok(0),
         }
-    }
-
-    /// Whether the stream index still maps `stream`'s `revision` to
-    /// `position` (a scavenge removal applies only to events still there).
-    pub fn is_indexed(
-        &self,
-        stream: &str,
-        revision: u64,
-        position: u64,
-    ) -> Result<bool, StorageError> {
-        let stored = self.db.get_pinned_cf(
-            self.cf(keys::CF_STREAM_INDEX),
-            keys::stream_index_key(stream, revision),
-        )?;
-        Ok(stored.as_deref().and_then(keys::decode_position) == Some(position))
     }
 
     /// Cluster mode: the last log sequence applied to the store (0: none).
@@ -518,8 +523,9 @@ pub mod fault {
 
 #[cfg(feature = "fault-injection")]
 impl Store {
-    /// How many keys each column family holds (tests check that scavenged events
-    /// are gone from every one).
+    /// How many entries each column family holds: its keys, but for the
+    /// stream index the revisions its runs cover (tests check that scavenged
+    /// events are gone from every one).
     pub fn count_keys(&self) -> Result<Vec<(&'static str, usize)>, StorageError> {
         keys::ALL_CFS
             .iter()
@@ -527,8 +533,12 @@ impl Store {
                 let mut it = self.db.raw_iterator_cf(self.cf(name));
                 it.seek_to_first();
                 let mut n = 0;
-                while it.valid() {
-                    n += 1;
+                while let Some(value) = it.value() {
+                    n += match *name {
+                        keys::CF_STREAM_INDEX => keys::decode_stream_index_value(value)
+                            .map_or(1, |(_, count)| usize::try_from(count).unwrap_or(usize::MAX)),
+                        _ => 1,
+                    };
                     it.next();
                 }
                 it.status()?;
@@ -558,7 +568,85 @@ mod tests {
     }
 
     #[test]
-    fn only_the_event_files_are_written_without_bloom_filters() {
+    fn a_layout_2_store_is_upgraded_and_its_single_revision_entries_read_as_runs() {
+        use stream_state::StreamState;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stream = crate::model::StreamName::parse("s").expect("name");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            // What layout 2 wrote for a stream of two events: one 8-byte
+            // index entry per revision.
+            for revision in 0..2u64 {
+                let record = codec::encode_record(&codec::RecordRef {
+                    position: revision,
+                    stream: "s",
+                    revision,
+                    recorded_at_micros: 1,
+                    id: &uuid::Uuid::from_u128(u128::from(revision) + 1),
+                    event_type: "t",
+                    data: "{}",
+                    metadata: None,
+                    content_type: crate::model::ContentType::Json,
+                });
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(
+                    store.cf(keys::CF_EVENTS),
+                    keys::position_key(revision),
+                    record,
+                );
+                batch.put_cf(
+                    store.cf(keys::CF_STREAM_INDEX),
+                    keys::stream_index_key("s", revision),
+                    keys::position_key(revision),
+                );
+                store.db.write(batch).expect("write");
+            }
+            let state = StreamState {
+                last_revision: Some(1),
+                ..StreamState::default()
+            };
+            let meta = store.cf(keys::CF_META);
+            store
+                .db
+                .put_cf(
+                    store.cf(keys::CF_STREAMS),
+                    keys::stream_key("s"),
+                    stream_state::encode(&state),
+                )
+                .expect("state");
+            store
+                .db
+                .put_cf(meta, keys::META_NEXT_POSITION, keys::position_key(2))
+                .expect("next");
+            store
+                .db
+                .put_cf(meta, keys::META_LAYOUT_VERSION, [2])
+                .expect("layout");
+        }
+        let store = Store::open(dir.path()).expect("upgrade");
+        let layout = store
+            .db
+            .get_cf(store.cf(keys::CF_META), keys::META_LAYOUT_VERSION)
+            .expect("get");
+        assert_eq!(layout.as_deref(), Some(&[keys::LAYOUT_VERSION][..]));
+        let read = store
+            .read_stream(&stream, None, crate::model::Direction::Backward, 10)
+            .expect("read");
+        let crate::model::StreamRead::Found(slice) = read else {
+            panic!("stream not found");
+        };
+        let revisions: Vec<_> = slice
+            .events
+            .iter()
+            .map(|e| (e.revision, e.position))
+            .collect();
+        assert_eq!(revisions, vec![(1, 1), (0, 0)]);
+        let one = store.read_event(&stream, 0).expect("read one");
+        assert!(matches!(one, crate::model::StreamRead::Found(Some(e)) if e.position == 0));
+    }
+
+    #[test]
+    fn event_and_stream_index_files_are_written_without_bloom_filters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         for position in 0..1_000u64 {
@@ -572,9 +660,20 @@ mod tests {
                 .db
                 .put_cf(store.cf(keys::CF_STREAM_INDEX), index_key, key)
                 .expect("put");
+            let name = format!("s-{position}");
+            store
+                .db
+                .put_cf(
+                    store.cf(keys::CF_STREAMS),
+                    keys::stream_key(&name),
+                    b"state",
+                )
+                .expect("put");
         }
         assert_eq!(filter_bytes(&store, keys::CF_EVENTS), 0);
-        assert!(filter_bytes(&store, keys::CF_STREAM_INDEX) > 0);
+        assert_eq!(filter_bytes(&store, keys::CF_STREAM_INDEX), 0);
+        // The stream states, looked up by name, keep theirs.
+        assert!(filter_bytes(&store, keys::CF_STREAMS) > 0);
         let stats = store.engine_stats();
         assert!(
             stats.table_readers_bytes.is_some_and(|b| b > 0),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rocksdb::{SnapshotWithThreadMode, DB};
 
+use super::stream_index::{self, Cursor};
 use super::stream_state::{self, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{
@@ -117,61 +118,41 @@ impl Store {
             return Ok(StreamRead::NotFound);
         };
         let first_visible = state.first_visible_revision();
-        let prefix = keys::stream_index_prefix(stream.as_str());
-        let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-        let forward = direction == Direction::Forward;
-        if forward {
-            let from = from.unwrap_or(0).max(first_visible);
-            it.seek(keys::stream_index_key(stream.as_str(), from));
-        } else {
-            let from = from.unwrap_or(last_revision);
-            it.seek_for_prev(keys::stream_index_key(stream.as_str(), from));
-        }
+        let it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+        let mut cursor = match direction {
+            Direction::Forward => {
+                Cursor::forward(it, stream.as_str(), from.unwrap_or(0).max(first_visible))?
+            }
+            Direction::Backward => {
+                Cursor::backward(it, stream.as_str(), from.unwrap_or(last_revision))?
+            }
+        };
         let now = now_micros();
         let mut events = Vec::with_capacity(limit.min(1024));
         let mut next_revision = None;
         let mut bytes = 0;
-        let step = |it: &mut rocksdb::DBRawIteratorWithThreadMode<DB>| {
-            if forward {
-                it.next()
-            } else {
-                it.prev()
-            }
-        };
-        // The index entry under the cursor, if it is a visible-range revision of this stream.
-        let current =
-            |it: &rocksdb::DBRawIteratorWithThreadMode<DB>| -> Option<(u64, Option<u64>)> {
-                let (key, value) = it.item()?;
-                let revision =
-                    keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))?;
-                (revision >= first_visible).then(|| (revision, keys::decode_position(value)))
-            };
+        // The revision under the cursor, if it is in the visible range.
+        let current = |cursor: &Cursor<'_>| cursor.current().filter(|&(r, _)| r >= first_visible);
         // One record at a time, each pinned only while it is decoded: a page
         // holds at most MAX_PAGE_BYTES plus one event, and never reads a
         // record it will not return (visibility by age needs the record).
         while events.len() < limit {
-            let Some((revision, position)) = current(&it) else {
+            let Some((revision, position)) = current(&cursor) else {
                 break;
             };
             if bytes >= MAX_PAGE_BYTES {
                 next_revision = Some(revision);
                 break;
             }
-            let position = position.ok_or_else(|| {
-                StorageError::CorruptIndex(format!(
-                    "stream index value of {stream}@{revision} is not 8 bytes"
-                ))
-            })?;
             let event = self.fetch(&snapshot, position)?;
             if state.is_visible(event.revision, event.recorded_at_micros, now) {
                 bytes += event_bytes(&event);
                 events.push(event);
             }
-            step(&mut it);
+            cursor.advance()?;
         }
-        it.status()?;
         if next_revision.is_none() && (events.len() == limit || bytes >= MAX_PAGE_BYTES) {
-            next_revision = current(&it).map(|(revision, _)| revision);
+            next_revision = current(&cursor).map(|(revision, _)| revision);
         }
         Ok(StreamRead::Found(StreamSlice {
             events,
@@ -196,13 +177,12 @@ impl Store {
         if state.tombstoned {
             return Ok(StreamRead::Tombstoned);
         }
-        let key = keys::stream_index_key(stream.as_str(), revision);
-        let Some(value) = snapshot.get_cf(self.cf(keys::CF_STREAM_INDEX), key)? else {
+        let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+        let Some(position) = stream_index::run_holding(&mut it, stream.as_str(), revision)?
+            .and_then(|run| run.position_of(revision))
+        else {
             return Ok(StreamRead::Found(None));
         };
-        let position = keys::decode_position(&value).ok_or_else(|| {
-            StorageError::CorruptIndex(format!("stream index value of {stream} is not 8 bytes"))
-        })?;
         let now = now_micros();
         let event = Some(self.fetch(&snapshot, position)?)
             .filter(|e| state.is_visible(e.revision, e.recorded_at_micros, now));

@@ -5,6 +5,7 @@
 use rocksdb::{CompactOptions, Direction as RocksDirection, IteratorMode};
 
 use super::read::{decode_state, Snapshot};
+use super::stream_index::{self, Cursor, Run};
 use super::stream_state::StreamState;
 use super::writer::HiddenEvent;
 use super::{codec, keys, StorageError, Store};
@@ -141,18 +142,10 @@ impl Store {
         state: StreamState,
     ) -> Result<CatalogEntry, StorageError> {
         let first_stored_revision = if state.exists() {
-            let prefix = keys::stream_index_prefix(name.as_str());
-            let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-            it.seek(keys::stream_index_key(
-                name.as_str(),
-                state.first_visible_revision(),
-            ));
-            let found = it
-                .key()
-                .filter(|k| k.starts_with(&prefix))
-                .and_then(keys::decode_stream_index_revision);
-            it.status()?;
-            found
+            let it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+            Cursor::forward(it, name.as_str(), state.first_visible_revision())?
+                .current()
+                .map(|(revision, _)| revision)
         } else {
             None
         };
@@ -174,29 +167,20 @@ impl Store {
         now_micros: u64,
         max: usize,
     ) -> Result<HiddenPage, StorageError> {
-        let prefix = keys::stream_index_prefix(stream.as_str());
-        let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
-        it.seek(keys::stream_index_key(stream.as_str(), from));
+        let it = self.db.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
+        let mut cursor = Cursor::forward(it, stream.as_str(), from)?;
         let mut page = HiddenPage::default();
-        while let Some((key, value)) = it.item() {
-            let Some(revision) =
-                keys::decode_stream_index_revision(key).filter(|_| key.starts_with(&prefix))
-            else {
-                break;
-            };
+        while let Some((revision, position)) = cursor.current() {
             if page.events.len() == max {
                 page.next_revision = Some(revision);
                 break;
             }
-            let position = keys::decode_position(value).ok_or_else(|| {
-                StorageError::CorruptIndex(format!("stream index value of {stream} is not 8 bytes"))
-            })?;
             let bytes = self
                 .db
                 .get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?;
             page.scanned += 1;
             let Some(bytes) = bytes else {
-                it.next();
+                cursor.advance()?;
                 continue; // a dangling index entry: verify reports it
             };
             let event = codec::decode_event(position, &bytes)
@@ -211,9 +195,8 @@ impl Store {
                 recorded_at_micros: event.recorded_at_micros,
                 bytes: bytes.len() as u64,
             });
-            it.next();
+            cursor.advance()?;
         }
-        it.status()?;
         Ok(page)
     }
 
@@ -243,6 +226,7 @@ impl Store {
             .as_deref()
             .and_then(keys::decode_position)
             .unwrap_or(0);
+        let mut index = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
         let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_EVENTS));
         it.seek(&from.0);
         while let Some((key, value)) = it.item() {
@@ -265,9 +249,13 @@ impl Store {
                     message: e.to_string(),
                 }),
                 Ok(event) => {
-                    let index_key = keys::stream_index_key(event.stream.as_str(), event.revision);
-                    let indexed = snapshot.get_cf(self.cf(keys::CF_STREAM_INDEX), index_key)?;
-                    if indexed.as_deref().and_then(keys::decode_position) != Some(position) {
+                    let indexed = stream_index::run_holding(
+                        &mut index,
+                        event.stream.as_str(),
+                        event.revision,
+                    )?
+                    .and_then(|run| run.position_of(event.revision));
+                    if indexed != Some(position) {
                         page.problems.push(Problem {
                             position: Some(position),
                             message: format!(
@@ -317,37 +305,47 @@ impl Store {
         let mut it = snapshot.raw_iterator_cf(self.cf(keys::CF_STREAM_INDEX));
         it.seek(&from.0);
         while let Some((key, value)) = it.item() {
-            if page.checked as usize == max {
+            if page.checked as usize >= max {
                 page.next = Some(VerifyCursor(key.to_vec()));
                 break;
             }
-            page.checked += 1;
-            let position = keys::decode_position(value);
             let entry = keys::decode_stream_index_key(key);
-            let problem = match (position, entry) {
-                (Some(position), Some((stream, revision))) => {
-                    match snapshot.get_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))? {
-                        None => Some((
-                            Some(position),
-                            format!("index entry {stream}@{revision} points at a missing event"),
-                        )),
-                        Some(bytes) => match codec::decode_event(position, &bytes) {
-                            Ok(e) if e.stream.as_str() == stream && e.revision == revision => None,
-                            Ok(e) => Some((
-                                Some(position),
-                                format!(
-                                    "index entry {stream}@{revision} points at {}@{}",
-                                    e.stream, e.revision
-                                ),
-                            )),
-                            Err(_) => None, // reported by the events pass
-                        },
-                    }
-                }
-                _ => Some((None, format!("malformed stream index entry {key:?}"))),
+            let run = keys::decode_stream_index_value(value);
+            let (Some((stream, first_revision)), Some((position, count))) = (entry, run) else {
+                page.checked += 1;
+                page.problems.push(Problem {
+                    position: None,
+                    message: format!("malformed stream index entry {key:?}"),
+                });
+                it.next();
+                continue;
             };
-            if let Some((position, message)) = problem {
-                page.problems.push(Problem { position, message });
+            // Every revision of the run, each against its record.
+            let run = Run {
+                first_revision,
+                position,
+                count,
+            };
+            for revision in first_revision..=run.last_revision() {
+                let position = position + (revision - first_revision);
+                page.checked += 1;
+                let message = match snapshot
+                    .get_pinned_cf(self.cf(keys::CF_EVENTS), keys::position_key(position))?
+                {
+                    None => format!("index entry {stream}@{revision} points at a missing event"),
+                    Some(bytes) => match codec::decode_event(position, &bytes) {
+                        Ok(e) if e.stream.as_str() == stream && e.revision == revision => continue,
+                        Ok(e) => format!(
+                            "index entry {stream}@{revision} points at {}@{}",
+                            e.stream, e.revision
+                        ),
+                        Err(_) => continue, // reported by the events pass
+                    },
+                };
+                page.problems.push(Problem {
+                    position: Some(position),
+                    message,
+                });
             }
             it.next();
         }

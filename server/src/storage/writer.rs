@@ -11,7 +11,7 @@
 //! `id_index`). Deletes, metadata changes and scavenge removals go through the
 //! same queue, so they are ordered with appends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::id_index::{self, IdIndex};
+use super::stream_index::{self, Run};
 use super::stream_state::{self, MetadataVersion, StreamMetadata, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
 use crate::model::{display_revision, AppendOutcome, ExpectedRevision, NewEvent, StreamName};
@@ -324,6 +325,10 @@ struct GroupOverlay {
     /// they will be once the group is written (the store still has them).
     removed_ids: std::collections::HashSet<Uuid>,
     removed_events: u64,
+    /// Groups with a removal: the stream index runs the group wrote (`None`:
+    /// deleted), by stream and first revision, so that a removal finds a run
+    /// an earlier request of the group rewrote or appended.
+    runs: Option<HashMap<StreamName, BTreeMap<u64, Option<Run>>>>,
 }
 
 /// The group's batch and counters.
@@ -428,10 +433,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 return;
             }
         };
+        let removes = group.iter().any(|r| matches!(r.op, WriteOp::Remove { .. }));
         let mut overlay = GroupOverlay {
             removed_events: self.removed_events,
             stored_ids,
             ids: HashMap::with_capacity(appended),
+            runs: removes.then(HashMap::new),
             ..GroupOverlay::default()
         };
         let mut out = GroupBatch {
@@ -781,7 +788,10 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             }
             WriteOp::Remove { events, now_micros } => {
                 let (mut removed, mut bytes) = (0, 0);
-                for hidden in events {
+                // Every read before the first change to the batch: a failed
+                // read rejects the request whole.
+                let stored = self.stored_runs(stream, events)?;
+                for (hidden, stored) in events.iter().zip(stored) {
                     if state.is_visible(hidden.revision, hidden.recorded_at_micros, *now_micros) {
                         continue; // the limits changed since the scan
                     }
@@ -797,11 +807,10 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     let present = match (overlay.ids.get(&hidden.id), request.origin) {
                         (Some(pending), _) => pending.position == hidden.position,
                         (None, _) if overlay.removed_ids.contains(&hidden.id) => false,
-                        (None, Origin::Log { .. }) => self.store.is_indexed(
-                            stream.as_str(),
-                            hidden.revision,
-                            hidden.position,
-                        )?,
+                        (None, Origin::Log { .. }) => {
+                            stored.and_then(|run| run.position_of(hidden.revision))
+                                == Some(hidden.position)
+                        }
                         (None, _) => true,
                     };
                     if !present {
@@ -811,10 +820,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         self.store.cf(keys::CF_EVENTS),
                         keys::position_key(hidden.position),
                     );
-                    out.batch.delete_cf(
-                        self.store.cf(keys::CF_STREAM_INDEX),
-                        keys::stream_index_key(stream.as_str(), hidden.revision),
-                    );
+                    self.unindex(stream, hidden, stored, overlay, out);
                     out.batch
                         .delete_cf(self.store.cf(keys::CF_EVENT_IDS), hidden.id.as_bytes());
                     overlay.ids.remove(&hidden.id);
@@ -832,6 +838,79 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     bytes,
                 })
             }
+        }
+    }
+
+    /// The stored run of `stream`'s index holding each event's revision, as
+    /// the group began (one seek per run: consecutive revisions share it).
+    fn stored_runs(
+        &self,
+        stream: &StreamName,
+        events: &[HiddenEvent],
+    ) -> Result<Vec<Option<Run>>, StorageError> {
+        let mut it = self
+            .store
+            .db
+            .raw_iterator_cf(self.store.cf(keys::CF_STREAM_INDEX));
+        let mut last: Option<Run> = None;
+        let mut runs = Vec::with_capacity(events.len());
+        for hidden in events {
+            let run = match last.filter(|run| run.covers(hidden.revision)) {
+                Some(run) => Some(run),
+                None => stream_index::run_holding(&mut it, stream.as_str(), hidden.revision)?,
+            };
+            last = run.or(last);
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    /// Takes `hidden`'s revision out of `stream`'s index: its run (`stored`
+    /// as the group began, or as the group has rewritten it since) is
+    /// rewritten as what is left of it, before and after. Nothing when the
+    /// index does not hold it there.
+    fn unindex(
+        &self,
+        stream: &StreamName,
+        hidden: &HiddenEvent,
+        stored: Option<Run>,
+        overlay: &mut GroupOverlay,
+        out: &mut GroupBatch,
+    ) {
+        let revision = hidden.revision;
+        let runs = overlay
+            .runs
+            .get_or_insert_with(HashMap::new)
+            .entry(stream.clone())
+            .or_default();
+        let pending = runs
+            .range(..=revision)
+            .next_back()
+            .map(|(first, run)| (*first, *run));
+        let run = match (pending, stored) {
+            // Runs never overlap: a run of the group's that holds it is the one.
+            (Some((_, Some(run))), _) if run.covers(revision) => Some(run),
+            // The group rewrote or deleted the stored run, or wrote one after it.
+            (Some((first, _)), Some(stored)) if first >= stored.first_revision => None,
+            (_, stored) => stored,
+        };
+        let Some(run) = run.filter(|run| run.position_of(revision) == Some(hidden.position)) else {
+            return;
+        };
+        let index = self.store.cf(keys::CF_STREAM_INDEX);
+        out.batch.delete_cf(
+            index,
+            keys::stream_index_key(stream.as_str(), run.first_revision),
+        );
+        runs.insert(run.first_revision, None);
+        let (before, after) = run.without(revision);
+        for part in before.into_iter().chain(after) {
+            out.batch.put_cf(
+                index,
+                keys::stream_index_key(stream.as_str(), part.first_revision),
+                keys::stream_index_value(part.position, part.count),
+            );
+            runs.insert(part.first_revision, Some(part));
         }
     }
 
@@ -872,11 +951,6 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
             out.bytes += record.len() as u64;
             out.batch
                 .put_cf(events_cf, keys::position_key(position), &record);
-            out.batch.put_cf(
-                index_cf,
-                keys::stream_index_key(stream.as_str(), revision),
-                keys::position_key(position),
-            );
             overlay.ids.insert(
                 event.id,
                 PendingId {
@@ -888,6 +962,22 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         }
         out.record = record;
         let count = events.len() as u64;
+        // One index entry for the whole append (see `stream_index`).
+        out.batch.put_cf(
+            index_cf,
+            keys::stream_index_key(stream.as_str(), first_revision),
+            keys::stream_index_value(first_position, count),
+        );
+        if let Some(runs) = &mut overlay.runs {
+            let run = Run {
+                first_revision,
+                position: first_position,
+                count,
+            };
+            runs.entry(stream.clone())
+                .or_default()
+                .insert(first_revision, Some(run));
+        }
         let last_revision = first_revision + count - 1;
         state.last_revision = Some(last_revision);
         state.last_appended_micros = out.now_micros;
@@ -1912,6 +2002,23 @@ mod tests {
                 it.next();
             }
             prop_assert_eq!(stored, model.log.values().cloned().collect::<Vec<_>>());
+            // The stream index's runs cover exactly the stored events, each
+            // revision at its position, and no two runs of a stream overlap.
+            let mut indexed = Vec::new();
+            let mut it = store.db.raw_iterator_cf(store.cf(keys::CF_STREAM_INDEX));
+            it.seek_to_first();
+            while let Some((key, value)) = it.item() {
+                let (stream, first) = keys::decode_stream_index_key(key).expect("index key");
+                let (position, count) = keys::decode_stream_index_value(value).expect("index value");
+                for i in 0..count {
+                    indexed.push((stream.to_owned(), first + i, position + i));
+                }
+                it.next();
+            }
+            drop(it);
+            let mut want_indexed: Vec<_> = model.log.values().map(|(p, s, r, _)| (s.clone(), *r, *p)).collect();
+            want_indexed.sort();
+            prop_assert_eq!(indexed, want_indexed);
             // The id index holds exactly the stored ids, at their positions,
             // once the writer has handed everything over.
             writer.ids.finish(writer.next_position);
