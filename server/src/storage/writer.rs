@@ -791,6 +791,8 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                 // Every read before the first change to the batch: a failed
                 // read rejects the request whole.
                 let stored = self.stored_runs(stream, events)?;
+                // The index runs this request rewrote, written once at its end.
+                let mut rewritten = std::collections::BTreeSet::new();
                 for (hidden, stored) in events.iter().zip(stored) {
                     if state.is_visible(hidden.revision, hidden.recorded_at_micros, *now_micros) {
                         continue; // the limits changed since the scan
@@ -820,13 +822,26 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         self.store.cf(keys::CF_EVENTS),
                         keys::position_key(hidden.position),
                     );
-                    self.unindex(stream, hidden, stored, overlay, out);
+                    Self::unindex(stream, hidden, stored, overlay, &mut rewritten);
                     out.batch
                         .delete_cf(self.store.cf(keys::CF_EVENT_IDS), hidden.id.as_bytes());
                     overlay.ids.remove(&hidden.id);
                     overlay.removed_ids.insert(hidden.id);
                     removed += 1;
                     bytes += hidden.bytes;
+                }
+                let index = self.store.cf(keys::CF_STREAM_INDEX);
+                let runs = overlay.runs.as_ref().and_then(|runs| runs.get(stream));
+                for first in rewritten {
+                    let key = keys::stream_index_key(stream.as_str(), first);
+                    match runs.and_then(|runs| runs.get(&first)).copied().flatten() {
+                        Some(run) => out.batch.put_cf(
+                            index,
+                            key,
+                            keys::stream_index_value(run.position, run.count),
+                        ),
+                        None => out.batch.delete_cf(index, key),
+                    }
                 }
                 if removed > 0 {
                     state.bytes = state.bytes.saturating_sub(bytes);
@@ -865,17 +880,17 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         Ok(runs)
     }
 
-    /// Takes `hidden`'s revision out of `stream`'s index: its run (`stored`
-    /// as the group began, or as the group has rewritten it since) is
-    /// rewritten as what is left of it, before and after. Nothing when the
+    /// Takes `hidden`'s revision out of `stream`'s index in the group's
+    /// overlay: its run (`stored` as the group began, or as the group has
+    /// rewritten it since) becomes what is left of it, before and after; the
+    /// first revisions of the runs changed go to `rewritten`. Nothing when the
     /// index does not hold it there.
     fn unindex(
-        &self,
         stream: &StreamName,
         hidden: &HiddenEvent,
         stored: Option<Run>,
         overlay: &mut GroupOverlay,
-        out: &mut GroupBatch,
+        rewritten: &mut std::collections::BTreeSet<u64>,
     ) {
         let revision = hidden.revision;
         let runs = overlay
@@ -897,20 +912,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         let Some(run) = run.filter(|run| run.position_of(revision) == Some(hidden.position)) else {
             return;
         };
-        let index = self.store.cf(keys::CF_STREAM_INDEX);
-        out.batch.delete_cf(
-            index,
-            keys::stream_index_key(stream.as_str(), run.first_revision),
-        );
         runs.insert(run.first_revision, None);
+        rewritten.insert(run.first_revision);
         let (before, after) = run.without(revision);
         for part in before.into_iter().chain(after) {
-            out.batch.put_cf(
-                index,
-                keys::stream_index_key(stream.as_str(), part.first_revision),
-                keys::stream_index_value(part.position, part.count),
-            );
             runs.insert(part.first_revision, Some(part));
+            rewritten.insert(part.first_revision);
         }
     }
 
