@@ -120,10 +120,17 @@ impl<'a> Cursor<'a> {
     /// From the first indexed revision at or after `from`, upwards.
     pub fn forward(mut it: IndexIter<'a>, stream: &str, from: u64) -> Result<Self, StorageError> {
         let prefix = keys::stream_index_prefix(stream);
-        let at = match run_holding(&mut it, stream, from)? {
-            Some(run) => Some((run, from)),
-            None => {
-                it.seek(keys::stream_index_key(stream, from));
+        let at = match run_at_or_before(&mut it, stream, from)? {
+            Some(run) if run.covers(from) => Some((run, from)),
+            _ => {
+                // The entry after the one at or before `from` is the first
+                // after it (one that starts at `from` would hold it); with
+                // none at or before, seek.
+                if it.valid() {
+                    it.next();
+                } else {
+                    it.seek(keys::stream_index_key(stream, from));
+                }
                 run_under(&it, stream, &prefix)?.map(|run| (run, run.first_revision))
             }
         };
@@ -224,14 +231,15 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::testing::proptest_config(64))]
-        /// Runs with gaps between them (removed revisions), between the runs
-        /// of a stream before and one after: the cursor yields exactly the
+        /// Runs with gaps between them (removed revisions), alone or between
+        /// the runs of a stream before and one after: the cursor yields exactly the
         /// indexed revisions of its stream, from any start, both ways, and
         /// `run_holding` finds each one's run.
         #[test]
         fn the_cursor_walks_exactly_the_indexed_revisions(
             shape in proptest::collection::vec((0u64..4, 1u64..5), 1..8),
             from in 0u64..40,
+            neighbours: bool,
         ) {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Store::open(dir.path()).expect("open");
@@ -248,8 +256,10 @@ mod tests {
                 position += count;
             }
             put_runs(&store, "s", &runs);
-            put_runs(&store, "r", &[Run { first_revision: 0, position: 1, count: 50 }]);
-            put_runs(&store, "t", &[Run { first_revision: 0, position: 2, count: 50 }]);
+            if neighbours {
+                put_runs(&store, "r", &[Run { first_revision: 0, position: 1, count: 50 }]);
+                put_runs(&store, "t", &[Run { first_revision: 0, position: 2, count: 50 }]);
+            }
             let forward: Vec<_> = indexed.iter().copied().filter(|(r, _)| *r >= from).collect();
             prop_assert_eq!(walk(&store, "s", from, true), forward);
             let backward: Vec<_> = indexed.iter().rev().copied().filter(|(r, _)| *r <= from).collect();
