@@ -510,15 +510,21 @@ mod tests {
             .expect("write accepted")
     }
 
-    /// A malformed stream index entry is a problem both passes report, not
-    /// an error that stops the verify.
-    #[test]
-    fn verify_reports_a_malformed_index_entry() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
+    /// A store in `dir` with its writer running and events 1..=`count` (ids
+    /// 1, 2, ...) appended to stream `s` in one append.
+    fn store_with_events(
+        dir: &std::path::Path,
+        count: u128,
+    ) -> (
+        Arc<Store>,
+        WriterHandle,
+        std::thread::JoinHandle<()>,
+        StreamName,
+    ) {
+        let store = Arc::new(Store::open(dir).expect("open"));
         let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
         let stream = StreamName::parse("s").expect("valid");
-        let events = (1..=2u128)
+        let events = (1..=count)
             .map(|n| NewEvent {
                 content_type: crate::model::ContentType::Json,
                 id: Uuid::from_u128(n),
@@ -529,6 +535,15 @@ mod tests {
             .collect();
         let expected = ExpectedRevision::Any;
         write(&writer, &stream, WriteOp::Append { expected, events });
+        (store, writer, thread, stream)
+    }
+
+    /// A malformed stream index entry is a problem both passes report, not
+    /// an error that stops the verify.
+    #[test]
+    fn verify_reports_a_malformed_index_entry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, writer, thread, _) = store_with_events(dir.path(), 2);
         drop(writer);
         thread.join().expect("writer thread");
         store
@@ -554,20 +569,8 @@ mod tests {
     #[test]
     fn verify_reads_one_snapshot_while_a_scavenge_removes_events() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
-        let (writer, thread) = writer::spawn(Arc::clone(&store), |_| {}).expect("writer");
-        let stream = StreamName::parse("s").expect("valid");
-        let events = (1..=3u128)
-            .map(|n| NewEvent {
-                content_type: crate::model::ContentType::Json,
-                id: Uuid::from_u128(n),
-                event_type: "T".into(),
-                data: "{}".into(),
-                metadata: None,
-            })
-            .collect();
+        let (store, writer, thread, stream) = store_with_events(dir.path(), 3);
         let expected = ExpectedRevision::Any;
-        write(&writer, &stream, WriteOp::Append { expected, events });
         let hard = false;
         write(&writer, &stream, WriteOp::Delete { expected, hard });
         let state = store.stream_state(&stream).expect("state").expect("exists");
