@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// answered 503 writer_busy, in milliseconds.
     #[arg(long, env = "SKALD_WRITER_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
     pub writer_queue_timeout_ms: u64,
+    /// Most memory of the event-id filter, in MiB (about 2 to 4 bytes per
+    /// stored event id until it is full; past that, more appends look their
+    /// ids up on disk). 0 turns it off. See `docs/operations.md`.
+    #[arg(long, env = "SKALD_ID_FILTER_MIB", default_value_t = crate::storage::DEFAULT_FILTER_MIB)]
+    pub id_filter_mib: usize,
     /// Cluster mode: NATS servers with JetStream, comma-separated
     /// (`nats://h1:4222,nats://h2:4222`). Writes then go through the
     /// replicated log (see docs/replication.md); without it Skald is one node.
@@ -187,6 +192,7 @@ pub struct Config {
     /// `--writer-queue-bytes` in KiB (rounded up).
     pub writer_queue_kib: usize,
     pub writer_queue_timeout: Duration,
+    pub id_filter_mib: usize,
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
@@ -292,6 +298,7 @@ impl ServeArgs {
             writer_queue_requests: self.writer_queue_requests,
             writer_queue_kib: self.writer_queue_bytes.div_ceil(1024),
             writer_queue_timeout: Duration::from_millis(self.writer_queue_timeout_ms),
+            id_filter_mib: self.id_filter_mib,
         })
     }
 }

@@ -65,6 +65,17 @@ pub struct Metrics {
     /// Committed event ids the id index holds in memory only (not yet in
     /// `event_ids`; read back from the log after a crash).
     pub unindexed_event_ids: Gauge,
+    /// 1 once the event-id filter answers lookups (its start-up scan is done).
+    pub id_filter_ready: Gauge,
+    /// Ids in the event-id filter (removed ones included).
+    pub id_filter_ids: Gauge,
+    /// Memory of the event-id filter.
+    pub id_filter_bytes: Gauge,
+    /// Event ids looked up in `event_ids` on disk: the filter could not rule
+    /// them out, or was not ready.
+    pub id_lookups_on_disk: Counter,
+    /// The filter's count at the last scrape (`id_lookups_on_disk` adds the difference).
+    id_lookups_on_disk_seen: std::sync::atomic::AtomicU64,
     pub scavenge_events_scanned: Gauge,
     pub scavenge_events_removed: Gauge,
     pub scavenge_bytes_reclaimed: Gauge,
@@ -129,6 +140,11 @@ impl Default for Metrics {
             writer_queue_requests: Gauge::default(),
             writer_queue_kib: Gauge::default(),
             unindexed_event_ids: Gauge::default(),
+            id_filter_ready: Gauge::default(),
+            id_filter_ids: Gauge::default(),
+            id_filter_bytes: Gauge::default(),
+            id_lookups_on_disk: Counter::default(),
+            id_lookups_on_disk_seen: std::sync::atomic::AtomicU64::new(0),
             scavenge_events_scanned: Gauge::default(),
             scavenge_events_removed: Gauge::default(),
             scavenge_bytes_reclaimed: Gauge::default(),
@@ -276,6 +292,26 @@ impl Default for Metrics {
             metrics.unindexed_event_ids.clone(),
         );
         registry.register(
+            "id_filter_ready",
+            "1 once the event-id filter answers lookups (its start-up scan of event_ids is done)",
+            metrics.id_filter_ready.clone(),
+        );
+        registry.register(
+            "id_filter_ids",
+            "Event ids in the event-id filter, removed ones included",
+            metrics.id_filter_ids.clone(),
+        );
+        registry.register(
+            "id_filter_bytes",
+            "Memory of the event-id filter (at most --id-filter-mib)",
+            metrics.id_filter_bytes.clone(),
+        );
+        registry.register(
+            "id_lookups_on_disk",
+            "Event ids looked up in event_ids because the filter could not rule them out or was not ready",
+            metrics.id_lookups_on_disk.clone(),
+        );
+        registry.register(
             "scavenge_running",
             "1 while a scavenge runs",
             metrics.scavenge_running.clone(),
@@ -348,6 +384,20 @@ impl Metrics {
             self.replication_applied
                 .set(i64::try_from(sequence).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Sets the event-id filter's metrics from `stats` (at a scrape).
+    pub fn set_id_filter(&self, stats: &crate::storage::IdFilterStats) {
+        let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.id_filter_ready, u64::from(stats.ready));
+        gauge(&self.id_filter_ids, stats.ids);
+        gauge(&self.id_filter_bytes, stats.bytes);
+        // Scrapes may overlap: each difference is added once.
+        let seen = self
+            .id_lookups_on_disk_seen
+            .fetch_max(stats.passed, std::sync::atomic::Ordering::Relaxed);
+        self.id_lookups_on_disk
+            .inc_by(stats.passed.saturating_sub(seen));
     }
 
     /// Records events handed to a reader.
@@ -536,5 +586,29 @@ mod tests {
         assert!(metrics.render().contains("skald_subscriptions 1"));
         drop(guard);
         assert!(metrics.render().contains("skald_subscriptions 0"));
+    }
+
+    #[test]
+    fn the_id_filter_metrics_follow_its_stats() {
+        let metrics = Metrics::default();
+        let stats = |passed| crate::storage::IdFilterStats {
+            ready: true,
+            ids: 1_000,
+            bytes: 2 << 20,
+            passed,
+        };
+        metrics.set_id_filter(&stats(7));
+        metrics.set_id_filter(&stats(7));
+        // An older count (a scrape that read it earlier and set it later) adds nothing.
+        metrics.set_id_filter(&stats(5));
+        let text = metrics.render();
+        assert!(text.contains("skald_id_filter_ready 1"), "{text}");
+        assert!(text.contains("skald_id_filter_ids 1000"), "{text}");
+        assert!(text.contains("skald_id_filter_bytes 2097152"), "{text}");
+        assert!(text.contains("skald_id_lookups_on_disk_total 7"), "{text}");
+        metrics.set_id_filter(&stats(12));
+        assert!(metrics
+            .render()
+            .contains("skald_id_lookups_on_disk_total 12"));
     }
 }

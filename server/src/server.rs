@@ -17,7 +17,7 @@ use crate::maintenance::{Jobs, Maintenance};
 use crate::metrics::Metrics;
 use crate::model::JobKind;
 use crate::service::{QueueLimits, Service};
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, StoreOptions};
 use crate::tls::{Tls, TlsError};
 
 /// Why the server could not start or stopped abnormally.
@@ -69,7 +69,12 @@ impl Server {
             .transpose()?
             .map(Arc::new);
         let path = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let options = StoreOptions {
+            id_filter_bytes: u64::try_from(config.id_filter_mib)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(1 << 20),
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, options))
             .await
             .map_err(|e| StorageError::Internal(format!("open task failed: {e}")))?
             .map_err(|source| ServerError::Open {

@@ -219,6 +219,12 @@ impl Service {
             .unwrap_or_default()
     }
 
+    /// The event-id filter's size and the lookups that got past it (memory
+    /// only: no I/O).
+    pub fn id_filter_stats(&self) -> crate::storage::IdFilterStats {
+        self.store.id_filter_stats()
+    }
+
     /// A receiver of the commit notification: the last committed position.
     pub fn head_watch(&self) -> watch::Receiver<Commit> {
         self.head.clone()

@@ -60,7 +60,8 @@ async fn acknowledged_appends_survive_kill_9() {
 /// Idempotency across `kill -9`: the id index keeps the newest ids in memory
 /// (runs of 64 here), so at the kill some ids are in `event_ids` and some only
 /// in the log; after the restart every retry is still recognised, as a replay
-/// of its original answer or as a duplicate elsewhere.
+/// of its original answer or as a duplicate elsewhere, once the id filter
+/// (rebuilt from `event_ids` at the start) answers lookups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_are_recognised_after_kill_9_wherever_their_ids_were() {
     let mut server = TestServer::start_with_env(&[], &[("SKALD_FAULT_ID_RUN", "64")]);
@@ -100,6 +101,11 @@ async fn retries_are_recognised_after_kill_9_wherever_their_ids_were() {
     }
 
     server.kill_and_restart();
+    server.wait_for_metric("skald_id_filter_ready", 1).await;
+    let on_disk = server
+        .metric("skald_id_lookups_on_disk_total")
+        .await
+        .expect("counter");
     for (b, answer) in (0..40u64).zip(&answers) {
         let (status, body) = server
             .post(&format!("/streams/r-{}", b % 5), &batch(b))
@@ -118,6 +124,12 @@ async fn retries_are_recognised_after_kill_9_wherever_their_ids_were() {
         400 + probes - 1,
         "the retries wrote nothing"
     );
+    // The filter let the retried ids that were in `event_ids` through.
+    let looked_up = server
+        .metric("skald_id_lookups_on_disk_total")
+        .await
+        .expect("counter");
+    assert!(looked_up > on_disk, "{on_disk} -> {looked_up}");
     verify_clean(&server).await;
 }
 

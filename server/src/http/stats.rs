@@ -63,6 +63,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(i64::try_from(cluster.lag()).unwrap_or(i64::MAX));
     }
     metrics.writer_queue_kib.set(kib as i64);
+    metrics.set_id_filter(&state.service.id_filter_stats());
     let scavenge = state.maintenance.scavenges.list().into_iter().next();
     if let Some(report) = scavenge {
         let counter = |name: &str| report.counters.get(name).copied().unwrap_or(0) as i64;

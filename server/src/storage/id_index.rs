@@ -12,7 +12,9 @@
 //! on are read back into the tail, so a crash loses nothing: the log is the
 //! truth and the index is rebuilt from it.
 //!
-//! A lookup asks the tail, then the run being ingested, then RocksDB. Every
+//! A lookup asks the tail, then the run being ingested, then RocksDB for the
+//! ids the id filter (`id_filter`) cannot rule out; the indexer thread fills
+//! the filter, each run's ids before it ingests the run. Every
 //! committed id is always in exactly one place the lookup sees: the writer
 //! drops a run from memory only after the indexer said its file is ingested.
 //! A removal (scavenge) of an id still in memory takes it out of the tail; one
@@ -337,15 +339,35 @@ impl Drop for IdIndex {
 }
 
 /// The indexer thread: ingests each run, retrying a failed one (a full disk)
-/// until it succeeds or the writer stops.
+/// until it succeeds or the writer stops. Between runs, it first reads the
+/// ids `event_ids` already holds into the id filter (`id_filter`).
 fn index_runs(
     store: &Store,
     runs: &mpsc::Receiver<Arc<Run>>,
     done: &mpsc::Sender<()>,
     stop: &AtomicBool,
 ) {
+    let mut scan = FilterScan::start(store);
     let mut failures = 0u32;
-    for run in runs {
+    loop {
+        let run = match &mut scan {
+            Some(pending) => match runs.try_recv() {
+                Ok(run) => run,
+                Err(mpsc::TryRecvError::Empty) => {
+                    if pending.step() {
+                        scan = None;
+                    }
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            },
+            None => match runs.recv() {
+                Ok(run) => run,
+                Err(_) => return,
+            },
+        };
+        // Before `event_ids` has them, so before the writer lets them go.
+        store.id_filter.insert(run.ids.keys().copied());
         loop {
             match ingest(store, &run) {
                 Ok(()) => {
@@ -364,6 +386,83 @@ fn index_runs(
                 }
             }
         }
+    }
+}
+
+/// The id filter's start-up scan of `event_ids`, a chunk at a time. It
+/// runs on the indexer thread, which inserts the ids of every run it ingests
+/// meanwhile itself, so the iterator (a snapshot taken before any of them)
+/// and those inserts together cover every id.
+struct FilterScan<'a> {
+    store: &'a Store,
+    it: rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>,
+    started: std::time::Instant,
+}
+
+/// Keys a scan step reads before the thread looks for a run again.
+const SCAN_CHUNK: usize = 65_536;
+
+impl<'a> FilterScan<'a> {
+    /// `None` when the filter is off.
+    fn start(store: &'a Store) -> Option<Self> {
+        let cf = store.cf(keys::CF_EVENT_IDS);
+        let expected = store
+            .db
+            .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if !store.id_filter.start(expected) {
+            return None;
+        }
+        let mut it = store.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        Some(Self {
+            store,
+            it,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Reads up to `SCAN_CHUNK` ids into the filter; `true` when the scan is
+    /// over (the filter ready, or left off after a failed read, which sends
+    /// every lookup to `event_ids` as before).
+    fn step(&mut self) -> bool {
+        for _ in 0..SCAN_CHUNK {
+            let Some(key) = self.it.key() else {
+                return self.finish();
+            };
+            match <[u8; 16]>::try_from(key) {
+                Ok(bytes) => self.store.id_filter.insert_key(u128::from_be_bytes(bytes)),
+                Err(_) => {
+                    tracing::error!(
+                        key_len = key.len(),
+                        "an event_ids key is not an id; the id filter stays off"
+                    );
+                    return true;
+                }
+            }
+            self.it.next();
+        }
+        false
+    }
+
+    fn finish(&self) -> bool {
+        if let Err(e) = self.it.status() {
+            tracing::error!(error = %e, "cannot read event_ids; the id filter stays off");
+            return true;
+        }
+        self.store.id_filter.set_ready();
+        let stats = self.store.id_filter.stats();
+        if stats.ids > 0 {
+            tracing::info!(
+                ids = stats.ids,
+                bytes = stats.bytes,
+                elapsed_ms = self.started.elapsed().as_millis(),
+                "event id filter ready"
+            );
+        }
+        true
     }
 }
 
@@ -588,6 +687,64 @@ mod tests {
             positions_known(&mut index, &known, &[first]).get(&first),
             None
         );
+    }
+
+    /// Waits (10 s at most) until the id filter answers lookups.
+    fn wait_for_filter(store: &Store) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.id_filter_stats().ready {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the id filter never got ready"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn the_filter_holds_every_id_of_event_ids_once_it_answers() {
+        // More ids stored than one scan step reads, and a run of the log's
+        // end ingested while the scan may still run.
+        let (_dir, store, all, want) = logged_store(70_000, 69_000);
+        let mut index = IdIndex::open(Arc::clone(&store), 70_000, 500).expect("open index");
+        wait_for_filter(&store);
+        index.wait_for_ingestion();
+        assert_eq!(index.unindexed(), 0, "every id is in event_ids");
+        let stats = store.id_filter_stats();
+        assert_eq!(
+            stats.ids, 70_000,
+            "scanned 69,000, inserted the run's 1,000"
+        );
+        assert_eq!(
+            positions(&mut index, &all),
+            want,
+            "no stored id is ruled out"
+        );
+
+        let before = store.id_filter_stats().passed;
+        let absent: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
+        assert!(positions(&mut index, &absent).is_empty());
+        let passed = store.id_filter_stats().passed - before;
+        assert!(
+            passed < 100,
+            "{passed} of 10,000 absent ids were looked up on disk"
+        );
+    }
+
+    #[test]
+    fn with_the_filter_off_every_id_is_looked_up_on_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = crate::storage::StoreOptions { id_filter_bytes: 0 };
+        let store = Arc::new(Store::open_with(dir.path(), options).expect("open"));
+        let all = ids(10);
+        put_log(&store, &all, 10);
+        let mut index = IdIndex::open(Arc::clone(&store), 10, RUN_IDS).expect("open index");
+        assert_eq!(positions(&mut index, &all).len(), 10);
+        let absent: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+        assert!(positions(&mut index, &absent).is_empty());
+        let stats = store.id_filter_stats();
+        assert!(!stats.ready);
+        assert_eq!((stats.bytes, stats.passed), (0, 110));
     }
 
     #[test]

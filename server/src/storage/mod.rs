@@ -6,7 +6,9 @@
 // record codec (benchmarked), `Store::open` and the test-only `fault` hooks are
 // public.
 pub mod codec;
+mod id_filter;
 mod id_index;
+pub use id_filter::{IdFilterStats, DEFAULT_FILTER_MIB};
 pub use id_index::KnownIds;
 pub(crate) mod keys;
 pub mod purge;
@@ -100,6 +102,23 @@ pub struct Store {
     /// Moves whenever an id may have left the id index's memory without
     /// being in `event_ids`, or left `event_ids` (see `id_index::KnownIds`).
     id_generation: std::sync::atomic::AtomicU64,
+    /// Rules out most absent ids before `event_ids` is asked (`id_filter`).
+    id_filter: id_filter::IdFilter,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// The most memory of the event-id filter (`--id-filter-mib`); 0 turns it off.
+    pub id_filter_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            id_filter_bytes: (DEFAULT_FILTER_MIB as u64) << 20,
+        }
+    }
 }
 
 /// A column family's options: blocks cached in `cache`, Bloom filters of
@@ -166,8 +185,14 @@ fn event_ids_options(cache: &Cache) -> Options {
 const EVENT_IDS_BLOOM_BITS: f64 = 16.0;
 
 impl Store {
-    /// Opens (or creates) the store in `path` and checks its layout version.
+    /// Opens (or creates) the store in `path` with the default options and
+    /// checks its layout version.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with `options`.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StorageError> {
         let cache = Cache::new_lru_cache(128 << 20);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -211,6 +236,7 @@ impl Store {
             options: db_opts,
             event_ids_options: event_ids_options(&cache),
             id_generation: std::sync::atomic::AtomicU64::new(0),
+            id_filter: id_filter::IdFilter::new(options.id_filter_bytes),
         };
         store.check_layout()?;
         Ok(store)
@@ -288,6 +314,11 @@ impl Store {
     /// The options `event_ids` was opened with.
     fn event_ids_options(&self) -> &Options {
         &self.event_ids_options
+    }
+
+    /// What the event-id filter holds and how many lookups got past it.
+    pub fn id_filter_stats(&self) -> IdFilterStats {
+        self.id_filter.stats()
     }
 
     /// The next global position to assign, recovered from disk.
@@ -399,6 +430,7 @@ impl Store {
             event_ids_options: Options::default(),
             options: opts,
             id_generation: std::sync::atomic::AtomicU64::new(0),
+            id_filter: id_filter::IdFilter::new(0),
         };
         Ok(store.next_position()?.checked_sub(1))
     }

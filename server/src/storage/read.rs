@@ -305,7 +305,8 @@ impl StateCache {
 
 impl Store {
     /// The positions of those of `ids` that `event_ids` holds, in one batched
-    /// lookup (sorted, as RocksDB's batched `MultiGet` wants them). The id
+    /// lookup (sorted, as RocksDB's batched `MultiGet` wants them) of the ids
+    /// the id filter cannot rule out, which is what `ids` keeps. The id
     /// index's newest ids are in its memory, not here (`id_index::lookup`).
     pub(super) fn stored_event_ids(
         &self,
@@ -314,6 +315,10 @@ impl Store {
         // The ids' byte order, compared as integers.
         ids.sort_unstable_by_key(|id| id.as_u128());
         ids.dedup();
+        self.id_filter.retain_possible(ids);
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
         let values = self.db.batched_multi_get_cf(
             self.cf(keys::CF_EVENT_IDS),
             ids.iter().map(uuid::Uuid::as_bytes),
