@@ -121,15 +121,29 @@ impl Default for StoreOptions {
     }
 }
 
-/// A column family's options: blocks cached in `cache`, Bloom filters of
-/// `bloom_bits` per key (none for `None`), blocks compressed with `compression`.
+/// RocksDB's default block size, which every column family but `events` keeps.
+const DEFAULT_BLOCK_BYTES: usize = 4 << 10;
+
+/// The block size of `events`. Its blocks hold runs of consecutive positions,
+/// read in order by `$all` scans and subscriptions: a 16 KiB block costs a
+/// flush less work per event (fewer blocks, index entries and compression
+/// calls) and compresses better; a cold read of one interleaved stream, which
+/// decompresses a block per event or two, was no dearer (docs/benchmarks.md,
+/// "Issue 11, thirteenth pass").
+const EVENTS_BLOCK_BYTES: usize = 16 << 10;
+
+/// A column family's options: blocks of about `block_bytes` (before
+/// compression) cached in `cache`, Bloom filters of `bloom_bits` per key (none
+/// for `None`), blocks compressed with `compression`.
 fn table_options(
     cache: &Cache,
+    block_bytes: usize,
     bloom_bits: Option<f64>,
     compression: DBCompressionType,
 ) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
+    table.set_block_size(block_bytes);
     if let Some(bits) = bloom_bits {
         table.set_bloom_filter(bits, false);
     }
@@ -143,7 +157,12 @@ fn table_options(
 /// `event_ids`: point lookups (stream state, custom metadata, meta) skip
 /// files by their filters.
 fn cf_options(cache: &Cache) -> Options {
-    table_options(cache, Some(10.0), DBCompressionType::Lz4)
+    table_options(
+        cache,
+        DEFAULT_BLOCK_BYTES,
+        Some(10.0),
+        DBCompressionType::Lz4,
+    )
 }
 
 /// The options of `events`: no Bloom filters. Its keys are positions that
@@ -154,21 +173,26 @@ fn cf_options(cache: &Cache) -> Options {
 /// event, outside the block cache) to spare the rare read of a position
 /// that is not there.
 fn events_options(cache: &Cache) -> Options {
-    table_options(cache, None, DBCompressionType::Lz4)
+    table_options(cache, EVENTS_BLOCK_BYTES, None, DBCompressionType::Lz4)
 }
 
 /// The options of `stream_index`: no Bloom filters either. Every read of it
 /// is a seek (the run holding a revision is found backwards from it: see
 /// `stream_index`), which a whole-key filter cannot answer.
 fn stream_index_options(cache: &Cache) -> Options {
-    table_options(cache, None, DBCompressionType::Lz4)
+    table_options(cache, DEFAULT_BLOCK_BYTES, None, DBCompressionType::Lz4)
 }
 
 /// The options of `event_ids`, whose files the id index writes itself.
 /// Random ids do not compress, and every lookup a filter lets through would
 /// decompress a block for nothing: no compression.
 fn event_ids_options(cache: &Cache) -> Options {
-    let mut opts = table_options(cache, Some(EVENT_IDS_BLOOM_BITS), DBCompressionType::None);
+    let mut opts = table_options(
+        cache,
+        DEFAULT_BLOCK_BYTES,
+        Some(EVENT_IDS_BLOOM_BITS),
+        DBCompressionType::None,
+    );
     // Its level 0 files are the id index's sorted runs of random ids, each
     // overlapping all the others: merging them every 8 runs (4M ids, as
     // often as its flushes were merged when the ids went through the
@@ -584,8 +608,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// The "filter block size" a column family's table files report together.
-    fn filter_bytes(store: &Store, cf: &str) -> u64 {
+    /// The table property `name` a column family's files report together.
+    fn table_property(store: &Store, cf: &str, name: &str) -> u64 {
         store.db.flush_cf(store.cf(cf)).expect("flush");
         let properties = store
             .db
@@ -594,9 +618,53 @@ mod tests {
             .expect("a table file");
         let value = properties
             .split(';')
-            .find_map(|p| p.trim().strip_prefix("filter block size="))
-            .unwrap_or_else(|| panic!("no filter size in {properties}"));
+            .find_map(|p| p.trim().strip_prefix(name)?.trim().strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name} in {properties}"));
         value.trim().parse().expect("a number")
+    }
+
+    /// The "filter block size" a column family's table files report together.
+    fn filter_bytes(store: &Store, cf: &str) -> u64 {
+        table_property(store, cf, "filter block size")
+    }
+
+    #[test]
+    fn event_files_are_written_in_blocks_of_16_kib_and_the_others_in_4_kib() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // 1,000 values of 1 KiB that do not compress (a counter's bytes
+        // hashed): about 1 MiB of blocks in each column family.
+        let value = |i: u64| -> Vec<u8> {
+            (0..128u64)
+                .flat_map(|j| {
+                    (i * 131 + j)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .to_le_bytes()
+                })
+                .collect()
+        };
+        for i in 0..1_000u64 {
+            let key = keys::position_key(i);
+            store
+                .db
+                .put_cf(store.cf(keys::CF_EVENTS), key, value(i))
+                .expect("put");
+            store
+                .db
+                .put_cf(
+                    store.cf(keys::CF_STREAMS),
+                    keys::stream_key(&format!("s-{i}")),
+                    value(i),
+                )
+                .expect("put");
+        }
+        let blocks = |cf| table_property(&store, cf, "# data blocks");
+        let events = blocks(keys::CF_EVENTS);
+        let streams = blocks(keys::CF_STREAMS);
+        // A block closes at the first value that takes it past its size: 16
+        // values of 1 KiB per 16 KiB block, 4 per 4 KiB one.
+        assert!((55..=70).contains(&events), "events: {events} blocks");
+        assert!((220..=260).contains(&streams), "streams: {streams} blocks");
     }
 
     #[test]
