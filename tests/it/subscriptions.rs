@@ -296,6 +296,42 @@ async fn sse_resumes_after_last_event_id() {
     );
 }
 
+/// Payloads are kept as sent; pretty-printed ones still arrive whole on one
+/// NDJSON line and in one SSE `data:` field.
+#[tokio::test]
+async fn pretty_printed_events_arrive_whole_over_ndjson_and_sse() {
+    let server = TestServer::start();
+    let data = json!({"order": {"lines": [1, 2], "note": "a\nb"}});
+    let metadata = json!({"by": ["me"]});
+    let body = format!(
+        "{{\"events\": [{{\"type\": \"Pretty\",\r\n \"data\": {},\n \"metadata\": {}}}]}}",
+        serde_json::to_string_pretty(&data).expect("pretty"),
+        serde_json::to_string_pretty(&metadata)
+            .expect("pretty")
+            .replace('\n', "\r\n"),
+    );
+    let (status, answer) = server.post_raw("/streams/pretty-1", body).await;
+    assert_eq!(status, 201, "{answer}");
+    for path in ["/subscriptions/all", "/subscriptions/streams/pretty-1"] {
+        let mut reader = server.subscribe(path, &[]).await;
+        let (events, _) = read_events(&mut reader, 1).await;
+        assert_eq!(
+            (&events[0]["data"], &events[0]["metadata"]),
+            (&data, &metadata),
+            "{path}"
+        );
+        let accept = ("accept", "text/event-stream");
+        let mut reader = server.subscribe(path, &[accept]).await;
+        let (event, id, line) = reader.next_sse(T).await.expect("event");
+        assert_eq!((event.as_str(), id), ("event", Some(0)), "{path}");
+        assert_eq!(
+            (&line["event"]["data"], &line["event"]["metadata"]),
+            (&data, &metadata),
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn from_end_delivers_only_new_events() {
     let server = TestServer::start();

@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::QueryParams;
 use super::streams::parse_stream;
-use super::wire::{event_json, SubscriptionLine};
+use super::wire::{write_event_line, SubscriptionLine};
 use super::AppState;
 use crate::model::AllFilter;
 use crate::subscriptions::{self, Message, Options, Start, Target};
@@ -181,17 +181,16 @@ fn encode(message: Message, sse: bool, by_revision: bool) -> (Bytes, bool) {
             } else {
                 event.position
             };
-            match event_json(event) {
-                Ok(event) => (SubscriptionLine::Event { event }, Some(id)),
-                Err(e) => {
-                    let body = e.body();
-                    let line = SubscriptionLine::Error {
-                        error: body.error,
-                        message: body.message,
-                    };
-                    (line, None)
-                }
+            // Written by hand, as pages are (`wire::write_event_line`): the
+            // event's JSON is not parsed again for every subscriber.
+            let payload = event.data.len() + event.metadata.as_ref().map_or(0, String::len);
+            let mut bytes = Vec::with_capacity(payload + 320);
+            if sse {
+                bytes.extend_from_slice(format!("event: event\nid: {id}\ndata: ").as_bytes());
             }
+            write_event_line(&mut bytes, &event);
+            bytes.extend_from_slice(if sse { b"\n\n" } else { b"\n" });
+            return (Bytes::from(bytes), false);
         }
         Message::CaughtUp { position } => (SubscriptionLine::CaughtUp(place(position)), None),
         Message::FellBehind { position } => {

@@ -75,7 +75,7 @@ pub fn event_json(e: RecordedEvent) -> Result<EventJson, ApiError> {
         .map(RawValue::from_string)
         .transpose()
         .map_err(|err| corrupt("metadata", err))?;
-    let at = UNIX_EPOCH + Duration::from_micros(e.recorded_at_micros);
+    let at = system_time(e.recorded_at_micros);
     Ok(EventJson {
         stream: e.stream.as_str().to_owned(),
         revision: e.revision,
@@ -125,7 +125,7 @@ pub fn page_body<P: serde::Serialize>(
         if i > 0 {
             body.push(b',');
         }
-        write_event(&mut body, &event).map_err(internal)?;
+        write_event(&mut body, &event, false).map_err(internal)?;
     }
     body.extend_from_slice(&shell[split..]);
     Ok((
@@ -143,7 +143,17 @@ pub fn page_body<P: serde::Serialize>(
 /// record's CRC when it was read, so a page does not parse each event's JSON
 /// again (that was a fifth of the CPU of a `$all` scan: docs/benchmarks.md,
 /// "Issue 11, thirteenth pass").
-fn write_event(body: &mut Vec<u8>, e: &RecordedEvent) -> Result<(), serde_json::Error> {
+///
+/// With `one_line`, every line break in the payloads becomes a space, so the
+/// event fits on one NDJSON line or one SSE `data:` field: a payload is kept
+/// as the client sent it, pretty-printed or not, and in valid JSON text a raw
+/// `\n` or `\r` can only be whitespace between tokens (inside strings they
+/// are escaped), where a space means the same.
+fn write_event(
+    body: &mut Vec<u8>,
+    e: &RecordedEvent,
+    one_line: bool,
+) -> Result<(), serde_json::Error> {
     use std::io::Write as _;
     body.extend_from_slice(br#"{"stream":"#);
     serde_json::to_writer(&mut *body, e.stream.as_str())?;
@@ -160,14 +170,13 @@ fn write_event(body: &mut Vec<u8>, e: &RecordedEvent) -> Result<(), serde_json::
     body.extend_from_slice(br#"","type":"#);
     serde_json::to_writer(&mut *body, &e.event_type)?;
     body.extend_from_slice(br#","data":"#);
-    body.extend_from_slice(e.data.as_bytes());
+    write_payload(body, &e.data, one_line);
     body.extend_from_slice(br#","metadata":"#);
-    body.extend_from_slice(e.metadata.as_deref().unwrap_or("null").as_bytes());
-    let at = UNIX_EPOCH + Duration::from_micros(e.recorded_at_micros);
+    write_payload(body, e.metadata.as_deref().unwrap_or("null"), one_line);
     write!(
         body,
         r#","recorded_at":"{}""#,
-        humantime::format_rfc3339_micros(at)
+        humantime::format_rfc3339_micros(system_time(e.recorded_at_micros))
     )
     .map_err(serde_json::Error::io)?;
     if e.content_type != ContentType::Json {
@@ -178,12 +187,38 @@ fn write_event(body: &mut Vec<u8>, e: &RecordedEvent) -> Result<(), serde_json::
     Ok(())
 }
 
+/// Stored JSON text, its line breaks as spaces when `one_line`.
+fn write_payload(body: &mut Vec<u8>, text: &str, one_line: bool) {
+    let start = body.len();
+    body.extend_from_slice(text.as_bytes());
+    if one_line {
+        for byte in &mut body[start..] {
+            if matches!(*byte, b'\n' | b'\r') {
+                *byte = b' ';
+            }
+        }
+    }
+}
+
+/// One subscription line's JSON for `e` (`{"type":"event","event":{..}}`, as
+/// serializing [`SubscriptionLine::Event`] of [`event_json`] writes it, but
+/// on one line whatever the payloads' whitespace), appended to `line`.
+pub fn write_event_line(line: &mut Vec<u8>, e: &RecordedEvent) {
+    line.extend_from_slice(br#"{"type":"event","event":"#);
+    // Writing into a `Vec` cannot fail, and a `str` or an integer always
+    // serializes.
+    write_event(line, e, true).expect("an event serializes into memory");
+    line.push(b'}');
+}
+
+/// A time in µs since the Unix epoch.
+fn system_time(micros: u64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros)
+}
+
 /// A time in µs since the Unix epoch as RFC 3339 text; `None` for 0 (never).
 pub fn time_text(micros: u64) -> Option<String> {
-    (micros > 0).then(|| {
-        let at = UNIX_EPOCH + Duration::from_micros(micros);
-        humantime::format_rfc3339_micros(at).to_string()
-    })
+    (micros > 0).then(|| humantime::format_rfc3339_micros(system_time(micros)).to_string())
 }
 
 #[cfg(test)]
@@ -256,9 +291,68 @@ mod tests {
                 recorded_at_micros,
             };
             let mut written = Vec::new();
-            write_event(&mut written, &event).expect("written");
+            write_event(&mut written, &event, false).expect("written");
             let serialized = serde_json::to_vec(&event_json(event).expect("JSON")).expect("serialized");
             proptest::prop_assert_eq!(String::from_utf8(written).expect("UTF-8"), String::from_utf8(serialized).expect("UTF-8"));
+        }
+    }
+
+    /// `arb_json` texts spread over lines: a line break after every `,` and
+    /// `:` (which `arb_json` writes only between tokens), as pretty-printers do.
+    fn arb_multiline_json() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy as _;
+        crate::testing::arb_json().prop_map(|j| j.replace(',', ",\n  ").replace(':', ":\r\n"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::proptest_config(256))]
+
+        /// A subscription's event line is one line, whatever line breaks the
+        /// payloads hold, and is otherwise what serializing the line of
+        /// `event_json` writes, the payloads' line breaks read as spaces.
+        #[test]
+        fn an_event_line_is_one_line_of_the_event_json(
+            data in arb_multiline_json(),
+            metadata in proptest::option::of(arb_multiline_json()),
+            binary in proptest::prelude::any::<bool>(),
+        ) {
+            let mut event = stored_event();
+            event.content_type = if binary { crate::model::ContentType::Binary } else { crate::model::ContentType::Json };
+            event.data = data;
+            event.metadata = metadata;
+            let mut line = Vec::new();
+            write_event_line(&mut line, &event);
+            proptest::prop_assert!(!line.iter().any(|b| matches!(b, b'\n' | b'\r')));
+            fn spaced(text: &str) -> String {
+                text.replace(['\n', '\r'], " ")
+            }
+            event.data = spaced(&event.data);
+            event.metadata = event.metadata.as_deref().map(spaced);
+            let serialized = serde_json::to_vec(&SubscriptionLine::Event {
+                event: event_json(event).expect("JSON"),
+            })
+            .expect("serialized");
+            proptest::prop_assert_eq!(String::from_utf8(line).expect("UTF-8"), String::from_utf8(serialized).expect("UTF-8"));
+        }
+    }
+
+    /// A pretty-printed payload comes out of an event line as the same JSON.
+    #[test]
+    fn a_pretty_printed_payload_reads_back_from_an_event_line() {
+        let data = json!({"order": {"lines": [1, 2.5, "x\ny"], "note": null}});
+        let mut event = stored_event();
+        event.data = serde_json::to_string_pretty(&data).expect("pretty");
+        event.metadata = Some("{\r\n\t\"k\": [\r\n]\r\n}".into());
+        assert!(event.data.contains('\n'));
+        let mut line = Vec::new();
+        write_event_line(&mut line, &event);
+        let read: skald_proto::SubscriptionLine = serde_json::from_slice(&line).expect("a line");
+        match read {
+            skald_proto::SubscriptionLine::Event { event } => {
+                assert_eq!(event.data, data);
+                assert_eq!(event.metadata, Some(json!({"k": []})));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
