@@ -31,6 +31,8 @@ pub struct Metrics {
     pub appended_events: Counter,
     pub appended_bytes: Counter,
     pub read_events: Counter,
+    /// Live tail reads answered from another reader's read of the same tail.
+    pub shared_tail_reads: Counter,
     pub group_requests: Histogram,
     pub group_events: Histogram,
     pub fsync_seconds: Histogram,
@@ -121,6 +123,7 @@ impl Default for Metrics {
             appended_events: Counter::default(),
             appended_bytes: Counter::default(),
             read_events: Counter::default(),
+            shared_tail_reads: Counter::default(),
             group_requests: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             group_events: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             fsync_seconds: latency_histogram(),
@@ -185,6 +188,11 @@ impl Default for Metrics {
             "read_events",
             "Events returned by reads and subscriptions",
             metrics.read_events.clone(),
+        );
+        registry.register(
+            "shared_tail_reads",
+            "Live tail reads answered from another reader's read of the same commit",
+            metrics.shared_tail_reads.clone(),
         );
         registry.register(
             "group_commit_requests",

@@ -543,7 +543,7 @@ impl AllFilter {
 }
 
 /// A page of `$all`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllSlice {
     pub events: Vec<RecordedEvent>,
     /// Where to continue, past every event examined (filtered-out ones too).
@@ -551,6 +551,8 @@ pub struct AllSlice {
     pub next_position: Option<u64>,
     /// The last committed position when the read ran; `None` for an empty store.
     pub head_position: Option<u64>,
+    /// Events examined (filtered-out ones too).
+    pub examined: usize,
 }
 
 /// A stream in the catalog: its state and the first visible revision still stored.

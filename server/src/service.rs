@@ -32,6 +32,10 @@ pub const MAX_EXAMINED_PER_READ: usize = 65_536;
 /// committed at or after its start) runs on the calling task instead of the
 /// blocking pool.
 const INLINE_READ_EVENTS: u64 = 16;
+/// Tail reads kept for other readers of the same commit, at most.
+const SHARED_TAILS: usize = 4;
+/// Payload bytes a shared tail read may hold, at most (larger ones are not kept).
+const SHARED_TAIL_BYTES: usize = 1 << 20;
 
 /// A `$all` read request.
 #[derive(Debug, Clone)]
@@ -131,6 +135,57 @@ pub struct Service {
     tasks: TaskTracker,
     /// Cluster mode: the replicated log writes go through.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The last live tail reads of `$all`, for the other readers at the same
+    /// place (see `read_all_once`).
+    tails: std::sync::Mutex<Vec<Arc<SharedTail>>>,
+}
+
+/// A live tail read of `$all`, unfiltered: what every reader that starts at
+/// `from` while the commit notification still says `seq` may be answered from.
+#[derive(Debug)]
+struct SharedTail {
+    seq: u64,
+    from: u64,
+    /// Every visible event from `from` on, at most `INLINE_READ_EVENTS`
+    /// examined, no filter.
+    slice: AllSlice,
+    /// The events' payload bytes (under `SHARED_TAIL_BYTES`, so under
+    /// `MAX_PAGE_BYTES`: the read was not cut short by its size).
+    bytes: usize,
+}
+
+impl SharedTail {
+    /// The answer `store.read_all(from, Forward, query.limit, &query.filter,
+    /// max_examined)` gives on this read's snapshot, when this read holds
+    /// all of it: it examined no more than `max_examined` events and stopped
+    /// where that read would (the end of the log, or `max_examined`), and
+    /// fewer than `query.limit` of its events match (so that read does not
+    /// stop early at its limit).
+    fn answer(&self, query: &AllQuery, max_examined: usize) -> Option<AllSlice> {
+        let slice = &self.slice;
+        let exhausted = match (slice.next_position, slice.head_position) {
+            (Some(next), Some(head)) => next > head,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        let stops_alike =
+            (slice.examined < max_examined && exhausted) || slice.examined == max_examined;
+        if !stops_alike || self.bytes >= crate::storage::MAX_PAGE_BYTES {
+            return None;
+        }
+        let events: Vec<RecordedEvent> = slice
+            .events
+            .iter()
+            .filter(|e| query.filter.matches(e))
+            .cloned()
+            .collect();
+        (events.len() < query.limit).then_some(AllSlice {
+            events,
+            next_position: slice.next_position,
+            head_position: slice.head_position,
+            examined: slice.examined,
+        })
+    }
 }
 
 /// Most stream names a commit notification lists; past that it says "any".
@@ -202,6 +257,7 @@ impl Service {
                 queue: WriteQueue::new(queue),
                 tasks: TaskTracker::new(),
                 cluster: std::sync::OnceLock::new(),
+                tails: std::sync::Mutex::new(Vec::new()),
             }),
             thread,
         ))
@@ -547,7 +603,10 @@ impl Service {
         max_examined: usize,
     ) -> Result<AllSlice, StorageError> {
         let mut max_examined = max_examined.clamp(1, MAX_EXAMINED_PER_READ);
-        let head = self.head.borrow().last_position;
+        let (seq, head) = {
+            let commit = self.head.borrow();
+            (commit.seq, commit.last_position)
+        };
         let tail = match (query.direction, query.from, head) {
             (Direction::Forward, Some(from), Some(head)) => head.checked_sub(from),
             _ => None,
@@ -560,6 +619,12 @@ impl Service {
         let inline = tail.is_some_and(|t| t < INLINE_READ_EVENTS);
         if inline {
             max_examined = max_examined.min(INLINE_READ_EVENTS as usize);
+            if let Some(from) = query.from {
+                if let Some(slice) = self.shared_tail_read(seq, from, &query, max_examined)? {
+                    self.metrics.on_read(slice.events.len());
+                    return Ok(slice);
+                }
+            }
         }
         let read = move |store: &Store| {
             store.read_all(
@@ -577,6 +642,63 @@ impl Service {
         };
         self.metrics.on_read(slice.events.len());
         Ok(slice)
+    }
+
+    /// A live tail read answered from one unfiltered read per commit and
+    /// place, shared by every reader there: a commit's subscribers all read
+    /// the same few events from the same place, and each read of its own
+    /// costs RocksDB's fixed work (a snapshot, an iterator over every
+    /// table, the head) many times over what the events cost. `None` when
+    /// the shared read does not hold this reader's whole answer (then it
+    /// reads on its own). The answer is the one a read of its own would
+    /// give on the shared read's snapshot, taken after the commit `seq`
+    /// was announced, as its own read's would be.
+    fn shared_tail_read(
+        &self,
+        seq: u64,
+        from: u64,
+        query: &AllQuery,
+        max_examined: usize,
+    ) -> Result<Option<AllSlice>, StorageError> {
+        let lock = || self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        let found = lock()
+            .iter()
+            .find(|t| t.seq == seq && t.from == from)
+            .cloned();
+        if let Some(shared) = found {
+            let answer = shared.answer(query, max_examined);
+            if answer.is_some() {
+                self.metrics.shared_tail_reads.inc();
+            }
+            return Ok(answer);
+        }
+        let slice = self.store.read_all(
+            Some(from),
+            Direction::Forward,
+            usize::MAX,
+            &AllFilter::default(),
+            INLINE_READ_EVENTS as usize,
+        )?;
+        let bytes = slice.events.iter().map(crate::storage::event_bytes).sum();
+        let shared = Arc::new(SharedTail {
+            seq,
+            from,
+            slice,
+            bytes,
+        });
+        if bytes < SHARED_TAIL_BYTES {
+            let mut tails = lock();
+            // Only the newest commit's reads are worth keeping.
+            tails.retain(|t| t.seq >= seq);
+            let newest = tails.iter().all(|t| t.seq == seq);
+            if newest && !tails.iter().any(|t| t.from == from) {
+                if tails.len() == SHARED_TAILS {
+                    tails.remove(0);
+                }
+                tails.push(Arc::clone(&shared));
+            }
+        }
+        Ok(shared.answer(query, max_examined))
     }
 
     /// One stream read without waiting.
@@ -787,4 +909,150 @@ fn unreachable_outcome<T>(outcome: &WriteOutcome) -> Result<T, WriteError> {
     Err(WriteError::Storage(StorageError::Internal(format!(
         "the writer answered with {outcome:?}"
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContentType;
+
+    /// A service over a new store holding one event per `(stream, type)`.
+    async fn service_with(events: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Service>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let limits = QueueLimits {
+            requests: 64,
+            kib: 1024,
+            timeout: Duration::from_secs(10),
+        };
+        let (service, _writer) =
+            Service::start(store, CancellationToken::new(), limits).expect("start");
+        for (stream, event_type) in events {
+            let event = NewEvent {
+                id: uuid::Uuid::new_v4(),
+                event_type: (*event_type).into(),
+                data: r#"{"n":1}"#.into(),
+                metadata: None,
+                content_type: ContentType::Json,
+            };
+            let stream = StreamName::parse(stream).expect("name");
+            let appended = service.append(stream, ExpectedRevision::Any, vec![event]);
+            appended.await.expect("append");
+        }
+        // The notification follows the answer: wait until it names the head.
+        let mut head = service.head.clone();
+        let last = events.len() as u64 - 1;
+        head.wait_for(|c| c.last_position == Some(last))
+            .await
+            .expect("the writer runs");
+        (dir, service)
+    }
+
+    /// Every `$all` read near the head, whatever its filter, limit and
+    /// examination budget, answers what a read of its own answers, and
+    /// readers at one place share one read.
+    #[tokio::test]
+    async fn tail_reads_shared_by_readers_answer_as_their_own_reads() {
+        let streams = [("a-1", "X"), ("b-1", "Y"), ("a-2", "Y"), ("b-1", "X")];
+        let events: Vec<_> = (0..10).map(|i| streams[i % 4]).collect();
+        let (_dir, service) = service_with(&events).await;
+        let filters = [
+            AllFilter::default(),
+            AllFilter {
+                stream_prefix: Some("a-".into()),
+                ..AllFilter::default()
+            },
+            AllFilter {
+                type_prefix: Some("Y".into()),
+                ..AllFilter::default()
+            },
+            AllFilter {
+                scope: Some(Arc::from(vec!["b-".to_owned()])),
+                ..AllFilter::default()
+            },
+            AllFilter {
+                stream_prefix: Some("none-".into()),
+                ..AllFilter::default()
+            },
+        ];
+        let mut asked = 0;
+        for from in 0..=11 {
+            for filter in &filters {
+                for limit in [1, 2, 3, 256] {
+                    for max_examined in [1, 2, 5, 16, MAX_EXAMINED_PER_READ] {
+                        let query = AllQuery {
+                            from: Some(from),
+                            direction: Direction::Forward,
+                            limit,
+                            filter: filter.clone(),
+                            wait: Duration::ZERO,
+                        };
+                        let answer = service.read_all_once(query, max_examined).await;
+                        // A read of its own examines at most this many near the head.
+                        let budget = if from <= 9 {
+                            max_examined.min(INLINE_READ_EVENTS as usize)
+                        } else {
+                            max_examined
+                        };
+                        let own = service.store.read_all(
+                            Some(from),
+                            Direction::Forward,
+                            limit,
+                            filter,
+                            budget,
+                        );
+                        assert_eq!(
+                            answer.expect("shared"),
+                            own.expect("own"),
+                            "from {from}, {filter:?}, limit {limit}, max {max_examined}"
+                        );
+                        asked += 1;
+                    }
+                }
+            }
+        }
+        let shared = service.metrics.shared_tail_reads.get();
+        // One read per place; every other reader there with a budget of
+        // 16 or more and a limit above its matches is answered from it.
+        assert!(shared > asked / 4, "{shared} of {asked} reads shared");
+    }
+
+    /// A commit makes the next readers read again.
+    #[tokio::test]
+    async fn a_commit_retires_the_shared_tail_reads() {
+        let (_dir, service) = service_with(&[("s-1", "T")]).await;
+        let query = AllQuery {
+            from: Some(0),
+            direction: Direction::Forward,
+            limit: 256,
+            filter: AllFilter::default(),
+            wait: Duration::ZERO,
+        };
+        let first = service
+            .read_all_once(query.clone(), 256)
+            .await
+            .expect("read");
+        assert_eq!(first.events.len(), 1);
+        let event = NewEvent {
+            id: uuid::Uuid::new_v4(),
+            event_type: "T".into(),
+            data: "1".into(),
+            metadata: None,
+            content_type: ContentType::Json,
+        };
+        let stream = StreamName::parse("s-1").expect("name");
+        service
+            .append(stream, ExpectedRevision::Any, vec![event])
+            .await
+            .expect("append");
+        let mut head = service.head.clone();
+        head.wait_for(|c| c.last_position == Some(1))
+            .await
+            .expect("the writer runs");
+        let second = service.read_all_once(query, 256).await.expect("read");
+        assert_eq!(second.events.len(), 2);
+        assert_eq!(second.head_position, Some(1));
+        assert_eq!(service.metrics.shared_tail_reads.get(), 0);
+        assert!(service.tails.lock().expect("lock").len() <= SHARED_TAILS);
+    }
 }

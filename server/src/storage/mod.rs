@@ -13,6 +13,7 @@ pub use id_index::KnownIds;
 pub(crate) mod keys;
 pub mod purge;
 mod read;
+pub(crate) use read::{event_bytes, MAX_PAGE_BYTES};
 pub(crate) mod scan;
 mod stream_index;
 pub(crate) mod stream_state;

@@ -17,7 +17,7 @@ use crate::model::{
 /// make one answer 4 GiB.
 pub const MAX_PAGE_BYTES: usize = 16 << 20;
 
-fn event_bytes(event: &RecordedEvent) -> usize {
+pub(crate) fn event_bytes(event: &RecordedEvent) -> usize {
     event.data.len() + event.metadata.as_ref().map_or(0, String::len)
 }
 
@@ -256,6 +256,7 @@ impl Store {
             events,
             next_position,
             head_position,
+            examined,
         })
     }
 
