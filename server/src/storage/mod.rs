@@ -255,6 +255,27 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        // `events` is written once, in key order: its flushed files move
+        // down to the last level as they are (trivial moves), where RocksDB
+        // would by default rewrite every one of them again once no snapshot
+        // is older, only to zero the sequence numbers of its keys ("bottommost
+        // files" compactions). That doubled the bytes the column family wrote
+        // and, after a burst of appends, kept a core and the disk busy for
+        // seconds, behind which the next appends' fdatasync waited
+        // (docs/benchmarks.md, "Issue 11, fifteenth pass"). The delay is in
+        // seconds since a file was written; the largest means never. The
+        // events a scavenge deletes are dropped by its own compaction of
+        // the last level (`compact_slice`), not by these. Not settable
+        // through the crate's `Options`, so set on the open store.
+        if let Some(events) = db.cf_handle(keys::CF_EVENTS) {
+            db.set_options_cf(
+                events,
+                &[(
+                    "bottommost_file_compaction_delay",
+                    u32::MAX.to_string().as_str(),
+                )],
+            )?;
+        }
         let store = Self {
             db,
             path: path.to_owned(),
@@ -666,6 +687,88 @@ mod tests {
         // values of 1 KiB per 16 KiB block, 4 per 4 KiB one.
         assert!((55..=70).contains(&events), "events: {events} blocks");
         assert!((220..=260).contains(&streams), "streams: {streams} blocks");
+    }
+
+    #[test]
+    fn event_files_move_to_the_last_level_and_are_not_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let events = store.cf(keys::CF_EVENTS);
+        let event_files = |store: &Store| -> Vec<(String, i32)> {
+            let mut files: Vec<_> = store
+                .db
+                .live_files()
+                .expect("live files")
+                .into_iter()
+                .filter(|f| f.column_family_name == keys::CF_EVENTS)
+                .map(|f| (f.name, f.level))
+                .collect();
+            files.sort();
+            files
+        };
+        // Four flushes of positions in order: four level 0 files side by
+        // side, which RocksDB's compactions move down as they are.
+        for file in 0..4u64 {
+            for i in file * 100..(file + 1) * 100 {
+                store
+                    .db
+                    .put_cf(events, keys::position_key(i), [7u8; 200])
+                    .expect("put");
+            }
+            store.db.flush_cf(events).expect("flush");
+        }
+        let flushed: Vec<String> = event_files(&store).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(flushed.len(), 4, "{flushed:?}");
+        // Wait until RocksDB has nothing left to compact (bounded).
+        let idle = |store: &Store| {
+            let int = |property| {
+                store
+                    .db
+                    .property_int_value_cf(store.cf(keys::CF_EVENTS), property)
+                    .expect("property")
+                    .expect("known property")
+            };
+            int("rocksdb.compaction-pending") == 0 && int("rocksdb.num-running-compactions") == 0
+        };
+        let wait_idle = || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !idle(&store) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "compactions still pending after 30 s: {:?}",
+                    event_files(&store)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        wait_idle();
+        // RocksDB looks for last-level files to rewrite when a snapshot is
+        // released (every read takes one).
+        drop(store.db.snapshot());
+        wait_idle();
+        // The same files, some of them below level 0 now: moved, not
+        // rewritten to zero their sequence numbers.
+        let settled = event_files(&store);
+        assert!(settled.iter().any(|(_, level)| *level > 0), "{settled:?}");
+        assert_eq!(
+            settled.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+            flushed,
+            "{settled:?}"
+        );
+        // And after a restart (the setting is not in the options the crate
+        // opens with).
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        drop(store.db.snapshot());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !idle(&store) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "compactions pending after reopen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(event_files(&store), settled);
     }
 
     #[test]
