@@ -719,8 +719,8 @@ mod tests {
         }
         let flushed: Vec<String> = event_files(&store).into_iter().map(|(f, _)| f).collect();
         assert_eq!(flushed.len(), 4, "{flushed:?}");
-        // Wait until RocksDB has nothing left to compact (bounded).
-        let idle = |store: &Store| {
+        // Waits (30 s at most) until RocksDB has nothing left to compact.
+        fn wait_idle(store: &Store) {
             let int = |property| {
                 store
                     .db
@@ -728,24 +728,22 @@ mod tests {
                     .expect("property")
                     .expect("known property")
             };
-            int("rocksdb.compaction-pending") == 0 && int("rocksdb.num-running-compactions") == 0
-        };
-        let wait_idle = || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while !idle(&store) {
+            while int("rocksdb.compaction-pending") != 0
+                || int("rocksdb.num-running-compactions") != 0
+            {
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "compactions still pending after 30 s: {:?}",
-                    event_files(&store)
+                    "compactions still pending after 30 s"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-        };
-        wait_idle();
+        }
+        wait_idle(&store);
         // RocksDB looks for last-level files to rewrite when a snapshot is
-        // released (every read takes one).
+        // released (reads take them).
         drop(store.db.snapshot());
-        wait_idle();
+        wait_idle(&store);
         // The same files, some of them below level 0 now: moved, not
         // rewritten to zero their sequence numbers.
         let settled = event_files(&store);
@@ -760,14 +758,7 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         drop(store.db.snapshot());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !idle(&store) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "compactions pending after reopen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_idle(&store);
         assert_eq!(event_files(&store), settled);
     }
 
