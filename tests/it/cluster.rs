@@ -217,7 +217,57 @@ impl JetStream {
         for i in 0..3 {
             cluster.launch(i);
         }
+        cluster.wait_ready();
         cluster
+    }
+
+    /// Waits until every server's `/healthz` answers 200, which nats-server
+    /// does once JetStream is in contact with a meta leader, so that a node
+    /// started next does not spend its own start-up timeout on the election
+    /// (under the whole suite's load that once took longer than a node
+    /// waits). A server that exited fails the test with its log.
+    fn wait_ready(&mut self) {
+        use std::io::{Read, Write};
+        let healthy = |server: &NatsServer| {
+            let Ok(mut stream) =
+                std::net::TcpStream::connect((server.host.as_str(), server.monitor_port))
+            else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut answer = String::new();
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .is_ok()
+                && stream.read_to_string(&mut answer).is_ok()
+                && (answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        for i in 0..self.servers.len() {
+            loop {
+                if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(Child::try_wait)
+                {
+                    let log = self
+                        .dir
+                        .path()
+                        .join(format!("{}.log", self.servers[i].name));
+                    panic!(
+                        "nats-server {} exited ({status}): {}",
+                        self.servers[i].name,
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+                if healthy(&self.servers[i]) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "JetStream not ready after 120 s on {}",
+                    self.servers[i].name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// Cuts server `i` off from the others (and from the Skald nodes); it keeps running.
