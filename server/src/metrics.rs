@@ -33,6 +33,8 @@ pub struct Metrics {
     pub read_events: Counter,
     /// Live tail reads answered from another reader's read of the same tail.
     pub shared_tail_reads: Counter,
+    /// Live tail reads answered from the commit's own events, without a read.
+    pub live_tails_from_memory: Counter,
     pub group_requests: Histogram,
     pub group_events: Histogram,
     pub fsync_seconds: Histogram,
@@ -124,6 +126,7 @@ impl Default for Metrics {
             appended_bytes: Counter::default(),
             read_events: Counter::default(),
             shared_tail_reads: Counter::default(),
+            live_tails_from_memory: Counter::default(),
             group_requests: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             group_events: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             fsync_seconds: latency_histogram(),
@@ -193,6 +196,11 @@ impl Default for Metrics {
             "shared_tail_reads",
             "Live tail reads answered from another reader's read of the same commit",
             metrics.shared_tail_reads.clone(),
+        );
+        registry.register(
+            "live_tails_from_memory",
+            "Live tail reads taken from the events the commit wrote, without reading the store",
+            metrics.live_tails_from_memory.clone(),
         );
         registry.register(
             "group_commit_requests",
@@ -581,6 +589,7 @@ mod tests {
             streams: Vec::new(),
             unindexed_ids: 6,
             log_sequence: None,
+            appended: None,
         });
         assert!((metrics.append_rate() - 0.1).abs() < 1e-9);
         let text = metrics.render();

@@ -19,7 +19,8 @@ use crate::model::{
 };
 use crate::storage::scan::{CompactionSlice, HiddenPage, VerifyCursor, VerifyPage};
 use crate::storage::writer::{
-    self, CommitInfo, HiddenEvent, Origin, WriteOp, WriteOutcome, WriteRequest, WriterHandle,
+    self, CommitInfo, GroupEvents, HiddenEvent, Origin, WriteOp, WriteOutcome, WriteRequest,
+    WriterHandle,
 };
 use crate::storage::{EngineStats, KnownIds, Store};
 /// The errors of the layers below, as the service hands them out.
@@ -200,6 +201,10 @@ pub struct Commit {
     pub last_position: Option<u64>,
     /// The streams the group wrote to; `None` when there were too many to list.
     pub touched: Option<Arc<HashSet<StreamName>>>,
+    /// The group's events, when the writer handed them over (a small group
+    /// of appends whose events are all visible): the live tail reads at the
+    /// group's first position take them from here instead of the store.
+    pub appended: Option<Arc<GroupEvents>>,
 }
 
 impl Commit {
@@ -222,6 +227,7 @@ impl Service {
             seq: 0,
             last_position: head_position,
             touched: Some(Arc::default()),
+            appended: None,
         };
         let (head_tx, head) = watch::channel(first);
         let mut seq = 0;
@@ -244,6 +250,7 @@ impl Service {
                 seq,
                 last_position: info.last_position,
                 touched,
+                appended: info.appended,
             });
         };
         let (writer, thread) = writer::spawn(Arc::clone(&store), on_commit)?;
@@ -672,13 +679,40 @@ impl Service {
             }
             return Ok(answer);
         }
-        let slice = self.store.read_all(
-            Some(from),
-            Direction::Forward,
-            usize::MAX,
-            &AllFilter::default(),
-            INLINE_READ_EVENTS as usize,
-        )?;
+        // The commit's own events when it handed them over and this read
+        // starts at them: the read it spares would return exactly these
+        // (`GroupEvents`), as of the commit `seq`.
+        let written = {
+            let commit = self.head.borrow();
+            (commit.seq == seq)
+                .then(|| commit.appended.clone())
+                .flatten()
+                .filter(|group| {
+                    group.first_position == from
+                        && !group.is_empty()
+                        && group.len() <= INLINE_READ_EVENTS as usize
+                })
+        };
+        let slice = match written {
+            Some(group) => {
+                self.metrics.live_tails_from_memory.inc();
+                let events = group.recorded();
+                let last = from + events.len() as u64 - 1;
+                AllSlice {
+                    examined: events.len(),
+                    events,
+                    next_position: Some(last + 1),
+                    head_position: Some(last),
+                }
+            }
+            None => self.store.read_all(
+                Some(from),
+                Direction::Forward,
+                usize::MAX,
+                &AllFilter::default(),
+                INLINE_READ_EVENTS as usize,
+            )?,
+        };
         let bytes = slice.events.iter().map(crate::storage::event_bytes).sum();
         let shared = Arc::new(SharedTail {
             seq,
@@ -1054,5 +1088,98 @@ mod tests {
         assert_eq!(second.head_position, Some(1));
         assert_eq!(service.metrics.shared_tail_reads.get(), 0);
         assert!(service.tails.lock().expect("lock").len() <= SHARED_TAILS);
+    }
+
+    /// A live reader at the first position of a commit takes the events the
+    /// commit wrote from memory and gets what the store's own read returns;
+    /// a commit whose events are not all visible (a stream that keeps only
+    /// its last event) or may age out (`max_age`) is read from the store.
+    #[tokio::test]
+    async fn live_tail_reads_take_a_commits_own_events_when_all_are_visible() {
+        let (_dir, service) = service_with(&[("s-1", "T")]).await;
+        let event = |n: u32| NewEvent {
+            id: uuid::Uuid::new_v4(),
+            event_type: format!("T{n}").into(),
+            data: format!(r#"{{"n": {n}}}"#).into(),
+            metadata: n.is_multiple_of(2).then(|| r#"{"m":1}"#.into()),
+            content_type: ContentType::Json,
+        };
+        let name = |s: &str| StreamName::parse(s).expect("name");
+        let mut head = service.head.clone();
+        // Reads at `from` as the live tail does, and as the store itself does.
+        let both = |from: u64| {
+            let service = Arc::clone(&service);
+            async move {
+                let query = AllQuery {
+                    from: Some(from),
+                    direction: Direction::Forward,
+                    limit: 256,
+                    filter: AllFilter::default(),
+                    wait: Duration::ZERO,
+                };
+                let live = service.read_all_once(query, 256).await.expect("live read");
+                let own = service.store.read_all(
+                    Some(from),
+                    Direction::Forward,
+                    256,
+                    &AllFilter::default(),
+                    INLINE_READ_EVENTS as usize,
+                );
+                (live, own.expect("own read"))
+            }
+        };
+
+        // One append of three events, one group: positions 1 to 3.
+        let appended = service.append(
+            name("s-2"),
+            ExpectedRevision::Any,
+            vec![event(1), event(2), event(3)],
+        );
+        appended.await.expect("append");
+        head.wait_for(|c| c.last_position == Some(3))
+            .await
+            .expect("commit");
+        let (live, own) = both(1).await;
+        assert_eq!(live, own);
+        assert_eq!(live.events.len(), 3);
+        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
+
+        // A stream that keeps one event: an append of three hides two of them.
+        let keep_one = StreamMetadata {
+            max_count: Some(1),
+            ..StreamMetadata::default()
+        };
+        let set = service.set_metadata(name("s-3"), keep_one, ExpectedRevision::Any);
+        set.await.expect("metadata");
+        let appended = service.append(
+            name("s-3"),
+            ExpectedRevision::Any,
+            vec![event(4), event(5), event(6)],
+        );
+        appended.await.expect("append");
+        head.wait_for(|c| c.last_position == Some(6))
+            .await
+            .expect("commit");
+        let (live, own) = both(4).await;
+        assert_eq!(live, own);
+        assert_eq!(live.events.len(), 1, "only the last event is visible");
+        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
+
+        // Events that age out are read from the store.
+        let young = StreamMetadata {
+            max_age_secs: Some(3600),
+            ..StreamMetadata::default()
+        };
+        let set = service.set_metadata(name("s-4"), young, ExpectedRevision::Any);
+        set.await.expect("metadata");
+        let appended = service.append(name("s-4"), ExpectedRevision::Any, vec![event(7)]);
+        appended.await.expect("append");
+        head.wait_for(|c| c.last_position == Some(7))
+            .await
+            .expect("commit");
+        let (live, own) = both(7).await;
+        assert_eq!(live, own);
+        assert_eq!(live.events.len(), 1);
+        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
     }
 }

@@ -9,7 +9,9 @@
 //! lock is needed: no other thread writes the log, the stream index or the
 //! stream states (the id indexer only ingests ids this thread handed it; see
 //! `id_index`). Deletes, metadata changes and scavenge removals go through the
-//! same queue, so they are ordered with appends.
+//! same queue, so they are ordered with appends. A small group of appends
+//! whose events are all visible hands those events to the commit notification
+//! (`GroupEvents`), so that live readers need not read them back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -211,6 +213,142 @@ pub struct CommitInfo {
     pub unindexed_ids: usize,
     /// Cluster mode: the last log sequence the store has applied.
     pub log_sequence: Option<u64>,
+    /// The events the group wrote, for live readers to take from memory
+    /// instead of reading them back (see `GroupEvents`).
+    pub appended: Option<Arc<GroupEvents>>,
+}
+
+/// Most events a group hands to live readers in memory (`GroupEvents`).
+pub const LIVE_GROUP_EVENTS: usize = 16;
+/// Most record bytes of such a group: its events keep their append bodies
+/// alive until the next commit replaces them.
+pub const LIVE_GROUP_BYTES: u64 = 1 << 20;
+
+/// Everything a group of client appends wrote, in position order: positions
+/// `first_position..first_position + len()`, all of them visible on their
+/// streams' states as the group left them. Only a group of appends (no
+/// delete, metadata change or removal, not the cluster's log) of at most
+/// `LIVE_GROUP_EVENTS` events and `LIVE_GROUP_BYTES` bytes, none on a stream
+/// whose events age out (`max_age`), has one: then a read of the group's
+/// positions on the store as the commit left it returns exactly these events.
+#[derive(Debug)]
+pub struct GroupEvents {
+    pub first_position: u64,
+    pub recorded_at_micros: u64,
+    /// The group's appends in the order they were written.
+    pub appends: Vec<GroupAppend>,
+}
+
+/// One append of a `GroupEvents`.
+#[derive(Debug)]
+pub struct GroupAppend {
+    pub stream: StreamName,
+    pub first_revision: u64,
+    pub events: Vec<NewEvent>,
+}
+
+impl GroupEvents {
+    /// How many events the group wrote.
+    pub fn len(&self) -> usize {
+        self.appends.iter().map(|a| a.events.len()).sum()
+    }
+
+    /// Whether the group wrote no event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events as a read returns them, in position order.
+    pub fn recorded(&self) -> Vec<crate::model::RecordedEvent> {
+        let mut position = self.first_position;
+        let mut out = Vec::with_capacity(self.len());
+        for append in &self.appends {
+            for (revision, event) in (append.first_revision..).zip(&append.events) {
+                out.push(crate::model::RecordedEvent {
+                    position,
+                    stream: append.stream.clone(),
+                    revision,
+                    id: event.id,
+                    event_type: event.event_type.to_string(),
+                    data: event.data.to_string(),
+                    metadata: event.metadata.as_ref().map(ToString::to_string),
+                    recorded_at_micros: self.recorded_at_micros,
+                    content_type: event.content_type,
+                });
+                position += 1;
+            }
+        }
+        out
+    }
+}
+
+/// The appends a group collects for `GroupEvents` while it is prepared.
+struct LiveGroup {
+    appends: Vec<GroupAppend>,
+    events: usize,
+    /// Cleared by anything that rules the group out.
+    eligible: bool,
+}
+
+impl LiveGroup {
+    fn new() -> Self {
+        Self {
+            appends: Vec::new(),
+            events: 0,
+            eligible: true,
+        }
+    }
+
+    /// Takes the events of `request`, which wrote `outcome`.
+    fn add(&mut self, request: &mut WriteRequest, outcome: &WriteOutcome) {
+        match (&mut request.op, outcome) {
+            (WriteOp::Append { events, .. }, WriteOutcome::Appended(o)) if self.eligible => {
+                self.events += events.len();
+                if self.events > LIVE_GROUP_EVENTS {
+                    self.rule_out();
+                    return;
+                }
+                self.appends.push(GroupAppend {
+                    stream: request.stream.clone(),
+                    first_revision: o.first_revision,
+                    events: std::mem::take(events),
+                });
+            }
+            _ => self.rule_out(),
+        }
+    }
+
+    fn rule_out(&mut self) {
+        self.eligible = false;
+        self.appends = Vec::new();
+    }
+
+    /// The group's events, when every one of them is visible on the states
+    /// the group wrote (`states`) and will stay so until the store changes.
+    fn finish(
+        self,
+        first_position: u64,
+        bytes: u64,
+        now_micros: u64,
+        states: &HashMap<StreamName, StreamState>,
+    ) -> Option<Arc<GroupEvents>> {
+        if !self.eligible || self.appends.is_empty() || bytes > LIVE_GROUP_BYTES {
+            return None;
+        }
+        let visible = self.appends.iter().all(|append| {
+            states.get(&append.stream).is_some_and(|state| {
+                state.metadata.max_age_secs.is_none()
+                    && state.is_visible(append.first_revision, now_micros, now_micros)
+            })
+        });
+        visible.then(|| {
+            Arc::new(GroupEvents {
+                first_position,
+                recorded_at_micros: now_micros,
+                appends: self.appends,
+            })
+        })
+    }
 }
 
 /// Where the writer's requests go: cloneable, cheap.
@@ -461,11 +599,13 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         // before any answer goes out, so a client that got its answer sees
         // the queue without its request.
         let mut admissions = Vec::with_capacity(group.len());
+        let mut live = LiveGroup::new();
         for mut request in group {
             admissions.push(std::mem::take(&mut request.admission));
             match request.origin {
                 Origin::Client => match self.prepare(&request, &mut overlay, &mut out) {
                     Ok(outcome) if writes(&outcome) => {
+                        live.add(&mut request, &outcome);
                         touched.push(request.stream);
                         written.push((request.reply, outcome));
                     }
@@ -479,6 +619,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     sequence,
                     recorded_at_micros,
                 } => {
+                    live.rule_out();
                     let group_time = std::mem::replace(&mut out.now_micros, recorded_at_micros);
                     let result = self.prepare(&request, &mut overlay, &mut out);
                     out.now_micros = group_time;
@@ -544,6 +685,12 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     if std::mem::take(&mut self.disk_full) {
                         tracing::info!("writes succeed again: the disk has room");
                     }
+                    let appended = live.finish(
+                        self.next_position,
+                        out.bytes,
+                        out.now_micros,
+                        &overlay.states,
+                    );
                     self.next_position = out.next_position;
                     self.removed_events = overlay.removed_events;
                     for (stream, state) in overlay.states.drain() {
@@ -563,6 +710,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                         streams: touched,
                         unindexed_ids: self.ids.unindexed(),
                         log_sequence,
+                        appended,
                     });
                     admissions.clear();
                     for (reply, outcome) in written {
