@@ -1097,89 +1097,66 @@ mod tests {
     #[tokio::test]
     async fn live_tail_reads_take_a_commits_own_events_when_all_are_visible() {
         let (_dir, service) = service_with(&[("s-1", "T")]).await;
-        let event = |n: u32| NewEvent {
-            id: uuid::Uuid::new_v4(),
-            event_type: format!("T{n}").into(),
-            data: format!(r#"{{"n": {n}}}"#).into(),
-            metadata: n.is_multiple_of(2).then(|| r#"{"m":1}"#.into()),
-            content_type: ContentType::Json,
-        };
-        let name = |s: &str| StreamName::parse(s).expect("name");
         let mut head = service.head.clone();
-        // Reads at `from` as the live tail does, and as the store itself does.
-        let both = |from: u64| {
-            let service = Arc::clone(&service);
-            async move {
-                let query = AllQuery {
-                    from: Some(from),
-                    direction: Direction::Forward,
-                    limit: 256,
-                    filter: AllFilter::default(),
-                    wait: Duration::ZERO,
-                };
-                let live = service.read_all_once(query, 256).await.expect("live read");
-                let own = service.store.read_all(
-                    Some(from),
-                    Direction::Forward,
-                    256,
-                    &AllFilter::default(),
-                    INLINE_READ_EVENTS as usize,
-                );
-                (live, own.expect("own read"))
-            }
-        };
-
-        // One append of three events, one group: positions 1 to 3.
-        let appended = service.append(
-            name("s-2"),
-            ExpectedRevision::Any,
-            vec![event(1), event(2), event(3)],
-        );
-        appended.await.expect("append");
-        head.wait_for(|c| c.last_position == Some(3))
-            .await
-            .expect("commit");
-        let (live, own) = both(1).await;
-        assert_eq!(live, own);
-        assert_eq!(live.events.len(), 3);
-        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
-
-        // A stream that keeps one event: an append of three hides two of them.
         let keep_one = StreamMetadata {
             max_count: Some(1),
             ..StreamMetadata::default()
         };
-        let set = service.set_metadata(name("s-3"), keep_one, ExpectedRevision::Any);
-        set.await.expect("metadata");
-        let appended = service.append(
-            name("s-3"),
-            ExpectedRevision::Any,
-            vec![event(4), event(5), event(6)],
-        );
-        appended.await.expect("append");
-        head.wait_for(|c| c.last_position == Some(6))
-            .await
-            .expect("commit");
-        let (live, own) = both(4).await;
-        assert_eq!(live, own);
-        assert_eq!(live.events.len(), 1, "only the last event is visible");
-        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
-
-        // Events that age out are read from the store.
-        let young = StreamMetadata {
+        let age_out = StreamMetadata {
             max_age_secs: Some(3600),
             ..StreamMetadata::default()
         };
-        let set = service.set_metadata(name("s-4"), young, ExpectedRevision::Any);
-        set.await.expect("metadata");
-        let appended = service.append(name("s-4"), ExpectedRevision::Any, vec![event(7)]);
-        appended.await.expect("append");
-        head.wait_for(|c| c.last_position == Some(7))
-            .await
-            .expect("commit");
-        let (live, own) = both(7).await;
-        assert_eq!(live, own);
-        assert_eq!(live.events.len(), 1);
-        assert_eq!(service.metrics.live_tails_from_memory.get(), 1);
+        // Stream, its metadata, events in one append, how many stay visible,
+        // whether the live read takes them from memory.
+        let cases = [
+            ("s-2", None, 3, 3, true),
+            ("s-3", Some(keep_one), 3, 1, false),
+            ("s-4", Some(age_out), 1, 1, false),
+        ];
+        let mut from = 1;
+        let mut from_memory = 0;
+        for (stream, metadata, count, visible, in_memory) in cases {
+            let stream = StreamName::parse(stream).expect("name");
+            if let Some(metadata) = metadata {
+                let set = service.set_metadata(stream.clone(), metadata, ExpectedRevision::Any);
+                set.await.expect("metadata");
+            }
+            let events = (0..count)
+                .map(|n: u64| NewEvent {
+                    id: uuid::Uuid::new_v4(),
+                    event_type: format!("T{n}").into(),
+                    data: format!(r#"{{"n": {n}}}"#).into(),
+                    metadata: n.is_multiple_of(2).then(|| r#"{"m":1}"#.into()),
+                    content_type: ContentType::Json,
+                })
+                .collect();
+            let appended = service.append(stream.clone(), ExpectedRevision::Any, events);
+            appended.await.expect("append");
+            let last = from + count - 1;
+            head.wait_for(|c| c.last_position == Some(last))
+                .await
+                .expect("commit");
+            let query = AllQuery {
+                from: Some(from),
+                direction: Direction::Forward,
+                limit: 256,
+                filter: AllFilter::default(),
+                wait: Duration::ZERO,
+            };
+            let live = service.read_all_once(query, 256).await.expect("live read");
+            let own = service.store.read_all(
+                Some(from),
+                Direction::Forward,
+                256,
+                &AllFilter::default(),
+                INLINE_READ_EVENTS as usize,
+            );
+            assert_eq!(live, own.expect("own read"), "{stream}");
+            assert_eq!(live.events.len(), visible, "{stream}");
+            from_memory += u64::from(in_memory);
+            let taken = service.metrics.live_tails_from_memory.get();
+            assert_eq!(taken, from_memory, "{stream}");
+            from = last + 1;
+        }
     }
 }
