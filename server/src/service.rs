@@ -31,8 +31,9 @@ pub use crate::storage::{StorageError, WriteError};
 pub const MAX_EXAMINED_PER_READ: usize = 65_536;
 /// A forward `$all` read this close to the head (at most this many events
 /// committed at or after its start) runs on the calling task instead of the
-/// blocking pool.
-const INLINE_READ_EVENTS: u64 = 16;
+/// blocking pool. The same number bounds the groups the writer hands to
+/// these reads in memory.
+const INLINE_READ_EVENTS: u64 = writer::LIVE_GROUP_EVENTS as u64;
 /// Tail reads kept for other readers of the same commit, at most.
 const SHARED_TAILS: usize = 4;
 /// Payload bytes a shared tail read may hold, at most (larger ones are not kept).

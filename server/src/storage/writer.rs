@@ -218,7 +218,9 @@ pub struct CommitInfo {
     pub appended: Option<Arc<GroupEvents>>,
 }
 
-/// Most events a group hands to live readers in memory (`GroupEvents`).
+/// Most events a group hands to live readers in memory (`GroupEvents`):
+/// as many as a live tail read near the head examines (the service's
+/// inline reads use this same number), so a larger group would go unused.
 pub const LIVE_GROUP_EVENTS: usize = 16;
 /// Most record bytes of such a group: its events keep their append bodies
 /// alive until the next commit replaces them.
