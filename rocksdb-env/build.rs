@@ -1,10 +1,10 @@
-//! Compiles `src/wal_env.cc` against the headers of the RocksDB sources that
+//! Compiles `src/wal_env.cc` and `src/insert_hints.cc` against the headers of the RocksDB sources that
 //! librocksdb-sys builds (the version the workspace's `Cargo.lock` names).
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let source = "src/wal_env.cc";
+    let sources = ["src/wal_env.cc", "src/insert_hints.cc"];
     cc::Build::new()
         .cpp(true)
         .std("c++20")
@@ -14,9 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .define("ROCKSDB_PLATFORM_POSIX", None)
         .define("ROCKSDB_LIB_IO_POSIX", None)
         .define("OS_LINUX", None)
-        .file(source)
-        .compile("skald_wal_env");
-    println!("cargo:rerun-if-changed={source}");
+        .files(sources)
+        .compile("skald_rocksdb_env");
+    for source in sources {
+        println!("cargo:rerun-if-changed={source}");
+    }
     Ok(())
 }
 

@@ -203,6 +203,17 @@ fn event_ids_options(cache: &Cache) -> Options {
     opts
 }
 
+/// `opts` with the memtable's inserts hinted by stream (the
+/// skald-rocksdb-env crate): for `stream_index` and `streams`, whose keys
+/// are a stream's name (followed by its revision in `stream_index`), so that
+/// each append's keys go in next to its stream's last ones instead of being
+/// searched for from the top of the memtable's skip list (docs/benchmarks.md,
+/// "Issue 11, seventeenth pass"). Without the extractor (another RocksDB
+/// version linked), `opts` as they are.
+fn with_insert_hints(mut opts: Options) -> Result<Options, StorageError> {
+    Ok(skald_rocksdb_env::with_stream_key_insert_hints(&mut opts)?.unwrap_or(opts))
+}
+
 /// Bits per id in `event_ids`' Bloom filters. Every append looks its ids up
 /// there and nearly all are absent, so each false positive is a block read
 /// for nothing: at 10 bits one lookup in 100 got one per file, at 16 one in
@@ -245,15 +256,17 @@ impl Store {
         // with callgrind: docs/benchmarks.md).
         db_opts.enable_statistics();
         db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
-        let cfs = keys::ALL_CFS.iter().map(|name| {
-            let opts = match *name {
+        let mut cfs = Vec::with_capacity(keys::ALL_CFS.len());
+        for name in keys::ALL_CFS {
+            let opts = match name {
                 keys::CF_EVENT_IDS => event_ids_options(&cache),
                 keys::CF_EVENTS => events_options(&cache),
-                keys::CF_STREAM_INDEX => stream_index_options(&cache),
+                keys::CF_STREAM_INDEX => with_insert_hints(stream_index_options(&cache))?,
+                keys::CF_STREAMS => with_insert_hints(cf_options(&cache))?,
                 _ => cf_options(&cache),
             };
-            ColumnFamilyDescriptor::new(*name, opts)
-        });
+            cfs.push(ColumnFamilyDescriptor::new(name, opts));
+        }
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         // `events` is written once, in key order: its flushed files move
         // down to the last level as they are (trivial moves), where RocksDB
@@ -648,6 +661,44 @@ mod tests {
     /// The "filter block size" a column family's table files report together.
     fn filter_bytes(store: &Store, cf: &str) -> u64 {
         table_property(store, cf, "filter block size")
+    }
+
+    #[test]
+    fn stream_keyed_memtables_insert_with_hints_by_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = Store::open(dir.path()).expect("open");
+        // RocksDB writes the options every column family opened with to an
+        // OPTIONS file, one `[CFOptions "name"]` section each.
+        let newest = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("OPTIONS-"))
+            })
+            .max()
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(newest).expect("read");
+        let extractor = |cf: &str| -> String {
+            let section = text
+                .split("[CFOptions ")
+                .find(|section| section.starts_with(&format!("\"{cf}\"")))
+                .unwrap_or_else(|| panic!("no section for {cf}"));
+            section
+                .lines()
+                .find_map(|line| {
+                    line.trim()
+                        .strip_prefix("memtable_insert_with_hint_prefix_extractor=")
+                })
+                .unwrap_or_else(|| panic!("{cf}: no insert hint option"))
+                .to_owned()
+        };
+        for cf in [keys::CF_STREAMS, keys::CF_STREAM_INDEX] {
+            assert_eq!(extractor(cf), "skald.StreamKeyPrefix", "{cf}");
+        }
+        for cf in [keys::CF_EVENTS, keys::CF_EVENT_IDS, keys::CF_META] {
+            assert_eq!(extractor(cf), "nullptr", "{cf}");
+        }
     }
 
     #[test]
