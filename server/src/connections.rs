@@ -26,15 +26,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::Api;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::tls::Tls;
 
@@ -86,7 +85,7 @@ pub struct ConnectionLimits {
 /// connection is HTTPS, with the acceptor in force when it was accepted.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     tls: Option<Arc<Tls>>,
     metrics: Arc<Metrics>,
@@ -144,7 +143,7 @@ pub async fn serve(
 
 async fn serve_connection<S>(
     stream: S,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     metrics: &Metrics,
     stop: CancellationToken,
@@ -170,7 +169,7 @@ async fn serve_connection<S>(
         .max_buf_size(MAX_HEAD_BYTES)
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
-    let connection = builder.serve_connection(io, TowerToHyperService::new(app));
+    let connection = builder.serve_connection(io, app);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

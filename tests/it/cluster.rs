@@ -694,7 +694,8 @@ async fn hide_604_of_608_events(a: &TestServer, b: &TestServer) {
         let events: Vec<Value> = (0..100).map(|_| event(uuid::Uuid::new_v4(), "a")).collect();
         let (status, answer) =
             post_answered(a, "/streams/gone", &json!({ "events": events })).await;
-        assert_eq!(status, 201, "{answer}");
+        // 200: a retry of a write the log took before its 503 (a replay).
+        assert!(status == 201 || status == 200, "{status} {answer}");
     }
     for _ in 0..5 {
         let (status, answer) = b.append("capped", json!("any"), &["C"]).await;
@@ -1230,13 +1231,14 @@ async fn a_node_far_behind_the_log_is_not_ready_until_it_caught_up() {
         let events: Vec<Value> = (0..500).map(|_| event(uuid::Uuid::new_v4(), "a")).collect();
         let path = format!("/streams/backlog-{w}");
         let (status, answer) = post_answered(&a, &path, &json!({ "events": events })).await;
-        assert_eq!(status, 201, "{answer}");
+        // 200: a retry of a write the log took before its 503 (a replay).
+        assert!(status == 201 || status == 200, "{status} {answer}");
     }
     for i in 0..40 {
         let path = format!("/streams/backlog-{}", i % 4);
         let body = json!({"events": [event(uuid::Uuid::new_v4(), "a")]});
         let (status, answer) = post_answered(&a, &path, &body).await;
-        assert_eq!(status, 201, "{answer}");
+        assert!(status == 201 || status == 200, "{status} {answer}");
     }
     // Node B joins empty, 44 log messages behind, with a ready threshold of
     // 10 and every write of its store held until the gate file exists (the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -101,6 +101,11 @@ impl Caller {
         })
     }
 
+    /// Whether a token was checked for this caller (access control is on).
+    pub fn is_checked(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Whether the caller may see the server's configuration (paths, flags).
     pub fn is_server_admin(&self) -> bool {
         self.0.as_ref().is_none_or(|p| p.is_server_admin())
@@ -128,28 +133,44 @@ pub async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(auth) = &layer.auth else {
-        request.extensions_mut().insert(Caller(None));
-        return next.run(request).await;
-    };
     let need = need(request.method(), matched.map(MatchedPath::as_str));
-    if need == Need::Open {
+    if layer.auth.is_some() && need == Need::Open {
         return next.run(request).await;
     }
-    let principal = match bearer(&request) {
+    let caller = match admit(layer, need, request.headers()) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let checked = caller.is_checked();
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    if checked && response.status() == axum::http::StatusCode::FORBIDDEN {
+        // A handler's stream-prefix refusal.
+        layer.metrics.auth_forbidden.inc();
+    }
+    response
+}
+
+/// The caller of a request that needs `need` (not [`Need::Open`]) and
+/// carries `headers`, or the 401/403 that refuses it (counted). With access
+/// control off, anyone.
+pub fn admit(layer: &AuthLayer, need: Need, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(auth) = &layer.auth else {
+        return Ok(Caller(None));
+    };
+    let principal = match bearer(headers) {
         Err(problem) => {
             layer.metrics.auth_unauthorized.inc();
-            return problem.into_response();
+            return Err(problem);
         }
         Ok(token) => match auth.current().authenticate(token) {
             Some(principal) => principal,
             None => {
                 layer.metrics.auth_unauthorized.inc();
-                return ApiError::Unauthorized {
+                return Err(ApiError::Unauthorized {
                     message: "the bearer token is not known to this server".into(),
                     invalid_token: true,
-                }
-                .into_response();
+                });
             }
         },
     };
@@ -173,25 +194,18 @@ pub async fn authorize(
         };
     if let Some(message) = refusal {
         layer.metrics.auth_forbidden.inc();
-        return ApiError::Forbidden(message).into_response();
+        return Err(ApiError::Forbidden(message));
     }
-    request.extensions_mut().insert(Caller(Some(principal)));
-    let response = next.run(request).await;
-    if response.status() == axum::http::StatusCode::FORBIDDEN {
-        // A handler's stream-prefix refusal.
-        layer.metrics.auth_forbidden.inc();
-    }
-    response
+    Ok(Caller(Some(principal)))
 }
 
 /// The token of `Authorization: Bearer <token>`, or the 401 to answer.
-fn bearer(request: &Request) -> Result<&str, ApiError> {
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = |message: &str| ApiError::Unauthorized {
         message: message.to_owned(),
         invalid_token: false,
     };
-    let value = request
-        .headers()
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| missing("this server needs an 'Authorization: Bearer <token>' header"))?;
     let text = value

@@ -2,6 +2,7 @@
 //! `error` is the only place where errors become statuses.
 
 mod all;
+mod api;
 mod append_body;
 pub mod auth;
 mod catalog;
@@ -30,6 +31,7 @@ use crate::maintenance::Maintenance;
 use crate::model::Direction;
 use crate::model::JobKind;
 use crate::service::Service;
+pub use api::Api;
 use error::ApiError;
 
 /// Request-size limits from the configuration.
@@ -89,14 +91,15 @@ pub struct AppState {
     pub security: Security,
 }
 
-/// Builds the router. `auth` is the auth file in force; `None` turns access
-/// control off.
+/// Builds the API: the router, and the append route served beside it
+/// (`api`). `auth` is the auth file in force; `None` turns access control
+/// off.
 pub fn router(
     service: Arc<Service>,
     config: &Config,
     maintenance: Arc<Maintenance>,
     auth: Option<Arc<crate::auth::Authenticator>>,
-) -> Router {
+) -> Api {
     let security = Security {
         auth: auth.is_some(),
         tls: config.tls.is_some(),
@@ -107,9 +110,23 @@ pub fn router(
         max_custom_metadata_bytes: config.max_custom_metadata_bytes,
         body_timeout: config.body_timeout,
     };
-    Router::new()
+    let auth = auth::AuthLayer {
+        auth,
+        metrics: Arc::clone(service.metrics()),
+    };
+    let state = AppState {
+        service,
+        limits,
+        maintenance,
+        security,
+        slots: Slots {
+            subscriptions: Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(config.max_long_polls)),
+        },
+    };
+    let router = Router::new()
         .route(
-            "/streams/{stream}",
+            api::APPEND_ROUTE,
             post(streams::append)
                 .get(streams::read)
                 .delete(stream_admin::delete),
@@ -147,23 +164,12 @@ pub fn router(
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Metrics and access checks, refused requests counted like the others.
         .layer(axum::middleware::from_fn_with_state(
-            auth::AuthLayer {
-                auth,
-                metrics: Arc::clone(service.metrics()),
-            },
+            auth.clone(),
             track::track,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
-        .with_state(AppState {
-            service,
-            limits,
-            maintenance,
-            security,
-            slots: Slots {
-                subscriptions: Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
-                long_polls: Arc::new(tokio::sync::Semaphore::new(config.max_long_polls)),
-            },
-        })
+        .with_state(state.clone());
+    Api::new(router, state, auth)
 }
 
 /// A panicking handler answers 500 `internal_error`; the panic message goes to

@@ -33,9 +33,21 @@ pub async fn append(
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream = stream_name(path)?;
+    append_to(&state, &caller, stream, &headers, body).await
+}
+
+/// The append handler after its path: the router's (`append`) and the
+/// connection's own way to the same route (`api`).
+pub(super) async fn append_to(
+    state: &AppState,
+    caller: &Caller,
+    stream: StreamName,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     caller.check_stream(&stream)?;
     let bytes = read_body(
-        &headers,
+        headers,
         body,
         state.limits.max_append_bytes,
         "--max-append-bytes",

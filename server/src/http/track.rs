@@ -1,5 +1,7 @@
-//! The middleware every request passes: it records the request in the
-//! metrics, by route pattern, method and status, around the access check.
+//! The middleware every request the router serves passes: it records the
+//! request in the metrics, by route pattern, method and status, around the
+//! access check. (Appends are served beside the router, by `api`, and
+//! recorded the same way.)
 //! Every label value comes from a fixed set (route patterns, standard
 //! methods, `other`), so no request can add a series.
 
@@ -9,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::auth::AuthLayer;
-use crate::metrics::RequestLabels;
+use crate::metrics::{Metrics, RequestLabels};
 
 /// The label of whatever is outside the fixed sets.
 const OTHER: &str = "other";
@@ -49,11 +51,15 @@ pub async fn track(
         method,
         status: response.status().as_u16(),
     };
-    let metrics = &layer.metrics;
-    metrics.requests.get_or_create(&labels).inc();
+    record(&layer.metrics, &labels, started.elapsed().as_secs_f64());
+    response
+}
+
+/// Counts a request and its time in seconds under `labels`.
+pub fn record(metrics: &Metrics, labels: &RequestLabels, seconds: f64) {
+    metrics.requests.get_or_create(labels).inc();
     metrics
         .request_seconds
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    response
+        .get_or_create(labels)
+        .observe(seconds);
 }
