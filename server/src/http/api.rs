@@ -202,22 +202,14 @@ mod tests {
                 .expect("request");
             append_target(&request).map(std::borrow::Cow::into_owned)
         };
-        assert_eq!(
-            target(Method::POST, "/streams/orders-1").as_deref(),
-            Some("orders-1")
-        );
-        assert_eq!(
-            target(Method::POST, "/streams/orders-1?x=1").as_deref(),
-            Some("orders-1")
-        );
-        assert_eq!(
-            target(Method::POST, "/streams/a%2Fb%20c").as_deref(),
-            Some("a/b c")
-        );
-        assert_eq!(
-            target(Method::POST, "http://host/streams/s").as_deref(),
-            Some("s")
-        );
+        for (uri, stream) in [
+            ("/streams/orders-1", "orders-1"),
+            ("/streams/orders-1?x=1", "orders-1"),
+            ("/streams/a%2Fb%20c", "a/b c"),
+            ("http://host/streams/s", "s"),
+        ] {
+            assert_eq!(target(Method::POST, uri).as_deref(), Some(stream), "{uri}");
+        }
         for (method, uri) in [
             (Method::GET, "/streams/orders-1"),
             (Method::PUT, "/streams/orders-1"),
