@@ -141,10 +141,7 @@ impl Appends {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        if checked && response.status() == StatusCode::FORBIDDEN {
-            // The handler's stream-prefix refusal, counted as the middleware does.
-            self.auth.metrics.auth_forbidden.inc();
-        }
+        self.auth.count_handler_refusal(checked, &response);
         response
     }
 

@@ -144,11 +144,18 @@ pub async fn authorize(
     let checked = caller.is_checked();
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
-    if checked && response.status() == axum::http::StatusCode::FORBIDDEN {
-        // A handler's stream-prefix refusal.
-        layer.metrics.auth_forbidden.inc();
-    }
+    layer.count_handler_refusal(checked, &response);
     response
+}
+
+impl AuthLayer {
+    /// Counts a handler's 403 (a stream-prefix refusal) to a caller whose
+    /// token was checked, as the access check counts its own.
+    pub fn count_handler_refusal(&self, checked: bool, response: &Response) {
+        if checked && response.status() == axum::http::StatusCode::FORBIDDEN {
+            self.metrics.auth_forbidden.inc();
+        }
+    }
 }
 
 /// The caller of a request that needs `need` (not [`Need::Open`]) and
