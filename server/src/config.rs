@@ -93,6 +93,13 @@ pub struct ServeArgs {
     /// answered 503 writer_busy, in milliseconds.
     #[arg(long, env = "SKALD_WRITER_QUEUE_TIMEOUT_MS", default_value_t = 5000)]
     pub writer_queue_timeout_ms: u64,
+    /// How long the writer may spin on its empty queue, in microseconds,
+    /// when one client's appends come back to back and nothing else is being
+    /// appended (saves the wake-up of a sleeping writer on each append). 0
+    /// turns it off. See `docs/operations.md`.
+    #[arg(long, env = "SKALD_WRITER_SPIN_US", default_value_t = 400,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub writer_spin_us: u64,
     /// Most memory of the event-id filter, in MiB (about 2 to 4 bytes per
     /// stored event id until it is full; past that, more appends look their
     /// ids up on disk). 0 turns it off. See `docs/operations.md`.
@@ -192,6 +199,8 @@ pub struct Config {
     /// `--writer-queue-bytes` in KiB (rounded up).
     pub writer_queue_kib: usize,
     pub writer_queue_timeout: Duration,
+    /// `--writer-spin-us`.
+    pub writer_spin: Duration,
     pub id_filter_mib: usize,
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
@@ -298,6 +307,7 @@ impl ServeArgs {
             writer_queue_requests: self.writer_queue_requests,
             writer_queue_kib: self.writer_queue_bytes.div_ceil(1024),
             writer_queue_timeout: Duration::from_millis(self.writer_queue_timeout_ms),
+            writer_spin: Duration::from_micros(self.writer_spin_us),
             id_filter_mib: self.id_filter_mib,
         })
     }

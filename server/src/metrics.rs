@@ -23,6 +23,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the writer's spins on its queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpinLabels {
+    /// `caught` (a request came within the budget) or `missed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +42,8 @@ pub struct Metrics {
     pub shared_tail_reads: Counter,
     /// Live tail reads answered from the commit's own events, without a read.
     pub live_tails_from_memory: Counter,
+    /// The writer's spins on its empty queue, by outcome.
+    pub writer_spins: Family<SpinLabels, Counter>,
     pub group_requests: Histogram,
     pub group_events: Histogram,
     pub fsync_seconds: Histogram,
@@ -127,6 +136,7 @@ impl Default for Metrics {
             read_events: Counter::default(),
             shared_tail_reads: Counter::default(),
             live_tails_from_memory: Counter::default(),
+            writer_spins: Family::default(),
             group_requests: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             group_events: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             fsync_seconds: latency_histogram(),
@@ -201,6 +211,11 @@ impl Default for Metrics {
             "live_tails_from_memory",
             "Live tail reads taken from the events the commit wrote, without reading the store",
             metrics.live_tails_from_memory.clone(),
+        );
+        registry.register(
+            "writer_spins",
+            "Spins of the writer on its empty queue, by outcome (caught a request, or missed and slept)",
+            metrics.writer_spins.clone(),
         );
         registry.register(
             "group_commit_requests",
@@ -385,6 +400,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The counters the writer's spins update (`storage::idle_wait`).
+    pub fn writer_spins(&self) -> crate::storage::idle_wait::SpinCounters {
+        let outcome = |outcome| {
+            self.writer_spins
+                .get_or_create(&SpinLabels { outcome })
+                .clone()
+        };
+        crate::storage::idle_wait::SpinCounters {
+            caught: outcome("caught"),
+            missed: outcome("missed"),
+        }
+    }
+
     /// Records one committed group.
     pub fn on_commit(&self, info: &CommitInfo) {
         self.group_requests.observe(info.requests as f64);

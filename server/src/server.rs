@@ -87,6 +87,7 @@ impl Server {
             requests: config.writer_queue_requests,
             kib: config.writer_queue_kib,
             timeout: config.writer_queue_timeout,
+            spin: config.writer_spin,
         };
         let store = Arc::new(store);
         let log_applied = store.log_applied()?;

@@ -17,6 +17,7 @@ use crate::model::{
     AllFilter, AllSlice, AppendOutcome, CatalogEntry, Direction, ExpectedRevision, JobKind,
     NewEvent, RecordedEvent, StreamMetadata, StreamName, StreamRead, StreamSlice, StreamState,
 };
+use crate::storage::idle_wait::{AppendGuard, AppendsInProgress, IdleWait};
 use crate::storage::scan::{CompactionSlice, HiddenPage, VerifyCursor, VerifyPage};
 use crate::storage::writer::{
     self, CommitInfo, GroupEvents, HiddenEvent, Origin, WriteOp, WriteOutcome, WriteRequest,
@@ -59,7 +60,7 @@ pub struct StreamQuery {
     pub wait: Duration,
 }
 
-/// Bounds of the writer's queue.
+/// Bounds of the writer's queue, and how the writer waits on it.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     /// Requests queued or being committed at most.
@@ -69,6 +70,9 @@ pub struct QueueLimits {
     pub kib: usize,
     /// How long a request waits for a place before it is refused.
     pub timeout: Duration,
+    /// How long the writer may spin on its empty queue before it sleeps,
+    /// when appends come back to back (`storage::idle_wait`); zero: never.
+    pub spin: Duration,
 }
 
 /// The writer's bounded queue: a request holds permits of both semaphores
@@ -128,6 +132,10 @@ pub struct Service {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     writer: WriterHandle,
+    /// Appends received and not yet answered, by any front end: the writer
+    /// spins on its queue only when none is in progress but those it just
+    /// answered.
+    appends: AppendsInProgress,
     head: watch::Receiver<Commit>,
     shutdown: CancellationToken,
     queue: WriteQueue,
@@ -254,12 +262,15 @@ impl Service {
                 appended: info.appended,
             });
         };
-        let (writer, thread) = writer::spawn(Arc::clone(&store), on_commit)?;
+        let appends = AppendsInProgress::default();
+        let wait = IdleWait::new(queue.spin, appends.clone(), metrics.writer_spins());
+        let (writer, thread) = writer::spawn_with(Arc::clone(&store), on_commit, wait)?;
         Ok((
             Arc::new(Self {
                 store,
                 metrics,
                 writer,
+                appends,
                 head,
                 shutdown,
                 queue: WriteQueue::new(queue),
@@ -447,6 +458,12 @@ impl Service {
             Err(_) => {}
         }
         result
+    }
+
+    /// Counts an append as in progress (from its first byte to its answer)
+    /// until the guard is dropped; front ends take one per append request.
+    pub fn append_started(&self) -> AppendGuard {
+        self.appends.start()
     }
 
     /// Requests and KiB waiting in or being committed by the writer.
@@ -959,6 +976,7 @@ mod tests {
             requests: 64,
             kib: 1024,
             timeout: Duration::from_secs(10),
+            spin: Duration::ZERO,
         };
         let (service, _writer) =
             Service::start(store, CancellationToken::new(), limits).expect("start");

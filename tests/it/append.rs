@@ -246,3 +246,38 @@ async fn a_full_writer_queue_answers_503_and_stores_nothing() {
         assert_eq!(status, 201, "{body}");
     }
 }
+
+/// One client appending a request at a time with nothing else going on: the
+/// writer spins on its queue between the appends and catches the next one
+/// there (`--writer-spin-us`, a budget no round trip on loopback exceeds
+/// here); with 0 it never spins. Every append is stored either way.
+#[tokio::test]
+async fn back_to_back_appends_are_caught_by_the_spinning_writer() {
+    for (budget, spins) in [("10000", true), ("0", false)] {
+        let server = TestServer::start_with(&["--writer-spin-us", budget]);
+        for revision in 0..100u64 {
+            let expected = revision
+                .checked_sub(1)
+                .map_or(json!("no_stream"), |r| json!(r));
+            let (status, body) = server.append("spin", expected, &["E"]).await;
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(body["last_revision"], revision);
+        }
+        let text = server.metrics_text().await;
+        let spins_by = |outcome: &str| -> u64 {
+            let prefix = format!("skald_writer_spins_total{{outcome=\"{outcome}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .map_or(0, |v| v.trim().parse().expect("a count"))
+        };
+        let (caught, missed) = (spins_by("caught"), spins_by("missed"));
+        if spins {
+            assert!(
+                caught > 0,
+                "no spin caught an append: {caught} caught, {missed} missed"
+            );
+        } else {
+            assert_eq!((caught, missed), (0, 0), "spun with --writer-spin-us 0");
+        }
+    }
+}

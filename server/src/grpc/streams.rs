@@ -459,6 +459,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
+        let _in_progress = self.service.append_started();
         let access = Access::of(&request)?;
         let mut messages = request.into_inner();
         let max = self.config.max_append_bytes;

@@ -118,6 +118,7 @@ impl Appends {
         raw_stream: String,
     ) -> Result<Response, Infallible> {
         let started = Instant::now();
+        let _in_progress = self.state.service.append_started();
         let run = std::panic::AssertUnwindSafe(self.answer(request, raw_stream)).catch_unwind();
         let response = run.await.unwrap_or_else(super::on_panic);
         self.record(response.status(), started);
@@ -253,6 +254,7 @@ mod tests {
             requests: 64,
             kib: 1024,
             timeout: std::time::Duration::from_secs(10),
+            spin: std::time::Duration::ZERO,
         };
         let (service, writer) =
             Service::start(store, CancellationToken::new(), queue).expect("start");

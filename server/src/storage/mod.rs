@@ -8,6 +8,7 @@
 pub mod codec;
 mod id_filter;
 mod id_index;
+pub(crate) mod idle_wait;
 pub use id_filter::{IdFilterStats, DEFAULT_FILTER_MIB};
 pub use id_index::KnownIds;
 pub(crate) mod keys;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::id_index::{self, IdIndex};
+use super::idle_wait::IdleWait;
 use super::stream_index::{self, Run};
 use super::stream_state::{self, MetadataVersion, StreamMetadata, StreamState};
 use super::{codec, keys, now_micros, StorageError, Store};
@@ -372,10 +373,25 @@ impl WriterHandle {
 /// Starts the writer thread. `on_commit` runs on the writer thread after each
 /// durable group, before the group's requests are answered. The thread exits when
 /// every `WriterHandle` is dropped and the queue is drained; join it to know that
-/// every acknowledged write is on disk.
+/// every acknowledged write is on disk. Never spins on its queue.
+#[cfg(test)]
 pub fn spawn(
     store: Arc<Store>,
     on_commit: impl FnMut(CommitInfo) + Send + 'static,
+) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StorageError> {
+    let never_spins = IdleWait::new(
+        std::time::Duration::ZERO,
+        Default::default(),
+        Default::default(),
+    );
+    spawn_with(store, on_commit, never_spins)
+}
+
+/// `spawn`, with the writer waiting for its requests as `wait` says.
+pub fn spawn_with(
+    store: Arc<Store>,
+    on_commit: impl FnMut(CommitInfo) + Send + 'static,
+    wait: IdleWait,
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StorageError> {
     #[cfg(feature = "fault-injection")]
     let run_len = super::fault::id_run().unwrap_or(id_index::RUN_IDS);
@@ -385,7 +401,7 @@ pub fn spawn(
     let (queue, receiver) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("skald-writer".into())
-        .spawn(move || writer.run(receiver))
+        .spawn(move || writer.run(receiver, wait))
         .map_err(|e| StorageError::Internal(format!("cannot start the writer thread: {e}")))?;
     Ok((WriterHandle { queue }, thread))
 }
@@ -502,8 +518,9 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
         })
     }
 
-    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<WriteRequest>) {
-        while let Some(first) = receiver.blocking_recv() {
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<WriteRequest>, mut wait: IdleWait) {
+        let mut answered = 0;
+        while let Some(first) = wait.next(&mut receiver, answered) {
             let mut bytes = first.payload_bytes();
             let mut group = vec![first];
             while group.len() < MAX_GROUP_REQUESTS && bytes < MAX_GROUP_BYTES {
@@ -515,6 +532,7 @@ impl<F: FnMut(CommitInfo)> Writer<F> {
                     Err(_) => break,
                 }
             }
+            answered = group.len();
             self.commit_group(group);
         }
         tracing::debug!("writer queue closed; writer exiting");
