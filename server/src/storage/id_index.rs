@@ -249,6 +249,7 @@ impl IdIndex {
             self.next_generation();
         }
         self.tail.extend(added);
+        self.reserve_run();
         self.hand_off_if_due(next_position);
     }
 
@@ -269,6 +270,15 @@ impl IdIndex {
         if !self.tail.is_empty() || self.handed_before < next_position {
             self.hand_off(next_position);
             self.wait_for_ingestion();
+        }
+    }
+
+    /// Once the tail holds an eighth of a run, room for the whole run: it
+    /// then fills without growing (each growth rehashes every id it holds,
+    /// on the writer's thread), while a small store keeps a small tail.
+    fn reserve_run(&mut self) {
+        if self.tail.len() >= self.run_len / 8 && self.tail.capacity() < self.run_len {
+            self.tail.reserve(self.run_len - self.tail.len());
         }
     }
 
@@ -622,6 +632,29 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn the_tail_takes_room_for_a_whole_run_at_an_eighth_of_one() {
+        let (_dir, store, _, _) = logged_store(0, 0);
+        let run = 8_192;
+        let mut index = IdIndex::open(Arc::clone(&store), 0, run).expect("open index");
+        let commit = |index: &mut IdIndex, from: u64, count: u64| {
+            let added = (from..from + count).map(|p| (Uuid::from_u128(u128::from(p) + 1), p));
+            index.committed(std::iter::empty(), added, from + count);
+        };
+        // Below an eighth of a run the tail is as small as its ids need.
+        commit(&mut index, 0, run as u64 / 8 - 1);
+        assert!(index.tail.capacity() < run / 4, "{}", index.tail.capacity());
+        // From an eighth on, it fills to a whole run without growing again.
+        commit(&mut index, run as u64 / 8 - 1, 1);
+        let reserved = index.tail.capacity();
+        assert!(reserved >= run, "{reserved}");
+        for from in (run as u64 / 8..run as u64 - 1).step_by(100) {
+            commit(&mut index, from, 100.min(run as u64 - 1 - from));
+            assert_eq!(index.tail.capacity(), reserved, "the tail grew at {from}");
+        }
+        assert_eq!(index.unindexed(), run - 1);
     }
 
     fn events(ids: &[Uuid]) -> Vec<crate::model::NewEvent> {
