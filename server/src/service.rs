@@ -133,8 +133,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     writer: WriterHandle,
     /// Appends received and not yet answered, by any front end: the writer
-    /// spins on its queue only when none is in progress but those it just
-    /// answered.
+    /// spins on its queue only when no append but the one it just answered
+    /// is in progress (`storage::idle_wait`).
     appends: AppendsInProgress,
     head: watch::Receiver<Commit>,
     shutdown: CancellationToken,
@@ -462,7 +462,7 @@ impl Service {
 
     /// Counts an append as in progress (from its first byte to its answer)
     /// until the guard is dropped; front ends take one per append request.
-    pub fn append_started(&self) -> AppendGuard {
+    pub fn append_started(&self) -> AppendGuard<'_> {
         self.appends.start()
     }
 

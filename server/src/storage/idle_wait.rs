@@ -41,9 +41,9 @@ pub struct AppendsInProgress(Arc<AtomicUsize>);
 
 impl AppendsInProgress {
     /// Counts one append until the guard is dropped.
-    pub fn start(&self) -> AppendGuard {
+    pub fn start(&self) -> AppendGuard<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
-        AppendGuard(Arc::clone(&self.0))
+        AppendGuard(&self.0)
     }
 
     fn get(&self) -> usize {
@@ -51,11 +51,12 @@ impl AppendsInProgress {
     }
 }
 
-/// One append in progress (see [`AppendsInProgress::start`]).
+/// One append in progress (see [`AppendsInProgress::start`]); a borrow, so
+/// that counting an append is one atomic add and one subtract.
 #[derive(Debug)]
-pub struct AppendGuard(Arc<AtomicUsize>);
+pub struct AppendGuard<'a>(&'a AtomicUsize);
 
-impl Drop for AppendGuard {
+impl Drop for AppendGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -170,7 +171,7 @@ mod tests {
         let (mut wait, appends, counters) = wait(Duration::from_secs(10));
         wait.recent = u8::MAX;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let others: Vec<AppendGuard> = (0..2).map(|_| appends.start()).collect();
+        let others: Vec<AppendGuard<'_>> = (0..2).map(|_| appends.start()).collect();
         tx.send(1).expect("send");
         // Two appends in progress, one answered: the other is still being received.
         assert_eq!(wait.next(&mut rx, 1), Some(1));
