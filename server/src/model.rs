@@ -128,22 +128,23 @@ pub(crate) const PLAIN_NUMBER_BYTES: usize = 300;
 /// bytes at a time: strings in events are mostly short keys and identifiers,
 /// too short for a vectorised search's setup to pay.
 pub(crate) fn string_stop(json: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
-    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
-    // Flags (at least) every byte below `n` in the word; a flag can be
-    // spurious (a borrow), so the bytes are then looked at one by one.
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const SPACES: u64 = u64::from_le_bytes([0x20; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    // Flags every byte below `n` in the word, and maybe bytes above a
+    // flagged one (a borrow runs upwards): the lowest flag is always a true
+    // one, so the word's first stop is its lowest flagged byte (the word is
+    // read little-endian: its lowest byte is the first).
     let has_below = |x: u64, n: u64| x.wrapping_sub(n) & !x & HIGHS;
     while let Some(chunk) = json.get(i..i + 8) {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
-        if has_below(word ^ QUOTES, ONES)
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stops = has_below(word ^ QUOTES, ONES)
             | has_below(word ^ BACKSLASHES, ONES)
-            | has_below(word, SPACES)
-            != 0
-        {
-            break;
+            | has_below(word, SPACES);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
@@ -768,7 +769,12 @@ mod tests {
         #[test]
         fn string_stop_finds_the_first_quote_backslash_or_control(
             bytes in proptest::collection::vec(
-                prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), 0x80u8.., any::<u8>()],
+                prop_oneof![
+                    Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), 0x80u8..,
+                    // Bytes a borrow out of a stop's byte could flag.
+                    Just(b'"' + 1), Just(b'\\' + 1), Just(0x21), Just(0x01),
+                    any::<u8>(),
+                ],
                 0..40,
             ),
             from in 0usize..40,
