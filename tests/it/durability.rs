@@ -57,6 +57,64 @@ async fn acknowledged_appends_survive_kill_9() {
     }
 }
 
+/// RocksDB renames a WAL past its use into the next one (recycling), whose
+/// blocks then still hold the records of its earlier life after the new
+/// ones: a `kill -9` while appends are in such a file, and the restart finds
+/// every acknowledged append and nothing of the file's earlier life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_appends_survive_kill_9_in_a_recycled_wal() {
+    let mut server = TestServer::start();
+    let log = server.data_dir().join("LOG");
+    let reused = || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("reusing log"));
+    // About 14 MB per request; a WAL holds about 64 MiB, and one is reused
+    // after about three (the column families holding the oldest are
+    // flushed once the WALs pass 128 MiB).
+    let pad = "x".repeat(900_000);
+    let filler = json!({
+        "expected_revision": "any",
+        "events": (0..16).map(|i| json!({"type": "Fill", "data": {"pad": pad, "i": i}}))
+            .collect::<Vec<_>>(),
+    });
+    let mut filled = 0u64;
+    while !reused() {
+        assert!(
+            filled < 16 * 64,
+            "no WAL reused after {filled} events of 900 kB"
+        );
+        let (status, body) = server.post("/streams/fill", &filler).await;
+        assert_eq!(status, 201, "{body}");
+        filled += 16;
+    }
+    // Acknowledged while the live WAL is a recycled file.
+    for i in 0..20u64 {
+        let expected = if i == 0 {
+            json!("no_stream")
+        } else {
+            json!(i - 1)
+        };
+        let (status, body) = server.append("after", expected, &["After"]).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["first_position"], filled + i);
+    }
+    let (_, before) = server.get("/streams/after?limit=100").await;
+
+    server.kill_and_restart();
+    let (status, after) = server.get("/streams/after?limit=100").await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        after["events"], before["events"],
+        "the store changed across kill -9"
+    );
+    assert_eq!(after["events"].as_array().map(Vec::len), Some(20));
+    let (_, info) = server.get("/info").await;
+    assert_eq!(info["head_position"], filled + 19);
+    // Nothing of the file's earlier life came back as new appends, and the
+    // next position is the one after the last acknowledged.
+    let (status, body) = server.append("after", json!(19), &["After"]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["first_position"], filled + 20);
+}
+
 /// Idempotency across `kill -9`: the id index keeps the newest ids in memory
 /// (runs of 64 here), so at the kill some ids are in `event_ids` and some only
 /// in the log; after the restart every retry is still recognised, as a replay

@@ -215,6 +215,16 @@ fn with_insert_hints(mut opts: Options) -> Result<Options, StorageError> {
     Ok(skald_rocksdb_env::with_stream_key_insert_hints(&mut opts)?.unwrap_or(opts))
 }
 
+/// WAL files kept for reuse once past their use (each about a write
+/// buffer, 64 MiB; only a store that has filled a WAL has any).
+const RECYCLED_WALS: usize = 2;
+
+/// The most WAL bytes kept before the column families holding the oldest
+/// WAL are flushed: bounds the WALs on disk (RocksDB's default is four
+/// times every column family's write buffers, gigabytes) and the replay
+/// after a crash, and lets WALs be recycled.
+const MAX_TOTAL_WAL_BYTES: u64 = 128 << 20;
+
 /// Bits per id in `event_ids`' Bloom filters. Every append looks its ids up
 /// there and nearly all are absent, so each false positive is a block read
 /// for nothing: at 10 bits one lookup in 100 got one per file, at 16 one in
@@ -252,6 +262,17 @@ impl Store {
         // writeback the WAL's fdatasync then waits behind (the append
         // latency tail: docs/benchmarks.md, "Issue 11, sixth pass").
         db_opts.set_bytes_per_sync(1 << 20);
+        // WALs past their use are renamed into new ones instead of deleted
+        // (RocksDB's recycling, with its record format that tells a record of
+        // the file's earlier life from one of this), so that a group's
+        // fdatasync lands on blocks written before: no extent to convert and
+        // commit to the journal, about half the time of a 80 KiB write +
+        // fdatasync on preallocated blocks. A WAL is past its use once every
+        // column family with data in it has flushed; the small ones rarely
+        // fill, so the WALs' total is capped, which flushes them when it is
+        // reached (docs/benchmarks.md, "Issue 11, nineteenth pass").
+        db_opts.set_recycle_log_file_num(RECYCLED_WALS);
+        db_opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         // Counters only (no histograms, no timers): what /admin/stats reports.
         // Histograms cost about 500 instructions per point lookup (measured
         // with callgrind: docs/benchmarks.md).
