@@ -266,7 +266,7 @@ impl Store {
         // (RocksDB's recycling, with its record format that tells a record of
         // the file's earlier life from one of this), so that a group's
         // fdatasync lands on blocks written before: no extent to convert and
-        // commit to the journal, about half the time of a 80 KiB write +
+        // commit to the journal, about half the time of an 80 KiB write +
         // fdatasync on preallocated blocks. A WAL is past its use once every
         // column family with data in it has flushed; the small ones rarely
         // fill, so the WALs' total is capped, which flushes them when it is
