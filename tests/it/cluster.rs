@@ -352,17 +352,20 @@ impl JetStream {
             .join(",")
     }
 
-    /// The Skald log stream's message count, from the monitoring endpoint of
-    /// the first live server.
-    async fn log_messages(&self) -> u64 {
-        let server = self
-            .servers
-            .iter()
-            .find(|s| s.child.is_some())
-            .expect("a live server");
-        self.log_messages_on(server)
-            .await
-            .expect("the server's monitoring endpoint")
+    /// Waits until the Skald log stream's leader holds `expected` messages
+    /// and returns its count (the last one read, after 30 s without it).
+    /// The leader, because a follower's replica may not have applied every
+    /// acknowledged publish or purge yet when it is asked (one read 0 of 14).
+    async fn log_messages_settled_at(&self, expected: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.stream_leader().await;
+            let count = self.log_messages_on(&self.servers[leader]).await;
+            if count == Some(expected) || std::time::Instant::now() >= deadline {
+                return count.expect("the leader's monitoring endpoint");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The message count `server` holds; `None` while it does not answer.
@@ -580,7 +583,8 @@ async fn writers_on_two_nodes_race_and_exactly_one_wins_each_revision() {
     assert_eq!(all.len(), 2, "{winners:?}");
     // The losers never reached the log: each publish carried the stream's
     // expected last sequence, so JetStream refused the second of each race.
-    assert_eq!(js.log_messages().await, (STREAMS as u64) * REVISIONS);
+    let logged = (STREAMS as u64) * REVISIONS;
+    assert_eq!(js.log_messages_settled_at(logged).await, logged);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -850,7 +854,7 @@ async fn once_every_node_applied_a_scavenge_jetstream_drops_the_removed_events()
     ]);
     let mut b = node(&js);
     hide_604_of_608_events(&a, &b).await;
-    assert_eq!(js.log_messages().await, 14);
+    assert_eq!(js.log_messages_settled_at(14).await, 14);
 
     // Node B is down: the scavenge (2 removals from `gone`, 1 from `capped`,
     // its end: 18 messages) purges nothing while B may still need them.
@@ -868,7 +872,7 @@ async fn once_every_node_applied_a_scavenge_jetstream_drops_the_removed_events()
     );
     assert!(registry["horizon"].as_u64() < Some(end - 1), "{registry}");
     assert_eq!(registry["purged_through"], 0, "{registry}");
-    assert_eq!(js.log_messages().await, 18);
+    assert_eq!(js.log_messages_settled_at(18).await, 18);
 
     // B back: it applies the scavenge, and the last node to apply its end
     // purges what only the removed events' messages held: `gone`'s six
@@ -878,7 +882,7 @@ async fn once_every_node_applied_a_scavenge_jetstream_drops_the_removed_events()
     b.restart();
     wait_compaction(&b, end).await;
     wait_registry(&a, "the purge", |r| r["purged_through"] == end - 1).await;
-    assert_eq!(js.log_messages().await, 6);
+    assert_eq!(js.log_messages_settled_at(6).await, 6);
     let purged = a
         .metric("skald_replication_purged_messages_total")
         .await
